@@ -1,0 +1,118 @@
+"""Command line: segment images and write overlay, label map and segments JSON.
+
+    python -m maskadapter IMAGE [IMAGE ...] --vocab "car, road, tree | bush" --out DIR
+
+For each image ``NAME.ext`` it writes ``DIR/NAME_overlay.png``, ``DIR/NAME_labels.png``
+(0 unlabelled, k = class k-1) and ``DIR/NAME_segments.json`` (COCO RLE masks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from maskadapter.errors import MaskAdapterError
+from maskadapter.export import save_label_map, save_segments_json
+from maskadapter.masks import AutoMaskSettings
+from maskadapter.render import overlay
+from maskadapter.segmenter import MODES, Segmenter
+from maskadapter.settings import add_arguments, settings_from_args
+from maskadapter.vocabulary import PREDEFINED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = AutoMaskSettings()
+    parser = argparse.ArgumentParser(
+        prog="python -m maskadapter",
+        description="Open-vocabulary segmentation: SAM-2 masks named by Mask-Adapter.",
+        epilog="Vocabulary syntax: classes separated by commas or new lines, synonyms by '|'. "
+        "Outputs per image: NAME_overlay.png, NAME_labels.png (0 = unlabelled, k = class k-1 "
+        "of the JSON's 'labels'), NAME_segments.json (COCO RLE masks, label, score, top-5, area, bbox).",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    parser.add_argument("--vocab", default="", help='class names, e.g. "car, road, tree | bush, sky"')
+    parser.add_argument(
+        "--predefined",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="add a predefined vocabulary (repeatable): "
+        + ", ".join(f"{k} ({title})" for k, (title, _) in PREDEFINED.items()),
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output directory (created if needed)")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="per_mask",
+        help="one label per SAM-2 mask, or a semantic map (default: per_mask)",
+    )
+    parser.add_argument(
+        "--score-threshold", type=float, default=0.0, help="drop segments whose class probability is lower (default 0)"
+    )
+    parser.add_argument(
+        "--granularity",
+        type=float,
+        default=0.8,
+        help="semantic mode: keep masks scoring >= this x the class's best (default 0.8)",
+    )
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    sam = parser.add_argument_group("SAM-2 automatic masks")
+    sam.add_argument("--points-per-side", type=int, default=defaults.points_per_side)
+    sam.add_argument("--points-per-batch", type=int, default=defaults.points_per_batch)
+    sam.add_argument("--pred-iou-thresh", type=float, default=defaults.pred_iou_thresh)
+    sam.add_argument("--stability-score-thresh", type=float, default=defaults.stability_score_thresh)
+    sam.add_argument("--box-nms-thresh", type=float, default=defaults.box_nms_thresh)
+    sam.add_argument("--min-mask-region-area", type=int, default=defaults.min_mask_region_area)
+    add_arguments(parser)
+    return parser
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as err:
+        raise MaskAdapterError(f"cannot read image {path}: {err}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_args(args)
+        mask_settings = AutoMaskSettings(
+            points_per_side=args.points_per_side,
+            points_per_batch=args.points_per_batch,
+            pred_iou_thresh=args.pred_iou_thresh,
+            stability_score_thresh=args.stability_score_thresh,
+            box_nms_thresh=args.box_nms_thresh,
+            min_mask_region_area=args.min_mask_region_area,
+        )
+        images = [(Path(p), _read_image(Path(p))) for p in args.images]
+        segmenter = Segmenter.from_settings(settings, progress=lambda msg: print(msg, file=sys.stderr))
+        if not segmenter.real_weights:
+            print("WARNING: random weights (--tiny-random): labels are meaningless", file=sys.stderr)
+        vocabulary = segmenter.vocabulary(args.vocab, args.predefined)
+        args.out.mkdir(parents=True, exist_ok=True)
+        for path, image in images:
+            result = segmenter.segment_automatic(
+                image, vocabulary, mask_settings, args.mode, args.score_threshold, args.granularity
+            )
+            stem = args.out / path.stem
+            Image.fromarray(overlay(image, result, alpha=args.alpha)).save(f"{stem}_overlay.png")
+            save_label_map(result, f"{stem}_labels.png")
+            save_segments_json(result, f"{stem}_segments.json", file_name=path.name)
+            print(f"{path}: {len(result.segments)} segments -> {stem}_*.png/json")
+    except MaskAdapterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The CLIP side of Mask-Adapter: dense features, mask pooling, text embeddings, logits.
+
+Works for any open_clip CLIP whose image tower is a timm ConvNeXt (``model.visual``
+is an ``open_clip.timm_model.TimmModel``): any trunk width, any embedding size.
+
+Conventions: images are (B, 3, H, W) float tensors normalised with CLIP's mean and
+std on the 0-255 scale (see ``maskadapter.transforms``), H and W multiples of 32;
+masks are (B, N, H, W) floats in [0, 1] at image resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VILD_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+)
+
+# masks per adapter call: bounds memory at (chunk * num_output_maps) feature maps
+MASK_CHUNK = 16
+# texts per text-encoder call
+TEXT_CHUNK = 256
+
+
+def _visual(clip_model: nn.Module) -> nn.Module:
+    visual = clip_model.visual
+    if not (hasattr(visual, "trunk") and hasattr(visual.trunk, "stem") and hasattr(visual, "head")):
+        raise TypeError("expected an open_clip CLIP with a timm ConvNeXt image tower (visual.trunk)")
+    return visual
+
+
+def clip_image_features(clip_model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw trunk features and dense projected features of a normalised image batch.
+
+    Args:
+        clip_model: open_clip ConvNeXt CLIP.
+        image: (B, 3, H, W) float, CLIP-normalised, H and W multiples of 32.
+    Returns:
+        raw: (B, C_trunk, H/32, W/32), output of trunk.norm_pre.
+        dense: (B, D, H/32, W/32), every position passed through the trunk head's
+            norm and the CLIP projection head (D = CLIP embedding size).
+    """
+    visual = _visual(clip_model)
+    trunk = visual.trunk
+    x = trunk.stem(image)
+    for stage in trunk.stages:
+        x = stage(x)
+    raw = trunk.norm_pre(x)  # (B, C, h, w)
+    dense = trunk.head.norm(raw).permute(0, 2, 3, 1)  # (B, h, w, C)
+    dense = visual.head(trunk.head.drop(dense)).permute(0, 3, 1, 2)  # (B, D, h, w)
+    return raw, dense
+
+
+def pool_mask_embeddings(
+    clip_model: nn.Module, raw: torch.Tensor, maps: torch.Tensor, num_output_maps: int
+) -> torch.Tensor:
+    """Pool raw CLIP features with the adapter's maps into one embedding per mask.
+
+    Args:
+        raw: (B, C, h, w) raw trunk features.
+        maps: (B, N * M, h', w') adapter output (M = num_output_maps, mask-major).
+    Returns:
+        (B, N, D) mask embeddings (not normalised): mean over the M pooled vectors.
+    """
+    visual = _visual(clip_model)
+    B, C = raw.shape[:2]
+    maps = F.interpolate(maps, size=raw.shape[-2:], mode="bilinear", align_corners=False)
+    NM = maps.shape[1]
+    weights = F.softmax(F.logsigmoid(maps).reshape(B, NM, -1), dim=-1)  # (B, NM, h*w)
+    pooled = torch.bmm(weights, raw.reshape(B, C, -1).transpose(1, 2))  # (B, NM, C)
+    pooled = visual.trunk.head(pooled.reshape(B * NM, C, 1, 1))  # (B*NM, C)
+    pooled = visual.head(pooled)  # (B*NM, D)
+    return pooled.reshape(B, NM // num_output_maps, num_output_maps, -1).mean(dim=2)
+
+
+def mask_embeddings_from_features(
+    clip_model: nn.Module,
+    adapter: nn.Module,
+    raw: torch.Tensor,
+    dense: torch.Tensor,
+    masks: torch.Tensor,
+    chunk: int = MASK_CHUNK,
+) -> torch.Tensor:
+    """(B, N, D) mask embeddings from precomputed features; masks (B, N, H, W) in [0, 1].
+
+    Masks are processed ``chunk`` at a time; each mask's result does not depend on
+    the others, so chunking changes memory use only.
+    """
+    out = []
+    for start in range(0, masks.shape[1], chunk):
+        part = masks[:, start : start + chunk].to(device=dense.device, dtype=dense.dtype)
+        maps = adapter(dense, part)  # (B, n*M, h, w)
+        out.append(pool_mask_embeddings(clip_model, raw, maps, adapter.num_output_maps))
+    if not out:
+        return dense.new_zeros(masks.shape[0], 0, dense.shape[1])
+    return torch.cat(out, dim=1)
+
+
+def classify_embeddings(
+    clip_model: nn.Module,
+    mask_embeddings: torch.Tensor,
+    embeddings: torch.Tensor,
+    class_index: torch.Tensor,
+) -> torch.Tensor:
+    """Class logits: scaled cosine similarity, maximum over each class's synonyms.
+
+    Args:
+        mask_embeddings: (B, N, D); embeddings: (K, D) L2-normalised text rows;
+        class_index: (K,) class of each row, classes numbered 0..C-1.
+    Returns:
+        (B, N, C) logits = min(exp(logit_scale), 100) * cos.
+    """
+    scale = clip_model.logit_scale.exp().clamp(max=100).to(mask_embeddings.dtype)
+    emb = F.normalize(mask_embeddings, dim=-1)
+    text = embeddings.to(device=emb.device, dtype=emb.dtype)
+    sims = scale * emb @ text.T  # (B, N, K)
+    index = class_index.to(sims.device).expand_as(sims)
+    num_classes = int(class_index.max()) + 1 if class_index.numel() else 0
+    out = sims.new_full((*sims.shape[:2], num_classes), float("-inf"))
+    return out.scatter_reduce(-1, index, sims, reduce="amax", include_self=True)
+
+
+@torch.no_grad()
+def mask_logits(
+    clip_model: nn.Module,
+    adapter: nn.Module,
+    image: torch.Tensor,
+    masks: torch.Tensor,
+    embeddings: torch.Tensor,
+    class_index: torch.Tensor,
+) -> torch.Tensor:
+    """Classify masks with Mask-Adapter.
+
+    Args:
+        clip_model: open_clip ConvNeXt CLIP.
+        adapter: ``MaskAdapterHead`` whose clip_dim equals the CLIP embedding size.
+        image: (B, 3, H, W) float, CLIP-normalised, H and W multiples of 32.
+        masks: (B, N, H, W) float in [0, 1] at image resolution.
+        embeddings: (K, D) float, L2-normalised text embeddings (``encode_vocabulary``).
+        class_index: (K,) long, class of each embedding row.
+    Returns:
+        (B, N, C) float class logits (C = number of classes, max over synonyms, no void).
+    """
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
+    if image.shape[-1] % 32 or image.shape[-2] % 32:
+        raise ValueError(f"image height and width must be multiples of 32, got {tuple(image.shape[-2:])}")
+    if masks.ndim != 4 or masks.shape[0] != image.shape[0] or masks.shape[-2:] != image.shape[-2:]:
+        raise ValueError(f"masks must be (B, N, H, W) matching the image, got {tuple(masks.shape)}")
+    raw, dense = clip_image_features(clip_model, image)
+    emb = mask_embeddings_from_features(clip_model, adapter, raw, dense, masks)
+    return classify_embeddings(clip_model, emb, embeddings, class_index)
+
+
+@torch.no_grad()
+def encode_vocabulary(
+    clip_model: nn.Module,
+    tokenizer,
+    classes: Sequence[str | Sequence[str]],
+    templates: Sequence[str] = VILD_TEMPLATES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text embeddings of classes and their synonyms, averaged over prompt templates.
+
+    Args:
+        clip_model: open_clip CLIP (only ``encode_text`` is used).
+        tokenizer: the model's open_clip tokenizer (list[str] -> (n, L) LongTensor).
+        classes: each item a class name or a list of its synonyms.
+        templates: format strings with one ``{}``.
+    Returns:
+        embeddings: (K, D) float32, L2-normalised, one row per synonym in input order.
+        class_index: (K,) long, the class (position in ``classes``) of each row.
+    """
+    if not classes:
+        raise ValueError("classes is empty: give at least one class name")
+    names: list[str] = []
+    owners: list[int] = []
+    for i, item in enumerate(classes):
+        synonyms = [item] if isinstance(item, str) else list(item)
+        if not synonyms:
+            raise ValueError(f"class {i} has no name")
+        names.extend(synonyms)
+        owners.extend([i] * len(synonyms))
+    device = clip_model.logit_scale.device
+    texts = [t.format(name) for name in names for t in templates]
+    rows = []
+    for start in range(0, len(texts), TEXT_CHUNK):
+        tokens = tokenizer(texts[start : start + TEXT_CHUNK]).to(device)
+        rows.append(F.normalize(clip_model.encode_text(tokens).float(), dim=-1))
+    per_text = torch.cat(rows).reshape(len(names), len(templates), -1)  # (K, T, D)
+    embeddings = F.normalize(per_text.mean(dim=1), dim=-1)
+    return embeddings, torch.tensor(owners, dtype=torch.long, device=device)

@@ -1,0 +1,162 @@
+"""SAM-2 mask proposals through the official ``sam2`` package.
+
+Two ways to get masks for an image: ``automatic_masks`` ("segment everything" with
+``SAM2AutomaticMaskGenerator`` and the demo's settings) and ``prompt_mask`` (points
+and an optional box through ``SAM2ImagePredictor``). Both go through
+``CachingPredictor``, which keeps the image embedding in a caller-owned dict, so a
+second click or a second run on the same image does not re-encode it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+from sam2.modeling.sam2_base import SAM2Base
+from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+from maskadapter.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# Without sam2's compiled extension (CPU installs), hole filling is skipped with a
+# warning on every call; say it once instead.
+warnings.filterwarnings("once", message=r"[\s\S]*Skipping the post-processing step")
+
+
+def image_key(image: np.ndarray) -> str:
+    """Content hash of an image array (shape and pixels)."""
+    digest = hashlib.sha1(np.ascontiguousarray(image).data)
+    digest.update(str(image.shape).encode())
+    return digest.hexdigest()
+
+
+class CachingPredictor(SAM2ImagePredictor):
+    """``SAM2ImagePredictor`` whose ``set_image`` reuses embeddings kept in ``cache``.
+
+    ``cache`` maps ``image_key(image)`` to the predictor's features and original size;
+    the caller owns it (one per image session). ``encoder_calls`` counts real encodings.
+    """
+
+    def __init__(self, sam_model: SAM2Base, cache: dict | None = None, **kwargs) -> None:
+        super().__init__(sam_model, **kwargs)
+        self.cache = {} if cache is None else cache
+        self.encoder_calls = 0
+
+    def set_image(self, image: np.ndarray) -> None:
+        key = image_key(image)
+        hit = self.cache.get(key)
+        if hit is None:
+            super().set_image(image)
+            self.encoder_calls += 1
+            self.cache[key] = (self._features, self._orig_hw)
+            return
+        self.reset_predictor()
+        self._features, self._orig_hw = hit
+        self._is_image_set = True
+
+
+@dataclass
+class AutoMaskSettings:
+    """Settings of SAM-2 "segment everything" (defaults: the Mask-Adapter demo's)."""
+
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.8
+    stability_score_thresh: float = 0.7
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    crop_n_points_downscale_factor: int = 2
+    min_mask_region_area: int = 100
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.points_per_side <= 128:
+            raise InputError(f"points per side must be between 1 and 128, got {self.points_per_side}")
+        if self.points_per_batch < 1:
+            raise InputError(f"points per batch must be positive, got {self.points_per_batch}")
+        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"{name.replace('_', ' ')} must be between 0 and 1, got {value}")
+        if not 0 <= self.crop_n_layers <= 3:
+            raise InputError(f"crop layers must be between 0 and 3, got {self.crop_n_layers}")
+        if self.min_mask_region_area < 0:
+            raise InputError("min mask region area must be >= 0")
+
+
+@dataclass
+class MaskProposal:
+    """One SAM-2 mask: (H, W) bool at image resolution with SAM's quality scores
+    (``stability_score`` is None for prompted masks)."""
+
+    mask: np.ndarray
+    predicted_iou: float
+    stability_score: float | None = None
+
+
+def automatic_masks(
+    sam_model: SAM2Base,
+    image: np.ndarray,
+    cache: dict,
+    settings: AutoMaskSettings | None = None,
+) -> tuple[list[MaskProposal], int]:
+    """All masks SAM-2 finds in an image ("segment everything").
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        cache: the session's embedding cache (see ``CachingPredictor``).
+    Returns:
+        (proposals sorted by area, largest first; number of image encodings done).
+    """
+    settings = settings or AutoMaskSettings()
+    generator = SAM2AutomaticMaskGenerator(sam_model, output_mode="binary_mask", **asdict(settings))
+    # same predictor settings as the generator's own, plus the embedding cache
+    generator.predictor = CachingPredictor(
+        sam_model,
+        cache,
+        max_hole_area=settings.min_mask_region_area,
+        max_sprinkle_area=settings.min_mask_region_area,
+    )
+    records = generator.generate(image)
+    proposals = [
+        MaskProposal(r["segmentation"].astype(bool), float(r["predicted_iou"]), float(r["stability_score"]))
+        for r in records
+    ]
+    proposals.sort(key=lambda p: -int(p.mask.sum()))
+    return proposals, generator.predictor.encoder_calls
+
+
+def prompt_mask(
+    sam_model: SAM2Base,
+    image: np.ndarray,
+    cache: dict,
+    coords: np.ndarray,
+    labels: np.ndarray,
+    box: np.ndarray | None = None,
+) -> tuple[MaskProposal, int]:
+    """The mask SAM-2 predicts for point prompts (and an optional box).
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        coords: (P, 2) float32 XY pixel coordinates in ``image``; labels: (P,) 1/0.
+        box: optional (4,) XYXY pixel box.
+    Returns:
+        (the mask with the highest predicted IoU, number of image encodings done).
+        A single point without a box asks SAM-2 for three candidate masks (the point
+        is ambiguous); several prompts ask for one.
+    """
+    predictor = CachingPredictor(sam_model, cache)
+    predictor.set_image(image)
+    multimask = len(coords) == 1 and box is None
+    with torch.inference_mode():
+        masks, ious, _ = predictor.predict(
+            point_coords=coords, point_labels=labels, box=box, multimask_output=multimask
+        )
+    best = int(np.argmax(ious))
+    mask = masks[best] > 0
+    return MaskProposal(mask, float(ious[best])), predictor.encoder_calls

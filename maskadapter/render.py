@@ -1,0 +1,176 @@
+"""Drawing results: coloured masks, contours, one label per class, a legend.
+
+All functions take and return (H, W, 3) uint8 RGB arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import cv2
+import numpy as np
+from matplotlib import colormaps, font_manager
+from matplotlib.colors import hsv_to_rgb
+from PIL import Image, ImageDraw, ImageFont
+
+from maskadapter.segmenter import SegmentationResult
+
+UNLABELLED = -1
+
+
+def class_colors(num_classes: int) -> np.ndarray:
+    """(C, 3) uint8 colours, distinct per class: matplotlib's tab20 up to 20 classes,
+    beyond that golden-ratio hue steps with cycling saturation and brightness."""
+    if num_classes <= 20:
+        rgb = colormaps["tab20"](np.arange(num_classes) / 20.0)[:, :3]
+    else:
+        i = np.arange(num_classes)
+        hue = (i * 0.618033988749895) % 1.0
+        saturation = np.array([0.85, 0.6, 0.95])[i % 3]
+        value = np.array([0.95, 0.8, 0.65])[(i // 3) % 3]
+        rgb = hsv_to_rgb(np.stack([hue, saturation, value], axis=1))
+    return (rgb * 255).round().astype(np.uint8)
+
+
+@lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans", weight="bold"))
+    return ImageFont.truetype(path, size)
+
+
+def _font_size(hw: tuple[int, int]) -> int:
+    return int(np.clip(min(hw) / 40, 11, 28))
+
+
+def _text_size(text: str, font: ImageFont.FreeTypeFont) -> tuple[int, int]:
+    x0, y0, x1, y1 = font.getbbox(text)
+    return x1 - x0, y1 - y0
+
+
+def _label_anchor(region: np.ndarray, text_wh: tuple[int, int]) -> tuple[int, int] | None:
+    """Centre of the largest text box that fits inside ``region``, or None."""
+    padded = np.pad(region.astype(np.uint8), 1)
+    dist = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(dist.argmax()), dist.shape)
+    tw, th = text_wh
+    h, w = region.shape
+    x0, y0 = int(x - tw / 2), int(y - th / 2)
+    if x0 < 0 or y0 < 0 or x0 + tw > w or y0 + th > h:
+        return None
+    box = region[y0 : y0 + th, x0 : x0 + tw]
+    return (int(x), int(y)) if box.mean() >= 0.9 else None
+
+
+def _draw_label(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, font) -> None:
+    draw.text(xy, text, font=font, fill=(255, 255, 255), anchor="mm", stroke_width=2, stroke_fill=(0, 0, 0))
+
+
+def overlay(
+    image: np.ndarray,
+    result: SegmentationResult,
+    alpha: float = 0.5,
+    contours: bool = True,
+    labels: bool = True,
+    legend: bool = True,
+    points: Sequence[Sequence[float]] = (),
+    box: Sequence[float] | None = None,
+) -> np.ndarray:
+    """The image with every segment filled in its class colour.
+
+    Args:
+        image: (H, W, 3) uint8 RGB, the segmented image.
+        alpha: opacity of the colour fill in [0, 1].
+        contours: outline each segment; labels: write each class name once, inside
+            its largest region where the text fits; legend: append a legend below.
+        points: ``[[x, y, label], ...]`` prompts to mark (green positive, red negative).
+        box: optional XYXY box prompt to outline.
+    Returns:
+        (H', W, 3) uint8 RGB (H' = H plus the legend's height when ``legend``).
+    """
+    alpha = float(np.clip(alpha, 0.0, 1.0))
+    colors = class_colors(len(result.labels))
+    out = image.astype(np.float32)
+    label_map = result.label_map
+    covered = label_map >= 0
+    if covered.any():
+        fill = colors[np.clip(label_map, 0, None)].astype(np.float32)
+        out[covered] = (1 - alpha) * out[covered] + alpha * fill[covered]
+    out = out.round().astype(np.uint8)
+    if contours:
+        for seg in result.segments:
+            found, _ = cv2.findContours(seg.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            color = tuple(int(v) for v in colors[seg.class_id])
+            cv2.drawContours(out, found, -1, (255, 255, 255), 3, lineType=cv2.LINE_AA)
+            cv2.drawContours(out, found, -1, color, 1, lineType=cv2.LINE_AA)
+    pil = Image.fromarray(out)
+    draw = ImageDraw.Draw(pil)
+    font = _font(_font_size(result.image_size))
+    if labels:
+        for class_id in _present_classes(result):
+            region = label_map == class_id
+            count, components, stats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8)
+            if count < 2:
+                continue
+            largest = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
+            text = result.labels[class_id]
+            anchor = _label_anchor(components == largest, _text_size(text, font))
+            if anchor is not None:
+                _draw_label(draw, anchor, text, font)
+    if box is not None:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        draw.rectangle((x0, y0, x1, y1), outline=(255, 215, 0), width=3)
+    radius = max(4, _font_size(result.image_size) // 2)
+    for x, y, lab in points:
+        color = (40, 220, 60) if int(lab) == 1 else (230, 40, 40)
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=color, outline=(255, 255, 255), width=2)
+    out = np.asarray(pil)
+    if legend:
+        out = np.concatenate([out, legend_panel(result, out.shape[1])], axis=0)
+    return out
+
+
+def _present_classes(result: SegmentationResult) -> list[int]:
+    """Class ids visible in the label map, largest area first."""
+    ids, counts = np.unique(result.label_map[result.label_map >= 0], return_counts=True)
+    return [int(i) for i in ids[np.argsort(-counts, kind="stable")]]
+
+
+def legend_panel(result: SegmentationResult, width: int) -> np.ndarray:
+    """(h, width, 3) uint8 strip listing the visible classes with their colours and
+    share of the image, or a line saying nothing was labelled."""
+    colors = class_colors(len(result.labels))
+    font = _font(_font_size(result.image_size))
+    total = max(1, result.label_map.size)
+    present = _present_classes(result)
+    items = [
+        (f"{result.labels[c]} {100.0 * np.count_nonzero(result.label_map == c) / total:.1f}%", c) for c in present
+    ] or [("no segment labelled", None)]
+    line_h = _text_size("Ag", font)[1] + 12
+    swatch = line_h - 10
+    rows, row, x = [], [], 8
+    for text, c in items:
+        item_w = swatch + 6 + _text_size(text, font)[0] + 18
+        if row and x + item_w > width - 8:
+            rows.append(row)
+            row, x = [], 8
+        row.append((x, text, c))
+        x += item_w
+    rows.append(row)
+    panel = Image.new("RGB", (width, line_h * len(rows) + 8), (250, 250, 250))
+    draw = ImageDraw.Draw(panel)
+    for r, row_items in enumerate(rows):
+        y = 4 + r * line_h
+        for x, text, c in row_items:
+            if c is not None:
+                draw.rectangle(
+                    (x, y + 5, x + swatch, y + 5 + swatch), fill=tuple(int(v) for v in colors[c]), outline=(60, 60, 60)
+                )
+            draw.text((x + swatch + 6, y + line_h // 2), text, font=font, fill=(20, 20, 20), anchor="lm")
+    return np.asarray(panel)
+
+
+def draw_points(image: np.ndarray, points: Sequence[Sequence[float]], box: Sequence[float] | None = None) -> np.ndarray:
+    """The image with prompt points (and box) marked, nothing else."""
+    empty = SegmentationResult(image.shape[:2], [], [], np.full(image.shape[:2], UNLABELLED, np.int32), "per_mask")
+    return overlay(image, empty, legend=False, points=points, box=box)

@@ -1,0 +1,138 @@
+"""All settings in one place: a dataclass filled from flags and environment variables.
+
+Every field ``name`` has a command-line flag ``--name`` (underscores become dashes)
+and an environment variable ``MASKADAPTER_NAME``. Precedence: flag, then environment
+variable, then the default below. ``python app.py --help`` and
+``python -m maskadapter --help`` list them; README.md has the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maskadapter.errors import InputError
+
+ENV_PREFIX = "MASKADAPTER_"
+SAM2_SIZES = ("tiny", "small", "base-plus", "large")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "maskadapter")
+
+
+def _opt(default: Any, help: str, *, app_only: bool = False, choices: tuple | None = None) -> Any:
+    meta = {"help": help, "app_only": app_only, "choices": choices}
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Settings:
+    """Model sources, device, caches and (for the app) the server address."""
+
+    # models
+    sam_size: str = _opt("large", "SAM-2.1 size when loading from the hub", choices=SAM2_SIZES)
+    sam_checkpoint: str | None = _opt(None, "local SAM-2 checkpoint (.pt with a 'model' entry)")
+    sam_config: str | None = _opt(None, "SAM-2 config YAML (default: the sam2 package's sam2.1 config for --sam-size)")
+    clip_model: str = _opt("convnext_large_d_320", "open_clip model name (a ConvNeXt CLIP)")
+    clip_pretrained: str = _opt("laion2b_s29b_b131k_ft_soup", "open_clip pretrained tag")
+    clip_checkpoint: str | None = _opt(None, "local open_clip checkpoint for --clip-model")
+    adapter_repo: str = _opt("owl10/Mask-Adapter", "hub repo of the Mask-Adapter weights")
+    adapter_file: str = _opt(
+        "fcclip_convnext_large_maskadapter.pth", "file in --adapter-repo (head-only or full model)"
+    )
+    adapter_checkpoint: str | None = _opt(None, "local Mask-Adapter file (head-only or full model)")
+    tiny_random: bool = _opt(False, "use small random-weight models (offline development; labels are meaningless)")
+    # runtime
+    device: str = _opt("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
+    cache_dir: str = _opt(_default_cache_dir, "directory for the text-embedding cache")
+    short_side: int = _opt(800, "CLIP input: resize so the short side has this many pixels")
+    max_size: int = _opt(1333, "CLIP input: cap on the long side after resizing")
+    # app only
+    host: str | None = _opt(None, "address to serve on (default: Gradio's)", app_only=True)
+    port: int | None = _opt(None, "port to serve on (default: Gradio's, 7860)", app_only=True)
+    share: bool = _opt(False, "create a public Gradio share link", app_only=True)
+
+    def __post_init__(self) -> None:
+        if self.sam_size not in SAM2_SIZES:
+            raise InputError(f"sam_size must be one of {', '.join(SAM2_SIZES)}, got {self.sam_size!r}")
+        if self.short_side < 32 or self.max_size < self.short_side:
+            raise InputError(f"expected 32 <= short_side <= max_size, got {self.short_side} and {self.max_size}")
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser()
+
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        return ENV_PREFIX + name.upper()
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    text = str(f.type)
+    if "bool" in text:
+        return bool
+    if "int" in text:
+        return int
+    return str
+
+
+def _parse_env(f: dataclasses.Field, raw: str) -> Any:
+    kind = _field_type(f)
+    if kind is bool:
+        low = raw.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise InputError(f"{Settings.env_name(f.name)} must be true or false, got {raw!r}")
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise InputError(f"{Settings.env_name(f.name)} must be an integer, got {raw!r}") from None
+    return raw
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, app: bool = False) -> None:
+    """Add one flag per setting (app-only ones when ``app``); defaults stay None so
+    that ``settings_from_args`` can tell a given flag from an absent one."""
+    group = parser.add_argument_group("settings (each also read from MASKADAPTER_<NAME>)")
+    for f in dataclasses.fields(Settings):
+        if f.metadata["app_only"] and not app:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} [env {Settings.env_name(f.name)}]"
+        if _field_type(f) is bool:
+            group.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            group.add_argument(
+                flag,
+                type=_field_type(f),
+                default=None,
+                choices=f.metadata["choices"],
+                metavar=None if f.metadata["choices"] else f.name.split("_")[-1].upper(),
+                help=help_text,
+            )
+
+
+def settings_from_args(args: argparse.Namespace | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Settings from parsed flags (may be None) over environment variables over defaults."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        given = getattr(args, f.name, None) if args is not None else None
+        if given is not None:
+            values[f.name] = given
+        elif Settings.env_name(f.name) in env:
+            values[f.name] = _parse_env(f, env[Settings.env_name(f.name)])
+    return Settings(**values)

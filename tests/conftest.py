@@ -1,0 +1,103 @@
+"""Shared fixtures: tiny random models saved to files and loaded back through the
+real builders, a small example photo, and a synthetic SAM-2 decoder for varied masks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from maskadapter.segmenter import Segmenter  # noqa: E402
+from maskadapter.transforms import ImageTransform  # noqa: E402
+from maskadapter.weights import ModelFiles, build_models, save_tiny_random  # noqa: E402
+
+EXAMPLES = ROOT / "examples"
+
+
+def small_image(name: str = "chelsea.png", width: int = 160) -> np.ndarray:
+    """An example photo scaled to ``width`` pixels, (H, W, 3) uint8 RGB."""
+    with Image.open(EXAMPLES / name) as im:
+        im = im.convert("RGB")
+        height = round(im.height * width / im.width)
+        return np.asarray(im.resize((width, height), Image.BILINEAR))
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory) -> ModelFiles:
+    return save_tiny_random(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_files):
+    return build_models(tiny_files, "cpu")
+
+
+@pytest.fixture()
+def segmenter(tiny_models, tmp_path) -> Segmenter:
+    """A segmenter over the tiny models with a small CLIP input size and its own cache."""
+    return Segmenter(tiny_models, "cpu", ImageTransform(short_side=224, max_size=320), str(tmp_path / "cache"))
+
+
+@pytest.fixture()
+def image() -> np.ndarray:
+    return small_image()
+
+
+class SyntheticSAM:
+    """Replaces SAM-2's mask-decoder outputs with varied discs around each prompt point.
+
+    Random SAM-2 weights predict nearly the same mask for every prompt, so filters
+    and NMS would have nothing to do. The real prompt encoder and decoder still run;
+    their outputs are replaced: output k of a point at (x, y) is a disc centred there
+    whose radius and edge sharpness depend on the point and on k, with an IoU
+    prediction that varies too.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.coords = None
+        self._encoder_forward = model.sam_prompt_encoder.forward
+        self._decoder_forward = model.sam_mask_decoder.forward
+
+    def __enter__(self) -> SyntheticSAM:
+        def encoder(points=None, boxes=None, masks=None):
+            self.coords = None if points is None else points[0].detach().float()
+            return self._encoder_forward(points=points, boxes=boxes, masks=masks)
+
+        def decoder(*args, **kwargs):
+            low_res, ious, tokens, obj = self._decoder_forward(*args, **kwargs)
+            B, M, H, W = low_res.shape
+            centre = self.coords[:, 0, :] * (W / 1024.0)  # (B, 2) in low-res pixels
+            ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+            seed = centre[:, 0] * 7.31 + centre[:, 1] * 3.17  # (B,)
+            logits = torch.empty(B, M, H, W)
+            scores = torch.empty(B, M)
+            for k in range(M):
+                radius = 20.0 + 18.0 * k + 12.0 * torch.sin(seed + k)  # (B,)
+                sharp = 0.6 + 0.5 * torch.cos(seed * 1.7 + k).abs()
+                dist = ((xs[None] - centre[:, 0, None, None]) ** 2 + (ys[None] - centre[:, 1, None, None]) ** 2).sqrt()
+                logits[:, k] = sharp[:, None, None] * (radius[:, None, None] - dist)
+                scores[:, k] = 0.75 + 0.24 * torch.sin(seed * 0.9 + 2 * k)
+            return logits.to(low_res.dtype), scores.to(ious.dtype), tokens, obj
+
+        self.model.sam_prompt_encoder.forward = encoder
+        self.model.sam_mask_decoder.forward = decoder
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.model.sam_prompt_encoder.forward = self._encoder_forward
+        self.model.sam_mask_decoder.forward = self._decoder_forward
+
+
+@pytest.fixture()
+def synthetic_sam(tiny_models):
+    with SyntheticSAM(tiny_models.sam2) as synthetic:
+        yield synthetic

@@ -1,0 +1,187 @@
+"""Section 3 of the spec recomputed independently, step by step, against the contract API.
+
+The reference below uses only the checkpoint tensors, torch.nn.functional and the
+open_clip/timm modules themselves; it never calls maskadapter helpers.
+"""
+
+import math
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+import maskadapter
+from maskadapter.weights import TINY_CLIP_NAME, build_clip
+
+SYNONYM_CLASSES = [["cat", "kitten"], "table", ["cup", "mug", "coffee cup"], "wall"]
+
+
+def _layernorm_channels(x, weight, bias, eps):
+    # x (C, H, W): normalise over C at each pixel
+    mean = x.mean(0, keepdim=True)
+    var = ((x - mean) ** 2).mean(0, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight[:, None, None] + bias[:, None, None]
+
+
+def reference_adapter(sd, dense, mask, num_maps):
+    """One mask (H, W) and dense features (D, h, w) -> (num_maps, h, w), from the state dict."""
+    D, h, w = dense.shape
+    m = F.interpolate(mask[None, None], size=(4 * h, 4 * w), mode="bilinear", align_corners=False)[0]
+    m = F.conv2d(m[None], sd["mask_downscaling.0.weight"], sd["mask_downscaling.0.bias"], stride=2, padding=1)[0]
+    m = F.gelu(_layernorm_channels(m, sd["mask_downscaling.1.weight"], sd["mask_downscaling.1.bias"], 1e-6))
+    m = F.conv2d(m[None], sd["mask_downscaling.3.weight"], sd["mask_downscaling.3.bias"], stride=2, padding=1)[0]
+    m = F.gelu(_layernorm_channels(m, sd["mask_downscaling.4.weight"], sd["mask_downscaling.4.bias"], 1e-6))
+    m = F.conv2d(m[None], sd["mask_downscaling.6.weight"], sd["mask_downscaling.6.bias"])[0]
+    x = F.conv2d((dense + m)[None], sd["fuse.weight"], sd["fuse.bias"])[0]
+    C = x.shape[0]
+    for name in ("cnext1", "cnext2", "cnext3"):
+        y = F.conv2d(x[None], sd[f"{name}.dwconv.weight"], sd[f"{name}.dwconv.bias"], padding=3, groups=C)[0]
+        y = y.permute(1, 2, 0)
+        y = F.layer_norm(y, (C,), sd[f"{name}.norm.weight"], sd[f"{name}.norm.bias"], eps=1e-6)
+        y = F.linear(
+            F.gelu(F.linear(y, sd[f"{name}.pwconv1.weight"], sd[f"{name}.pwconv1.bias"])),
+            sd[f"{name}.pwconv2.weight"],
+            sd[f"{name}.pwconv2.bias"],
+        )
+        x = x + (sd[f"{name}.gamma"] * y).permute(2, 0, 1)
+    x = F.layer_norm(x.permute(1, 2, 0), (C,), sd["norm.weight"], sd["norm.bias"], eps=1e-5).permute(2, 0, 1)
+    return F.conv2d(x[None], sd["final.weight"], sd["final.bias"])[0]
+
+
+def reference_text_embeddings(model, tokenizer, classes, templates):
+    rows, owners = [], []
+    for c, item in enumerate(classes):
+        for name in [item] if isinstance(item, str) else item:
+            per_template = []
+            for template in templates:
+                e = model.encode_text(tokenizer([template.format(name)]))[0]
+                per_template.append(e / e.norm())
+            mean = torch.stack(per_template).mean(0)
+            rows.append(mean / mean.norm())
+            owners.append(c)
+    return torch.stack(rows), owners
+
+
+def reference_logits(model, adapter, image, masks, text, owners):
+    """(N, C) logits for one image (3, H, W) and masks (N, H, W)."""
+    visual = model.visual
+    trunk = visual.trunk
+    raw = trunk.forward_features(image[None])[0]  # (Ct, h, w): stem, stages, norm_pre
+    Ct, h, w = raw.shape
+    # dense features: every position through the head's norm and the projection
+    dense = torch.zeros(text.shape[1], h, w)
+    normed = _layernorm_channels(raw, trunk.head.norm.weight, trunk.head.norm.bias, trunk.head.norm.eps)
+    for i in range(h):
+        for j in range(w):
+            dense[:, i, j] = visual.head(normed[:, i, j][None])[0]
+    sd = adapter.state_dict()
+    num_maps = sd["final.weight"].shape[0]
+    scale = min(math.exp(model.logit_scale.item()), 100.0)
+    num_classes = max(owners) + 1
+    out = torch.empty(len(masks), num_classes)
+    for n, mask in enumerate(masks):
+        maps = reference_adapter(sd, dense, mask, num_maps)
+        maps = F.interpolate(maps[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        vectors = []
+        for k in range(num_maps):
+            weights = torch.softmax(F.logsigmoid(maps[k]).flatten(), dim=0).reshape(h, w)
+            pooled = (raw * weights).sum(dim=(1, 2))  # (Ct,)
+            vectors.append(visual.head(trunk.forward_head(pooled[None, :, None, None]))[0])
+        embedding = torch.stack(vectors).mean(0)
+        cos = (embedding / embedding.norm()) @ text.T  # (K,)
+        for c in range(num_classes):
+            out[n, c] = scale * max(cos[k] for k in range(len(owners)) if owners[k] == c)
+    return out
+
+
+def _rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def clip_and_tokenizer():
+    torch.manual_seed(3)
+    return build_clip(None, "cpu", TINY_CLIP_NAME)
+
+
+def _linear_proj_clip():
+    """Another ConvNeXt CLIP: other trunk (convnext_femto), linear projection, D=48."""
+    cfg = {
+        "embed_dim": 48,
+        "vision_cfg": {
+            "timm_model_name": "convnext_femto",
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": 224,
+        },
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    torch.manual_seed(4)
+    model = open_clip.model.CLIP(**cfg).eval()
+    return model, open_clip.get_tokenizer(TINY_CLIP_NAME)
+
+
+@pytest.mark.parametrize("which", ["tiny_mlp", "linear_proj"])
+def test_mask_logits_matches_independent_computation(which, clip_and_tokenizer):
+    model, tokenizer = clip_and_tokenizer if which == "tiny_mlp" else _linear_proj_clip()
+    dim = 64 if which == "tiny_mlp" else 48
+    torch.manual_seed(5)
+    adapter = maskadapter.MaskAdapterHead(clip_dim=dim, num_channels=24, mask_in_chans=16, num_output_maps=4)
+    with torch.no_grad():
+        for block in (adapter.cnext1, adapter.cnext2, adapter.cnext3):
+            block.gamma.normal_(0, 0.5)
+        adapter.final.weight.mul_(20)  # peaky maps, so that the pooling weights matter
+    adapter.eval()
+    image = torch.randn(1, 3, 128, 160)
+    yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(160.0), indexing="ij")
+    masks = torch.stack(
+        [
+            (torch.rand(128, 160) > 0.5).float(),
+            ((xx - 40) ** 2 + (yy - 60) ** 2 < 30**2).float(),
+            (xx > 100).float() * 0.7,  # soft values are allowed
+        ]
+    )
+    text, class_index = maskadapter.encode_vocabulary(model, tokenizer, SYNONYM_CLASSES)
+    with torch.no_grad():
+        got = maskadapter.mask_logits(model, adapter, image, masks[None], text, class_index)
+        ref_text, owners = reference_text_embeddings(model, tokenizer, SYNONYM_CLASSES, maskadapter.VILD_TEMPLATES)
+        want = reference_logits(model, adapter, image[0], masks, ref_text, owners)
+    assert got.shape == (1, 3, len(SYNONYM_CLASSES))
+    assert _rel_err(got[0], want) < 1e-4
+    # the masks are told apart: different masks get different logits
+    assert (got[0, 0] - got[0, 1]).abs().max() > 1e-3
+
+
+def test_encode_vocabulary_matches_independent_computation(clip_and_tokenizer):
+    model, tokenizer = clip_and_tokenizer
+    with torch.no_grad():
+        emb, class_index = maskadapter.encode_vocabulary(model, tokenizer, SYNONYM_CLASSES)
+        want, owners = reference_text_embeddings(model, tokenizer, SYNONYM_CLASSES, maskadapter.VILD_TEMPLATES)
+    assert emb.dtype == torch.float32 and emb.shape == (7, 64)
+    assert class_index.dtype == torch.long
+    assert class_index.tolist() == owners == [0, 0, 1, 2, 2, 2, 3]
+    assert _rel_err(emb, want) < 1e-4
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(7))
+    # other templates give other embeddings
+    one, _ = maskadapter.encode_vocabulary(model, tokenizer, ["cat"], templates=["{}"])
+    assert _rel_err(one[0], emb[0]) > 1e-3
+
+
+def test_vild_templates_are_the_fourteen_in_order():
+    t = maskadapter.VILD_TEMPLATES
+    assert len(t) == 14
+    assert t[0] == "a photo of a {}." and t[1] == "This is a photo of a {}"
+    assert t[-1] == "There is a large {} in the scene."
+    assert all(s.count("{}") == 1 for s in t)
+
+
+def test_mask_logits_rejects_bad_shapes(clip_and_tokenizer):
+    model, tokenizer = clip_and_tokenizer
+    adapter = maskadapter.MaskAdapterHead(clip_dim=64, num_channels=16, num_output_maps=2).eval()
+    text, idx = maskadapter.encode_vocabulary(model, tokenizer, ["a"])
+    with pytest.raises(ValueError, match="multiples of 32"):
+        maskadapter.mask_logits(model, adapter, torch.zeros(1, 3, 100, 96), torch.zeros(1, 1, 100, 96), text, idx)
+    with pytest.raises(ValueError, match="masks"):
+        maskadapter.mask_logits(model, adapter, torch.zeros(1, 3, 96, 96), torch.zeros(1, 1, 64, 64), text, idx)
