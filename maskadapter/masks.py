@@ -39,8 +39,9 @@ def image_key(image: np.ndarray) -> str:
 class CachingPredictor(SAM2ImagePredictor):
     """``SAM2ImagePredictor`` whose ``set_image`` reuses embeddings kept in ``cache``.
 
-    ``cache`` maps ``image_key(image)`` to the predictor's features and original size;
-    the caller owns it (one per image session). ``encoder_calls`` counts real encodings.
+    ``cache`` maps (model, ``image_key(image)``) to the predictor's features and
+    original size; the caller owns it (one per image session). ``encoder_calls``
+    counts real encodings.
     """
 
     def __init__(self, sam_model: SAM2Base, cache: dict | None = None, **kwargs) -> None:
@@ -49,7 +50,7 @@ class CachingPredictor(SAM2ImagePredictor):
         self.encoder_calls = 0
 
     def set_image(self, image: np.ndarray) -> None:
-        key = image_key(image)
+        key = (id(self.model), image_key(image))
         hit = self.cache.get(key)
         if hit is None:
             super().set_image(image)
@@ -99,6 +100,14 @@ class MaskProposal:
     stability_score: float | None = None
 
 
+def encode_image(sam_model: SAM2Base, image: np.ndarray, cache: dict) -> int:
+    """Compute SAM-2's embedding of an (H, W, 3) uint8 RGB image into ``cache`` if it
+    is not there yet; returns the number of encodings done (0 or 1)."""
+    predictor = CachingPredictor(sam_model, cache)
+    predictor.set_image(image)
+    return predictor.encoder_calls
+
+
 def automatic_masks(
     sam_model: SAM2Base,
     image: np.ndarray,
@@ -135,15 +144,16 @@ def prompt_mask(
     sam_model: SAM2Base,
     image: np.ndarray,
     cache: dict,
-    coords: np.ndarray,
-    labels: np.ndarray,
+    coords: np.ndarray | None,
+    labels: np.ndarray | None,
     box: np.ndarray | None = None,
 ) -> tuple[MaskProposal, int]:
     """The mask SAM-2 predicts for point prompts (and an optional box).
 
     Args:
         image: (H, W, 3) uint8 RGB.
-        coords: (P, 2) float32 XY pixel coordinates in ``image``; labels: (P,) 1/0.
+        coords: (P, 2) float32 XY pixel coordinates in ``image``; labels: (P,) 1/0;
+            both None when only a box is given.
         box: optional (4,) XYXY pixel box.
     Returns:
         (the mask with the highest predicted IoU, number of image encodings done).
@@ -152,7 +162,7 @@ def prompt_mask(
     """
     predictor = CachingPredictor(sam_model, cache)
     predictor.set_image(image)
-    multimask = len(coords) == 1 and box is None
+    multimask = coords is not None and len(coords) == 1 and box is None
     with torch.inference_mode():
         masks, ious, _ = predictor.predict(
             point_coords=coords, point_labels=labels, box=box, multimask_output=multimask

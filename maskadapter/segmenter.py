@@ -18,6 +18,8 @@ Two ways of turning classified masks into a picture (``mode``):
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,7 +35,14 @@ from maskadapter.clip_features import (
     mask_embeddings_from_features,
 )
 from maskadapter.errors import InputError
-from maskadapter.masks import AutoMaskSettings, MaskProposal, automatic_masks, image_key, prompt_mask
+from maskadapter.masks import (
+    AutoMaskSettings,
+    MaskProposal,
+    automatic_masks,
+    encode_image,
+    image_key,
+    prompt_mask,
+)
 from maskadapter.settings import Settings
 from maskadapter.transforms import ImageTransform, check_box, check_image, check_points
 from maskadapter.vocabulary import TextEmbeddingCache, Vocabulary, build_vocabulary
@@ -169,7 +178,7 @@ class Segmenter:
 
     def clip_features(self, session: ImageSession) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw and dense CLIP features of the session's image (computed once)."""
-        key = (self.transform, str(self.device), self.models.clip_key)
+        key = self._clip_key()
         with self.lock:
             if key not in session.clip_cache:
                 x = self.transform.image_to_tensor(session.image, self.device)
@@ -179,6 +188,30 @@ class Segmenter:
                 session.clip_cache[key] = (raw.float(), dense.float())
                 self.stats["clip_image_encodings"] += 1
             return session.clip_cache[key]
+
+    def _clip_key(self) -> tuple:
+        return (self.transform, str(self.device), self.models.clip_key)
+
+    def is_encoded(self, session: ImageSession) -> bool:
+        """Whether both embeddings of the session's image are cached for these models."""
+        sam_key = (id(self.models.sam2), session.key)
+        return sam_key in session.sam_cache and self._clip_key() in session.clip_cache
+
+    def with_sam2(self, sam_model: torch.nn.Module) -> Segmenter:
+        """A segmenter with another SAM-2 model, sharing everything else (CLIP, adapter,
+        text cache, lock, device, statistics)."""
+        other = copy.copy(self)
+        other.models = dataclasses.replace(self.models, sam2=sam_model)
+        return other
+
+    def encode(self, session: ImageSession, progress: Progress | None = None) -> None:
+        """Compute (once) what the session's image costs: SAM-2 embedding, CLIP features."""
+        with self.lock:
+            if progress and not self.is_encoded(session):
+                progress("encoding the image (SAM-2 and CLIP)")
+            with self.autocast():
+                self.stats["sam_image_encodings"] += encode_image(self.models.sam2, session.image, session.sam_cache)
+            self.clip_features(session)
 
     def mask_probabilities(self, session: ImageSession, masks: np.ndarray, vocabulary: Vocabulary) -> np.ndarray:
         """(N, C) class probabilities of (N, H, W) bool masks (softmax over classes)."""
@@ -223,6 +256,7 @@ class Segmenter:
                 raise InputError(f"{name} must be between 0 and 1, got {value}")
         session = self._as_session(image)
         self.text_embeddings(vocabulary)  # fail on the text side before the slow part
+        self.encode(session, progress)
         if progress:
             progress("generating masks with SAM-2")
         with self.lock, self.autocast():
@@ -238,20 +272,26 @@ class Segmenter:
         points: Sequence[Sequence[float]],
         vocabulary: Vocabulary,
         box: Sequence[float] | None = None,
+        progress: Progress | None = None,
     ) -> SegmentationResult:
         """Segment the object at the given points and name it.
 
         Args:
             points: ``[[x, y, label], ...]`` XY pixel coordinates in the original image,
-                label 1 positive, 0 negative; at least one positive.
+                label 1 positive, 0 negative; at least one positive unless a box is given.
             box: optional XYXY pixel box around the object.
         Returns:
             a result with one segment (none if SAM-2 returns an empty mask).
         """
         session = self._as_session(image)
-        coords, labels = check_points(points, session.hw)
         box_arr = check_box(box, session.hw)
+        points = [] if points is None else points
+        if box_arr is None or not isinstance(points, Sequence | np.ndarray) or len(points) > 0:
+            coords, labels = check_points(points, session.hw, require_positive=box_arr is None)
+        else:
+            coords = labels = None  # a box alone
         self.text_embeddings(vocabulary)
+        self.encode(session, progress)
         with self.lock, self.autocast():
             proposal, encodings = prompt_mask(
                 self.models.sam2, session.image, session.sam_cache, coords, labels, box_arr

@@ -111,7 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, app: bool = False) -> None
         if f.metadata["app_only"] and not app:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} [env {Settings.env_name(f.name)}]"
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        shown = "" if default in (None, False) else f" (default: {default})"
+        help_text = f"{f.metadata['help']}{shown} [env {Settings.env_name(f.name)}]"
         if _field_type(f) is bool:
             group.add_argument(flag, action="store_true", default=None, help=help_text)
         else:

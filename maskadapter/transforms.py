@@ -59,10 +59,13 @@ def check_image(image: object) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, :3])
 
 
-def check_points(points: Sequence[Sequence[float]], image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def check_points(
+    points: Sequence[Sequence[float]], image_hw: tuple[int, int], require_positive: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate ``[[x, y, label], ...]`` (label 1 positive, 0 negative) inside the image.
 
-    Returns (coords (P, 2) float32 XY pixels, labels (P,) int32).
+    Returns (coords (P, 2) float32 XY pixels, labels (P,) int32). Unless
+    ``require_positive`` is False (a box is given too), one point must be positive.
     """
     h, w = image_hw
     try:
@@ -81,7 +84,7 @@ def check_points(points: Sequence[Sequence[float]], image_hw: tuple[int, int]) -
     if outside.any():
         x, y = xy[outside][0]
         raise InputError(f"point ({x:g}, {y:g}) lies outside the {w}x{h} image")
-    if not (labels == 1).any():
+    if require_positive and not (labels == 1).any():
         raise InputError("add at least one positive point (label 1) on the object")
     return xy.astype(np.float32), labels.astype(np.int32)
 

@@ -266,39 +266,10 @@ def _local(path: str | None, flag: str) -> Path | None:
     return p
 
 
-def resolve_model_files(settings: Settings, progress: Progress | None = None) -> ModelFiles:
-    """Local paths of the three checkpoints (downloading what is missing, if possible)."""
-    repo, sam_file, sam_yaml = SAM2_HUB[settings.sam_size]
-    clip_cfg = open_clip.get_pretrained_cfg(settings.clip_model, settings.clip_pretrained)
-    clip_repo = (clip_cfg.get("hf_hub") or "").strip("/")
-    entries = {
-        "sam2": (
-            _local(settings.sam_checkpoint, "--sam-checkpoint"),
-            _HubFile(f"SAM-2.1 {settings.sam_size}", repo, (sam_file,), "--sam-checkpoint"),
-        ),
-        "clip": (
-            _local(settings.clip_checkpoint, "--clip-checkpoint"),
-            _HubFile(
-                f"CLIP {settings.clip_model} ({settings.clip_pretrained})",
-                clip_repo,
-                CLIP_HUB_FILES,
-                "--clip-checkpoint",
-            ),
-        ),
-        "adapter": (
-            _local(settings.adapter_checkpoint, "--adapter-checkpoint"),
-            _HubFile("Mask-Adapter head", settings.adapter_repo, (settings.adapter_file,), "--adapter-checkpoint"),
-        ),
-    }
-    sam_config = _local(settings.sam_config, "--sam-config") or SAM2_CONFIG_DIR / sam_yaml
-    if settings.clip_checkpoint is None and not clip_repo:
-        raise WeightsNotFoundError(
-            f"open_clip has no hub weights for {settings.clip_model} / {settings.clip_pretrained}; "
-            "pass --clip-checkpoint PATH"
-        )
-    paths: dict[str, Path | None] = {}
-    for key, (local, entry) in entries.items():
-        paths[key] = local or _cached(entry)
+def _fetch(entries: dict[str, tuple[Path | None, _HubFile]], progress: Progress | None) -> dict[str, Path]:
+    """Local path for each entry: the given local file, else the hub cache, else a
+    download. Fails at once, naming every missing file, when the hub is unreachable."""
+    paths = {key: local or _cached(entry) for key, (local, entry) in entries.items()}
     missing = [key for key, path in paths.items() if path is None]
     if missing and not _hub_reachable():
         from huggingface_hub import constants
@@ -313,11 +284,57 @@ def resolve_model_files(settings: Settings, progress: Progress | None = None) ->
     for key in missing:
         entry = entries[key][1]
         if progress:
-            progress(f"downloading {entry.what} from {entry.repo}")
+            progress(f"downloading {entry.what} from {entry.repo} (first run only)")
         paths[key] = _download(entry)
+    return paths
+
+
+def _sam2_entry(settings: Settings, size: str) -> tuple[Path | None, _HubFile]:
+    repo, filename, _ = SAM2_HUB[size]
+    local = _local(settings.sam_checkpoint, "--sam-checkpoint") if size == settings.sam_size else None
+    return local, _HubFile(f"SAM-2.1 {size}", repo, (filename,), "--sam-checkpoint")
+
+
+def sam2_config_for(settings: Settings, size: str) -> Path:
+    """The config of SAM-2 ``size``: --sam-config for the configured size, else the sam2 package's."""
+    if size == settings.sam_size and settings.sam_config:
+        return _local(settings.sam_config, "--sam-config")
+    return SAM2_CONFIG_DIR / SAM2_HUB[size][2]
+
+
+def resolve_sam2_file(settings: Settings, size: str, progress: Progress | None = None) -> Path:
+    """Local checkpoint of SAM-2.1 ``size`` (the configured local file for the configured size)."""
+    return _fetch({"sam2": _sam2_entry(settings, size)}, progress)["sam2"]
+
+
+def resolve_model_files(settings: Settings, progress: Progress | None = None) -> ModelFiles:
+    """Local paths of the three checkpoints (downloading what is missing, if possible)."""
+    clip_cfg = open_clip.get_pretrained_cfg(settings.clip_model, settings.clip_pretrained)
+    clip_repo = (clip_cfg.get("hf_hub") or "").strip("/")
+    if settings.clip_checkpoint is None and not clip_repo:
+        raise WeightsNotFoundError(
+            f"open_clip has no hub weights for {settings.clip_model} / {settings.clip_pretrained}; "
+            "pass --clip-checkpoint PATH"
+        )
+    clip_what = f"CLIP {settings.clip_model} ({settings.clip_pretrained})"
+    adapter_file = (settings.adapter_file,)
+    paths = _fetch(
+        {
+            "sam2": _sam2_entry(settings, settings.sam_size),
+            "clip": (
+                _local(settings.clip_checkpoint, "--clip-checkpoint"),
+                _HubFile(clip_what, clip_repo, CLIP_HUB_FILES, "--clip-checkpoint"),
+            ),
+            "adapter": (
+                _local(settings.adapter_checkpoint, "--adapter-checkpoint"),
+                _HubFile("Mask-Adapter head", settings.adapter_repo, adapter_file, "--adapter-checkpoint"),
+            ),
+        },
+        progress,
+    )
     return ModelFiles(
         sam2_checkpoint=paths["sam2"],
-        sam2_config=sam_config,
+        sam2_config=sam2_config_for(settings, settings.sam_size),
         clip_model=settings.clip_model,
         clip_checkpoint=paths["clip"],
         adapter_checkpoint=paths["adapter"],

@@ -1,0 +1,377 @@
+"""The app's service object: one per process, shared by every user.
+
+It builds the models once (in a background thread, so the page comes up at once),
+hands out a ``Segmenter`` per SAM-2 size, turns UI inputs (text, slider values, JSON
+strings) into engine calls and results into pictures, table rows and files. Per-user
+state (``ImageSession``, ``PointState``) is passed in and returned; the service keeps
+none of it. UI-free: ``app.py`` wires it to Gradio.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from maskadapter.errors import InputError, MaskAdapterError
+from maskadapter.export import save_label_map, save_segments_json, segments_to_dict
+from maskadapter.masks import AutoMaskSettings, image_key
+from maskadapter.render import draw_points, overlay
+from maskadapter.segmenter import ImageSession, SegmentationResult, Segmenter
+from maskadapter.settings import SAM2_SIZES, Settings
+from maskadapter.transforms import check_box, check_image
+from maskadapter.vocabulary import Vocabulary, build_vocabulary
+from maskadapter.weights import build_sam2_model, resolve_sam2_file, sam2_config_for
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[float, str], None]
+OUTPUT_TTL_S = 3600
+TABLE_HEADERS = ["label", "score", "area %", "alternatives (top 3)"]
+
+
+def _quiet(fraction: float, message: str) -> None:
+    log.info("%.0f%% %s", 100 * fraction, message)
+
+
+class _Steps:
+    """Engine progress messages -> increasing fractions for a progress bar."""
+
+    def __init__(self, report: Report, start: float, stop: float, steps: int) -> None:
+        self.report, self.value, self.step = report, start, (stop - start) / max(1, steps)
+
+    def __call__(self, message: str) -> None:
+        self.report(self.value, message)
+        self.value += self.step
+
+
+@dataclass
+class PointState:
+    """One user's point-prompt tab: the image session, points, an optional box."""
+
+    session: ImageSession | None = None
+    points: list[list[float]] = field(default_factory=list)  # [x, y, label]
+    box: list[float] | None = None  # XYXY
+    corner: list[float] | None = None  # first corner of a box being drawn
+    actions: list[str] = field(default_factory=list)  # "point" | "corner" | "box", for undo
+
+    def add(self, x: float, y: float, kind: str) -> None:
+        """``kind``: "positive", "negative" or "box" (two clicks make a box)."""
+        if self.session is None:
+            raise InputError("upload an image first, then click on it")
+        h, w = self.session.hw
+        if not (0 <= x <= w and 0 <= y <= h):
+            raise InputError(f"the click ({x:g}, {y:g}) lies outside the {w}x{h} image")
+        if kind == "box":
+            if self.corner is None:
+                self.corner = [x, y]
+                self.actions.append("corner")
+            else:
+                x0, y0 = self.corner
+                self.box = check_box([x0, y0, x, y], self.session.hw).tolist()
+                self.corner = None
+                self.actions[-1] = "box"
+        elif kind in ("positive", "negative"):
+            self.points.append([float(x), float(y), 1 if kind == "positive" else 0])
+            self.actions.append("point")
+        else:
+            raise InputError(f"unknown click kind {kind!r}")
+
+    def undo(self) -> None:
+        if not self.actions:
+            return
+        last = self.actions.pop()
+        if last == "point":
+            self.points.pop()
+        elif last == "corner":
+            self.corner = None
+        else:
+            self.box = None
+
+    def clear(self) -> None:
+        self.points, self.box, self.corner, self.actions = [], None, None, []
+
+    @property
+    def ready(self) -> bool:
+        """Whether there is a prompt SAM-2 can use: a positive point or a box."""
+        return any(p[2] == 1 for p in self.points) or self.box is not None
+
+    def points_json(self) -> str:
+        return json.dumps([[round(x, 1), round(y, 1), int(lab)] for x, y, lab in self.points])
+
+
+@dataclass
+class Output:
+    """What one request produces for the UI and the API."""
+
+    picture: np.ndarray  # (H', W, 3) uint8 RGB
+    rows: list[list]  # table rows, TABLE_HEADERS
+    segments: dict  # the segments JSON (see maskadapter.export)
+    label_map_path: Path | None
+    json_path: Path | None
+    message: str
+
+
+def parse_points(text: str | Sequence | None) -> list[list[float]]:
+    """``'[[x, y, label], ...]'`` (or the list itself) -> list; validation follows later."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return []
+    if isinstance(text, str):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            raise InputError("points must be JSON like [[x, y, 1], [x, y, 0]]") from None
+    else:
+        data = text
+    if not isinstance(data, list) or not all(isinstance(p, list | tuple) and len(p) == 3 for p in data):
+        raise InputError("points must be a list of [x, y, label] triples (label 1 positive, 0 negative)")
+    return [list(p) for p in data]
+
+
+def parse_box(text: str | Sequence | None) -> list[float] | None:
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    try:
+        data = json.loads(text) if isinstance(text, str) else list(text)
+    except json.JSONDecodeError:
+        raise InputError("a box must be JSON like [x0, y0, x1, y1]") from None
+    if not isinstance(data, list) or len(data) != 4:
+        raise InputError("a box must be four numbers [x0, y0, x1, y1]")
+    return data
+
+
+class SegmentationService:
+    """Models, device and lock for the app (through ``Segmenter``), built once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._base: Segmenter | None = None
+        self._by_size: dict[str, Segmenter] = {}
+        self._error: MaskAdapterError | None = None
+        self._ready = threading.Event()
+        self._load_lock = threading.Lock()
+        self._started = False
+        self._status = "loading models..."
+        self.output_dir = Path(tempfile.gettempdir()) / "maskadapter-outputs"
+
+    # ------------------------------------------------------------------ loading
+
+    def start(self, background: bool = True) -> None:
+        """Begin building the models (once)."""
+        with self._load_lock:
+            if self._started:
+                return
+            self._started = True
+        if background:
+            threading.Thread(target=self._load, name="model-loader", daemon=True).start()
+        else:
+            self._load()
+
+    def _load(self) -> None:
+        try:
+
+            def note(message: str) -> None:
+                self._status = message
+                log.info(message)
+
+            self._base = Segmenter.from_settings(self.settings, progress=note)
+            size = "tiny-random" if self.settings.tiny_random else self.settings.sam_size
+            self._by_size[size] = self._base
+            self._status = "ready"
+        except MaskAdapterError as err:
+            self._error = err
+            log.error("%s", err)
+        except Exception as err:  # keep serving the page; every request reports this
+            self._error = MaskAdapterError(f"the models could not be loaded: {type(err).__name__}: {err}")
+            log.exception("model loading failed")
+        finally:
+            self._ready.set()
+
+    def wait(self, report: Report = _quiet) -> Segmenter:
+        """The base segmenter, waiting for the loader; raises its error if it failed."""
+        self.start()
+        while not self._ready.wait(timeout=0.5):
+            report(0.02, f"models: {self._status}")
+        if self._error is not None:
+            raise self._error
+        assert self._base is not None
+        return self._base
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self._error is None
+
+    @property
+    def sam_sizes(self) -> list[str]:
+        return ["tiny-random"] if self.settings.tiny_random else list(SAM2_SIZES)
+
+    @property
+    def default_sam_size(self) -> str:
+        return self.sam_sizes[0] if self.settings.tiny_random else self.settings.sam_size
+
+    def default_mask_settings(self) -> AutoMaskSettings:
+        """The demo's settings; with random weights SAM-2's quality filters are opened
+        (random weights predict low quality everywhere, so nothing would pass)."""
+        if self.settings.tiny_random:
+            return AutoMaskSettings(pred_iou_thresh=0.0, stability_score_thresh=0.0)
+        return AutoMaskSettings()
+
+    def segmenter(self, size: str | None, report: Report = _quiet) -> Segmenter:
+        """The segmenter whose SAM-2 has ``size`` (loaded on first use)."""
+        base = self.wait(report)
+        size = size or self.default_sam_size
+        if size not in self.sam_sizes:
+            raise InputError(f"SAM-2 size must be one of {', '.join(self.sam_sizes)}, got {size!r}")
+        with self._load_lock:
+            if size not in self._by_size:
+                report(0.05, f"loading SAM-2.1 {size}")
+                path = resolve_sam2_file(self.settings, size, lambda msg: report(0.05, msg))
+                sam = build_sam2_model(path, base.device, sam2_config_for(self.settings, size))
+                self._by_size[size] = base.with_sam2(sam)
+            return self._by_size[size]
+
+    def status_markdown(self) -> str:
+        """A line for the top of the page: what runs, or why nothing does."""
+        if not self._ready.is_set():
+            return f"⏳ Loading models: {self._status} The first request waits for them."
+        if self._error is not None:
+            return f"❌ **The models could not be loaded.** {self._error}"
+        seg = self._base
+        text = f"Models: {seg.models.description}; device `{seg.device}`"
+        if seg.amp_dtype is not None:
+            text += f" ({str(seg.amp_dtype).removeprefix('torch.')} autocast)"
+        if not seg.real_weights:
+            text = (
+                "⚠️ **Random weights (`--tiny-random`): masks and labels are meaningless.** "
+                "This mode only shows that the app works; run without `--tiny-random` "
+                "to download the real models. " + text
+            )
+        return text
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def session_for(image: object, previous: ImageSession | None) -> ImageSession:
+        """Reuse ``previous`` when it holds the same pixels, else open a new session."""
+        image = check_image(image)
+        if previous is not None and previous.hw == image.shape[:2] and previous.key == image_key(image):
+            return previous
+        return ImageSession(image=image, key=image_key(image))
+
+    @staticmethod
+    def vocabulary(text: str | None, predefined: Sequence[str] | None) -> Vocabulary:
+        return build_vocabulary(text or "", list(predefined or []))
+
+    def _files(self, result: SegmentationResult, name: str) -> tuple[Path, Path]:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        for old in self.output_dir.iterdir():
+            try:
+                if now - old.stat().st_mtime > OUTPUT_TTL_S:
+                    old.unlink()
+            except OSError:
+                pass
+        tag = uuid.uuid4().hex[:8]
+        labels = save_label_map(result, self.output_dir / f"{name}-labels-{tag}.png")
+        segments = save_segments_json(result, self.output_dir / f"{name}-segments-{tag}.json")
+        return labels, segments
+
+    @staticmethod
+    def rows(result: SegmentationResult) -> list[list]:
+        total = result.label_map.size
+        return [
+            [
+                seg.label,
+                round(seg.score, 3),
+                round(100.0 * seg.area / total, 2),
+                ", ".join(f"{label} ({score:.2f})" for label, score in seg.top5[1:4]),
+            ]
+            for seg in result.segments
+        ]
+
+    # ------------------------------------------------------------------ tasks
+
+    def automatic(
+        self,
+        image: object,
+        vocabulary_text: str | None,
+        predefined: Sequence[str] | None = (),
+        session: ImageSession | None = None,
+        sam_size: str | None = None,
+        mask_settings: AutoMaskSettings | None = None,
+        mode: str = "per_mask",
+        score_threshold: float = 0.0,
+        granularity: float = 0.8,
+        alpha: float = 0.5,
+        report: Report = _quiet,
+    ) -> tuple[Output, ImageSession]:
+        """Segment everything; returns the output and the (possibly new) image session."""
+        session = self.session_for(image, session)
+        vocabulary = self.vocabulary(vocabulary_text, predefined)
+        segmenter = self.segmenter(sam_size, report)
+        steps = _Steps(report, 0.1, 0.9, 3)
+        result = segmenter.segment_automatic(
+            session,
+            vocabulary,
+            mask_settings or self.default_mask_settings(),
+            mode,
+            score_threshold,
+            granularity,
+            progress=steps,
+        )
+        report(0.95, "drawing")
+        picture = overlay(session.image, result, alpha=alpha)
+        label_path, json_path = self._files(result, "automatic")
+        count = len(result.segments)
+        message = f"{count} segment{'' if count == 1 else 's'}"
+        if not count:
+            message = (
+                "No segment: SAM-2 found no mask that passes its thresholds, or every mask scored "
+                "below the score threshold. Lower them under Advanced."
+            )
+        return Output(picture, self.rows(result), segments_to_dict(result), label_path, json_path, message), session
+
+    def points(
+        self,
+        state: PointState,
+        vocabulary_text: str | None,
+        predefined: Sequence[str] | None = (),
+        sam_size: str | None = None,
+        alpha: float = 0.5,
+        report: Report = _quiet,
+    ) -> Output:
+        """Label the object at the state's points (and box); draws the prompts."""
+        if state.session is None:
+            raise InputError("upload an image first, then click on the object")
+        image = state.session.image
+        shown = list(state.points) + ([[*state.corner, 1]] if state.corner else [])
+        if not state.ready:
+            picture = draw_points(image, shown, state.box)
+            hint = (
+                "Add a positive point (or a box) on the object."
+                if state.points or state.corner
+                else ("Click on the object to add a point.")
+            )
+            return Output(picture, [], {}, None, None, hint)
+        vocabulary = self.vocabulary(vocabulary_text, predefined)
+        segmenter = self.segmenter(sam_size, report)
+        result = segmenter.segment_points(
+            state.session, state.points, vocabulary, box=state.box, progress=_Steps(report, 0.2, 0.9, 1)
+        )
+        picture = overlay(image, result, alpha=alpha, legend=False, points=shown, box=state.box)
+        label_path, json_path = self._files(result, "points")
+        if result.segments:
+            seg = result.segments[0]
+            alternatives = ", ".join(f"{label} {score:.2f}" for label, score in seg.top5[1:4])
+            message = f"**{seg.label}** ({seg.score:.2f}); alternatives: {alternatives}"
+        else:
+            message = "SAM-2 returned an empty mask for these points; try another click."
+        return Output(picture, self.rows(result), segments_to_dict(result), label_path, json_path, message)

@@ -1,0 +1,99 @@
+"""The app's service object, without a browser."""
+
+import json
+
+import numpy as np
+import pytest
+
+from maskadapter.errors import InputError, MaskAdapterError, WeightsNotFoundError
+from maskadapter.masks import AutoMaskSettings
+from maskadapter.service import PointState, SegmentationService, parse_box, parse_points
+from maskadapter.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    service = SegmentationService(
+        Settings(
+            tiny_random=True, device="cpu", cache_dir=str(tmp_path_factory.mktemp("c")), short_side=224, max_size=320
+        )
+    )
+    service.start(background=False)
+    return service
+
+
+def test_status_says_random_weights(service):
+    assert service.ready
+    assert "Random weights" in service.status_markdown() and "meaningless" in service.status_markdown()
+    assert service.sam_sizes == ["tiny-random"]
+    assert service.default_mask_settings().pred_iou_thresh == 0.0
+
+
+def test_failed_loading_is_reported_not_raised_at_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    broken = SegmentationService(Settings(device="cpu", cache_dir=str(tmp_path)))
+    broken.start(background=False)
+    assert not broken.ready
+    assert "could not be loaded" in broken.status_markdown() and "--sam-checkpoint" in broken.status_markdown()
+    with pytest.raises(WeightsNotFoundError):
+        broken.wait()
+
+
+def test_automatic_output(service, image):
+    grid = AutoMaskSettings(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    out, session = service.automatic(image, "cat, wall", [], None, None, grid, "per_mask", 0.0, 0.8, 0.5)
+    assert out.picture.dtype == np.uint8 and out.picture.shape[1] == image.shape[1]
+    assert out.label_map_path.exists() and out.json_path.exists()
+    assert json.loads(out.json_path.read_text()) == out.segments
+    assert len(out.rows) == len(out.segments["segments"])
+    assert all(len(row) == 4 for row in out.rows)
+    again, same = service.automatic(image, "dog, sky", ["pascal_voc"], session, mask_settings=grid)
+    assert same is session  # the same pixels keep their cached encodings
+    other, new = service.automatic(image[::-1].copy(), "dog", [], session, mask_settings=grid)
+    assert new is not session
+    with pytest.raises(InputError, match="SAM-2 size"):
+        service.automatic(image, "cat", [], None, sam_size="large")
+
+
+def test_point_state_clicks_undo_clear(service, image):
+    state = PointState(session=service.session_for(image, None))
+    with pytest.raises(InputError, match="outside"):
+        state.add(500, 5, "positive")
+    state.add(20, 30, "negative")
+    assert not state.ready
+    hint = service.points(state, "cat", [])
+    assert hint.segments == {} and "positive point" in hint.message
+    state.add(80, 50, "positive")
+    state.add(10, 10, "box")
+    state.add(150, 100, "box")
+    assert state.box == [10, 10, 150, 100] and state.corner is None
+    out = service.points(state, "cat, wall", [])
+    assert len(out.segments["segments"]) <= 1 and out.picture.shape == image.shape
+    assert json.loads(state.points_json()) == [[20, 30, 0], [80, 50, 1]]
+    state.undo()
+    assert state.box is None and len(state.points) == 2
+    state.add(5, 5, "box")
+    state.undo()
+    assert state.corner is None and state.box is None
+    state.undo()
+    assert state.points == [[20.0, 30.0, 0]]
+    state.clear()
+    assert state.points == [] and not state.actions
+    with pytest.raises(InputError, match="upload an image"):
+        PointState().add(1, 1, "positive")
+
+
+def test_parse_points_and_box():
+    assert parse_points("[[1, 2, 1], [3.5, 4, 0]]") == [[1, 2, 1], [3.5, 4, 0]]
+    assert parse_points("") == [] and parse_points(None) == []
+    for bad in ("[[1, 2", "[1, 2, 3]", '{"x": 1}'):
+        with pytest.raises(InputError):
+            parse_points(bad)
+    assert parse_box("[1, 2, 3, 4]") == [1, 2, 3, 4] and parse_box(" ") is None
+    with pytest.raises(InputError):
+        parse_box("[1, 2]")
+    assert issubclass(InputError, MaskAdapterError)
