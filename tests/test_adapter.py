@@ -50,7 +50,9 @@ OFFICIAL_SHAPES = {
 
 
 def test_default_head_has_the_official_keys_and_shapes():
-    shapes = {k: list(v.shape) for k, v in maskadapter.MaskAdapterHead().state_dict().items()}
+    head = maskadapter.MaskAdapterHead()
+    shapes = {k: list(v.shape) for k, v in head.state_dict().items()}
+    assert 14.85e6 < sum(p.numel() for p in head.parameters()) < 14.95e6  # "about 14.9 M"
     assert len(OFFICIAL_SHAPES) == 43
     assert shapes == OFFICIAL_SHAPES
     if SPEC.exists():
