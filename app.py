@@ -211,7 +211,7 @@ def build_demo(service: SegmentationService) -> gr.Blocks:
         # ---------------------------------------------------------------- events
 
         def refresh_banner():
-            return service.status_markdown(), gr.Timer(active=not service._ready.is_set())
+            return service.status_markdown(), gr.Timer(active=service.loading)
 
         demo.load(refresh_banner, outputs=[banner, timer], api_visibility="private")
         timer.tick(refresh_banner, outputs=[banner, timer], api_visibility="private")
@@ -310,7 +310,7 @@ def build_demo(service: SegmentationService) -> gr.Blocks:
         @friendly
         @gpu
         def click(kind, vocabulary, predefined, sam_size, alpha, state, evt: gr.SelectData, progress=gr.Progress()):
-            state = dataclasses.replace(state, points=list(state.points), actions=list(state.actions))
+            state = state.copy()
             x, y = evt.index
             state.add(float(x), float(y), kind)
             return point_result(
@@ -328,7 +328,7 @@ def build_demo(service: SegmentationService) -> gr.Blocks:
             @friendly
             @gpu
             def handler(vocabulary, predefined, sam_size, alpha, state, progress=gr.Progress()):
-                state = dataclasses.replace(state, points=list(state.points), actions=list(state.actions))
+                state = state.copy()
                 operation(state)
                 if state.session is None:
                     raise gr.Error("Upload a photo first.", print_exception=False)

@@ -85,6 +85,11 @@ class PointState:
         else:
             raise InputError(f"unknown click kind {kind!r}")
 
+    def copy(self) -> PointState:
+        """A copy to change, so that a failed event leaves the user's state as it was
+        (the image session is shared, not copied)."""
+        return PointState(self.session, list(self.points), self.box, self.corner, list(self.actions))
+
     def undo(self) -> None:
         if not self.actions:
             return
@@ -207,7 +212,13 @@ class SegmentationService:
 
     @property
     def ready(self) -> bool:
+        """Loading finished and succeeded."""
         return self._ready.is_set() and self._error is None
+
+    @property
+    def loading(self) -> bool:
+        """The loader has not finished yet (it may still fail)."""
+        return not self._ready.is_set()
 
     @property
     def sam_sizes(self) -> list[str]:

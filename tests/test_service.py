@@ -81,6 +81,9 @@ def test_point_state_clicks_undo_clear(service, image):
     assert state.corner is None and state.box is None
     state.undo()
     assert state.points == [[20.0, 30.0, 0]]
+    copy = state.copy()
+    copy.add(40, 40, "positive")
+    assert state.points == [[20.0, 30.0, 0]] and copy.session is state.session  # the original is untouched
     state.clear()
     assert state.points == [] and not state.actions
     with pytest.raises(InputError, match="upload an image"):
