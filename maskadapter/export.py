@@ -68,7 +68,11 @@ def segments_to_dict(result: SegmentationResult, file_name: str | None = None) -
 
 
 def segments_json(result: SegmentationResult, file_name: str | None = None) -> str:
-    return json.dumps(segments_to_dict(result, file_name), ensure_ascii=False, indent=1)
+    return _dumps(segments_to_dict(result, file_name))
+
+
+def _dumps(data: dict) -> str:
+    return json.dumps(data, ensure_ascii=False, indent=1)
 
 
 def label_map_image(result: SegmentationResult) -> np.ndarray:
@@ -84,6 +88,11 @@ def save_label_map(result: SegmentationResult, path: str | os.PathLike) -> Path:
 
 
 def save_segments_json(result: SegmentationResult, path: str | os.PathLike, file_name: str | None = None) -> Path:
+    return write_segments_json(segments_to_dict(result, file_name), path)
+
+
+def write_segments_json(data: dict, path: str | os.PathLike) -> Path:
+    """Write a dict made by ``segments_to_dict`` (when the caller needs it too)."""
     path = Path(path)
-    path.write_text(segments_json(result, file_name), encoding="utf-8")
+    path.write_text(_dumps(data), encoding="utf-8")
     return path

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from maskadapter.errors import InputError, MaskAdapterError
-from maskadapter.export import save_label_map, save_segments_json, segments_to_dict
+from maskadapter.export import save_label_map, segments_to_dict, write_segments_json
 from maskadapter.masks import AutoMaskSettings, image_key
 from maskadapter.render import draw_points, overlay
 from maskadapter.segmenter import ImageSession, SegmentationResult, Segmenter
@@ -273,15 +273,17 @@ class SegmentationService:
     def session_for(image: object, previous: ImageSession | None) -> ImageSession:
         """Reuse ``previous`` when it holds the same pixels, else open a new session."""
         image = check_image(image)
-        if previous is not None and previous.hw == image.shape[:2] and previous.key == image_key(image):
+        key = image_key(image)
+        if previous is not None and previous.key == key:
             return previous
-        return ImageSession(image=image, key=image_key(image))
+        return ImageSession(image=image, key=key)
 
     @staticmethod
     def vocabulary(text: str | None, predefined: Sequence[str] | None) -> Vocabulary:
         return build_vocabulary(text or "", list(predefined or []))
 
-    def _files(self, result: SegmentationResult, name: str) -> tuple[Path, Path]:
+    def _files(self, result: SegmentationResult, segments: dict, name: str) -> tuple[Path, Path]:
+        """Write the label map and ``segments`` (the result's JSON) for download."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         now = time.time()
         for old in self.output_dir.iterdir():
@@ -292,8 +294,8 @@ class SegmentationService:
                 pass
         tag = uuid.uuid4().hex[:8]
         labels = save_label_map(result, self.output_dir / f"{name}-labels-{tag}.png")
-        segments = save_segments_json(result, self.output_dir / f"{name}-segments-{tag}.json")
-        return labels, segments
+        json_path = write_segments_json(segments, self.output_dir / f"{name}-segments-{tag}.json")
+        return labels, json_path
 
     @staticmethod
     def rows(result: SegmentationResult) -> list[list]:
@@ -340,7 +342,8 @@ class SegmentationService:
         )
         report(0.95, "drawing")
         picture = overlay(session.image, result, alpha=alpha)
-        label_path, json_path = self._files(result, "automatic")
+        segments = segments_to_dict(result)
+        label_path, json_path = self._files(result, segments, "automatic")
         count = len(result.segments)
         message = f"{count} segment{'' if count == 1 else 's'}"
         if not count:
@@ -348,7 +351,7 @@ class SegmentationService:
                 "No segment: SAM-2 found no mask that passes its thresholds, or every mask scored "
                 "below the score threshold. Lower them under Advanced."
             )
-        return Output(picture, self.rows(result), segments_to_dict(result), label_path, json_path, message), session
+        return Output(picture, self.rows(result), segments, label_path, json_path, message), session
 
     def points(
         self,
@@ -378,11 +381,12 @@ class SegmentationService:
             state.session, state.points, vocabulary, box=state.box, progress=_Steps(report, 0.2, 0.9, 1)
         )
         picture = overlay(image, result, alpha=alpha, legend=False, points=shown, box=state.box)
-        label_path, json_path = self._files(result, "points")
+        segments = segments_to_dict(result)
+        label_path, json_path = self._files(result, segments, "points")
         if result.segments:
             seg = result.segments[0]
             alternatives = ", ".join(f"{label} {score:.2f}" for label, score in seg.top5[1:4])
             message = f"**{seg.label}** ({seg.score:.2f}); alternatives: {alternatives}"
         else:
             message = "SAM-2 returned an empty mask for these points; try another click."
-        return Output(picture, self.rows(result), segments_to_dict(result), label_path, json_path, message)
+        return Output(picture, self.rows(result), segments, label_path, json_path, message)
