@@ -36,6 +36,11 @@ def image_key(image: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def sam_cache_key(sam_model: torch.nn.Module, key: str) -> tuple[int, str]:
+    """Where ``CachingPredictor`` keeps the embedding of the image with ``image_key`` ``key``."""
+    return (id(sam_model), key)
+
+
 class CachingPredictor(SAM2ImagePredictor):
     """``SAM2ImagePredictor`` whose ``set_image`` reuses embeddings kept in ``cache``.
 
@@ -50,7 +55,7 @@ class CachingPredictor(SAM2ImagePredictor):
         self.encoder_calls = 0
 
     def set_image(self, image: np.ndarray) -> None:
-        key = (id(self.model), image_key(image))
+        key = sam_cache_key(self.model, image_key(image))
         hit = self.cache.get(key)
         if hit is None:
             super().set_image(image)

@@ -42,6 +42,7 @@ from maskadapter.masks import (
     encode_image,
     image_key,
     prompt_mask,
+    sam_cache_key,
 )
 from maskadapter.settings import Settings
 from maskadapter.transforms import ImageTransform, check_box, check_image, check_points
@@ -194,7 +195,7 @@ class Segmenter:
 
     def is_encoded(self, session: ImageSession) -> bool:
         """Whether both embeddings of the session's image are cached for these models."""
-        sam_key = (id(self.models.sam2), session.key)
+        sam_key = sam_cache_key(self.models.sam2, session.key)
         return sam_key in session.sam_cache and self._clip_key() in session.clip_cache
 
     def with_sam2(self, sam_model: torch.nn.Module) -> Segmenter:
@@ -286,10 +287,10 @@ class Segmenter:
         session = self._as_session(image)
         box_arr = check_box(box, session.hw)
         points = [] if points is None else points
-        if box_arr is None or not isinstance(points, Sequence | np.ndarray) or len(points) > 0:
-            coords, labels = check_points(points, session.hw, require_positive=box_arr is None)
-        else:
+        if box_arr is not None and isinstance(points, Sequence | np.ndarray) and len(points) == 0:
             coords = labels = None  # a box alone
+        else:
+            coords, labels = check_points(points, session.hw, require_positive=box_arr is None)
         self.text_embeddings(vocabulary)
         self.encode(session, progress)
         with self.lock, self.autocast():
