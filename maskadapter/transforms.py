@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -157,3 +158,75 @@ class ImageTransform:
         x = x[:, :, :rh, :rw].float()
         x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
         return (x[0] > threshold).cpu().numpy()
+
+
+class WorkingFrame:
+    """The working resolution of one image, and the way back to the original size.
+
+    Masks are made, classified and painted at ``work_hw``: the image's size scaled so
+    that its long side is at most ``max_side`` (never enlarged). The way back is
+    nearest-neighbour: original row ``y`` shows working row ``rows[y]`` (likewise for
+    columns), so areas and boxes in original pixels follow exactly from working masks.
+    """
+
+    def __init__(self, orig_hw: tuple[int, int], max_side: int = 1024) -> None:
+        h, w = orig_hw
+        scale = min(1.0, max_side / max(h, w))
+        self.orig_hw = (int(h), int(w))
+        self.work_hw = (max(1, round(h * scale)), max(1, round(w * scale)))
+        self.rows = self._nearest(h, self.work_hw[0])  # (H,) working row of each original row
+        self.cols = self._nearest(w, self.work_hw[1])
+        self.row_count = np.bincount(self.rows, minlength=self.work_hw[0])  # original rows per working row
+        self.col_count = np.bincount(self.cols, minlength=self.work_hw[1])
+        self.first_row = np.searchsorted(self.rows, np.arange(self.work_hw[0]), side="left")
+        self.first_col = np.searchsorted(self.cols, np.arange(self.work_hw[1]), side="left")
+        self.end_row = np.searchsorted(self.rows, np.arange(self.work_hw[0]), side="right")
+        self.end_col = np.searchsorted(self.cols, np.arange(self.work_hw[1]), side="right")
+
+    @staticmethod
+    def _nearest(out_len: int, in_len: int) -> np.ndarray:
+        return np.minimum(((np.arange(out_len) + 0.5) * (in_len / out_len)).astype(np.int64), in_len - 1)
+
+    @property
+    def identity(self) -> bool:
+        return self.work_hw == self.orig_hw
+
+    def image(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> (h, w, 3) uint8 at the working size (area-averaged)."""
+        if self.identity:
+            return image
+        h, w = self.work_hw
+        return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+
+    def to_original(self, planes: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(..., h, w) working-frame array (mask or label map) -> (..., H, W) numpy."""
+        if isinstance(planes, torch.Tensor):
+            planes = planes.cpu().numpy()
+        if self.identity:
+            return planes
+        return planes[..., self.rows[:, None], self.cols[None, :]]
+
+    def areas(self, masks: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+        """(N, h, w) bool working masks -> (N,) int64 pixel counts at the original size."""
+        rc = torch.as_tensor(self.row_count, device=masks.device, dtype=torch.float64)
+        cc = torch.as_tensor(self.col_count, device=masks.device, dtype=torch.float64)
+        out = [
+            torch.einsum("nhw,h,w->n", masks[s : s + chunk].to(torch.float64), rc, cc)
+            for s in range(0, len(masks), chunk)
+        ]
+        return torch.cat(out).round().long() if out else torch.zeros(0, dtype=torch.long, device=masks.device)
+
+    def boxes(self, masks: torch.Tensor) -> torch.Tensor:
+        """(N, h, w) bool working masks -> (N, 4) int64 XYXY original pixels, x1/y1
+        exclusive; (0, 0, 0, 0) for an empty mask."""
+        n = len(masks)
+        if n == 0:
+            return torch.zeros(0, 4, dtype=torch.long)
+        rows, cols = masks.any(2).cpu().numpy(), masks.any(1).cpu().numpy()
+        has = rows.any(1)
+        r0 = rows.argmax(1)
+        r1 = rows.shape[1] - 1 - rows[:, ::-1].argmax(1)
+        c0 = cols.argmax(1)
+        c1 = cols.shape[1] - 1 - cols[:, ::-1].argmax(1)
+        box = np.stack([self.first_col[c0], self.first_row[r0], self.end_col[c1], self.end_row[r1]], 1)
+        return torch.from_numpy(np.where(has[:, None], box, 0).astype(np.int64))

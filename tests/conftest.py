@@ -61,8 +61,9 @@ class SyntheticSAM:
     prediction that varies too.
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, sharpness: tuple[float, float] = (0.6, 0.5)) -> None:
         self.model = model
+        self.sharpness = sharpness  # edge sharpness = base + spread * |cos(...)|
         self.coords = None
         self._encoder_forward = model.sam_prompt_encoder.forward
         self._decoder_forward = model.sam_mask_decoder.forward
@@ -82,7 +83,7 @@ class SyntheticSAM:
             scores = torch.empty(B, M)
             for k in range(M):
                 radius = 20.0 + 18.0 * k + 12.0 * torch.sin(seed + k)  # (B,)
-                sharp = 0.6 + 0.5 * torch.cos(seed * 1.7 + k).abs()
+                sharp = self.sharpness[0] + self.sharpness[1] * torch.cos(seed * 1.7 + k).abs()
                 dist = ((xs[None] - centre[:, 0, None, None]) ** 2 + (ys[None] - centre[:, 1, None, None]) ** 2).sqrt()
                 logits[:, k] = sharp[:, None, None] * (radius[:, None, None] - dist)
                 scores[:, k] = 0.75 + 0.24 * torch.sin(seed * 0.9 + 2 * k)
