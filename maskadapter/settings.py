@@ -55,6 +55,8 @@ class Settings:
     # runtime
     device: str = _opt("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
     cache_dir: str = _opt(_default_cache_dir, "directory for the text-embedding cache")
+    text_cache_entries: int = _opt(20000, "text embeddings kept in memory (LRU)")
+    text_cache_mb: int = _opt(256, "cap on the on-disk text-embedding cache, MB; oldest files removed")
     short_side: int = _opt(800, "CLIP input: resize so the short side has this many pixels")
     max_size: int = _opt(1333, "CLIP input: cap on the long side after resizing")
     # app only
@@ -67,6 +69,9 @@ class Settings:
             raise InputError(f"sam_size must be one of {', '.join(SAM2_SIZES)}, got {self.sam_size!r}")
         if self.short_side < 32 or self.max_size < self.short_side:
             raise InputError(f"expected 32 <= short_side <= max_size, got {self.short_side} and {self.max_size}")
+        if self.text_cache_entries < 0 or self.text_cache_mb < 0:
+            got = f"{self.text_cache_entries} and {self.text_cache_mb}"
+            raise InputError(f"text_cache_entries and text_cache_mb must be >= 0, got {got}")
 
     @property
     def cache_path(self) -> Path:

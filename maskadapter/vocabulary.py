@@ -12,12 +12,15 @@ class and a class whose label (its first synonym) was already given are dropped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import tempfile
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,8 +135,11 @@ class TextEmbeddingCache:
 
     Entries are keyed by the CLIP model (``model_key``, e.g. name and checkpoint), the
     template set and the synonym string, so a name is encoded once per machine. Disk
-    layout: ``<cache_dir>/text_embeddings/<namespace>/<sha1(synonym)>.npy``.
-    ``encoder_calls`` counts calls into the text encoder.
+    layout: ``<cache_dir>/text_embeddings/<namespace>/<sha1(synonym)>.npy``, one (D,)
+    float32 row per file. Both levels are bounded: at most ``memory_entries`` rows in
+    memory (least recently used dropped first) and ``disk_bytes`` of ``.npy`` files on
+    disk (oldest modification time removed first; a read refreshes it). Disk errors are
+    logged once and otherwise ignored. ``encoder_calls`` counts calls into the text encoder.
     """
 
     def __init__(
@@ -143,29 +149,51 @@ class TextEmbeddingCache:
         model_key: str,
         cache_dir: str | os.PathLike | None = None,
         templates: Sequence[str] = VILD_TEMPLATES,
+        memory_entries: int = 20000,
+        disk_bytes: int = 256 * 2**20,
     ) -> None:
         self.clip_model = clip_model
         self.tokenizer = tokenizer
         self.templates = tuple(templates)
         self.namespace = _sha1(model_key + "\n" + "\n".join(self.templates))[:20]
         self.directory = Path(cache_dir).expanduser() / "text_embeddings" / self.namespace if cache_dir else None
+        self.memory_entries = max(0, int(memory_entries))
+        self.disk_bytes = max(0, int(disk_bytes))
         self._model_key = model_key
-        self._memory: dict[str, torch.Tensor] = {}
+        self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()  # name -> (D,), oldest first
         self._lock = threading.Lock()
+        self._last_ns = 0
+        self._warned = False
         self.encoder_calls = 0
+
+    def _disk_error(self, err: OSError) -> None:
+        if not self._warned:  # a read-only or full cache must not break segmentation
+            self._warned = True
+            log.warning("text-embedding cache %s not usable, going on without it: %s", self.directory, err)
+
+    def _touch(self, path: Path) -> None:
+        """Set ``path``'s times to now, strictly later than any set before by this cache."""
+        self._last_ns = max(time.time_ns(), self._last_ns + 1)
+        os.utime(path, ns=(self._last_ns, self._last_ns))
 
     def _load(self, name: str) -> torch.Tensor | None:
         if self.directory is None:
             return None
         path = self.directory / f"{_sha1(name)}.npy"
         try:
-            return torch.from_numpy(np.load(path, allow_pickle=False))
-        except (OSError, ValueError):
+            row = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):  # absent, unreadable or truncated
             return None
+        try:
+            self._touch(path)
+        except OSError as err:
+            self._disk_error(err)
+        return torch.from_numpy(row)
 
     def _store(self, names: list[str], rows: torch.Tensor) -> None:
         if self.directory is None:
             return
+        tmp = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             info = self.directory / "KEY.txt"
@@ -173,30 +201,65 @@ class TextEmbeddingCache:
                 info.write_text(self._model_key + "\n" + "\n".join(self.templates) + "\n", "utf-8")
             for name, row in zip(names, rows.cpu().numpy(), strict=True):
                 with tempfile.NamedTemporaryFile(dir=self.directory, suffix=".tmp", delete=False) as f:
+                    tmp = f.name
                     np.save(f, row.astype(np.float32))
-                os.replace(f.name, self.directory / f"{_sha1(name)}.npy")
-        except OSError as err:  # a read-only cache must not break segmentation
-            log.warning("text-embedding cache %s not writable: %s", self.directory, err)
+                path = self.directory / f"{_sha1(name)}.npy"
+                os.replace(tmp, path)
+                tmp = None
+                self._touch(path)
+            self._trim_disk()
+        except OSError as err:
+            self._disk_error(err)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+    def _trim_disk(self) -> None:
+        """Remove the oldest ``.npy`` files until their total size is at most ``disk_bytes``."""
+        files = []
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if entry.name.endswith(".npy"):
+                    try:
+                        st = entry.stat()
+                    except FileNotFoundError:  # removed by another process
+                        continue
+                    files.append((st.st_mtime_ns, entry.name, st.st_size))
+        total = sum(size for _, _, size in files)
+        for _, filename, size in sorted(files):
+            if total <= self.disk_bytes:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.directory / filename)
+            total -= size
 
     def embed(self, vocabulary: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
         """(K, D) float32 L2-normalised rows (one per synonym) and (K,) class index."""
         names = [name for synonyms in vocabulary.classes for name in synonyms]
         owners = [i for i, synonyms in enumerate(vocabulary.classes) for _ in synonyms]
         with self._lock:
+            found: dict[str, torch.Tensor] = {}
             missing = []
             for name in dict.fromkeys(names):
-                if name not in self._memory:
+                row = self._memory.get(name)
+                if row is None:
                     row = self._load(name)
-                    if row is None:
-                        missing.append(name)
-                    else:
-                        self._memory[name] = row
+                if row is None:
+                    missing.append(name)
+                else:
+                    found[name] = row
             if missing:
                 self.encoder_calls += 1
                 rows, _ = encode_vocabulary(self.clip_model, self.tokenizer, missing, self.templates)
                 rows = rows.float().cpu()
-                self._memory.update(zip(missing, rows, strict=True))
+                found.update(zip(missing, [row.clone() for row in rows], strict=True))  # own storage each
                 self._store(missing, rows)
-            embeddings = torch.stack([self._memory[name] for name in names])
+            embeddings = torch.stack([found[name] for name in names])
+            # most recently used last; drop the oldest past the cap (this call's rows may go too)
+            for name in dict.fromkeys(names):
+                self._memory[name] = found[name]
+                self._memory.move_to_end(name)
+            while len(self._memory) > self.memory_entries:
+                self._memory.popitem(last=False)
         device = self.clip_model.logit_scale.device
         return embeddings.to(device), torch.tensor(owners, dtype=torch.long, device=device)

@@ -1,10 +1,15 @@
 """Vocabulary parsing, predefined lists and the text-embedding cache."""
 
+import hashlib
+import io
+import logging
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -143,3 +148,114 @@ def test_new_process_reuses_disk_cache(tiny_files, tmp_path):
     assert int(second[second.index("CALLS") + 1]) == 0
     assert first[first.index("SUM") + 1] == second[second.index("SUM") + 1]
     assert list((tmp_path / "text_embeddings").glob("*/*.npy"))
+
+
+# ------------------------------------------------------------------ bounded text-embedding cache
+
+
+def _file_name(name: str) -> str:
+    return hashlib.sha1(name.encode("utf-8")).hexdigest() + ".npy"
+
+
+def test_memory_cache_is_an_lru_with_a_cap(tiny_models):
+    names = ["cat", "dog", "tree", "sky", "road"]
+    voc = build_vocabulary(", ".join(names))
+    reference, ref_idx = TextEmbeddingCache(tiny_models.clip, tiny_models.tokenizer, "key").embed(voc)
+
+    cache = TextEmbeddingCache(tiny_models.clip, tiny_models.tokenizer, "key", None, memory_entries=3)
+    rows, idx = cache.embed(voc)  # the vocabulary alone is larger than the cap: all rows still returned
+    assert rows.shape == reference.shape == (5, reference.shape[1])
+    assert torch.allclose(rows, reference, atol=1e-6) and idx.tolist() == ref_idx.tolist() == [0, 1, 2, 3, 4]
+    assert cache.encoder_calls == 1
+    assert list(cache._memory) == ["tree", "sky", "road"]
+
+    def one(name):
+        row, _ = cache.embed(build_vocabulary(name))
+        return row[0]
+
+    assert torch.allclose(one("tree"), reference[2], atol=1e-6)  # cached: no call; becomes the newest
+    assert cache.encoder_calls == 1
+    assert torch.allclose(one("cat"), reference[0], atol=1e-6)  # evicted, no disk cache: one more call
+    assert cache.encoder_calls == 2
+    assert list(cache._memory) == ["road", "tree", "cat"]  # "sky" was the least recently used
+    one("tree")
+    assert cache.encoder_calls == 2
+    assert torch.allclose(one("sky"), reference[3], atol=1e-6)
+    assert cache.encoder_calls == 3 and len(cache._memory) == 3
+
+    # one name per call: still at most 3 rows, and the same rows as an uncapped cache
+    single = TextEmbeddingCache(tiny_models.clip, tiny_models.tokenizer, "key", None, memory_entries=3)
+    for i, name in enumerate(names):
+        row, _ = single.embed(build_vocabulary(name))
+        assert torch.allclose(row[0], reference[i], atol=1e-6)
+    assert single.encoder_calls == 5 and list(single._memory) == names[2:]
+
+
+def test_disk_cache_removes_the_least_recently_used_files(tiny_models, tmp_path):
+    names = ["cat", "dog", "tree", "sky", "road"]
+    reference, _ = TextEmbeddingCache(tiny_models.clip, tiny_models.tokenizer, "key").embed(
+        build_vocabulary(", ".join(names + ["lamp"]))
+    )
+    dim = reference.shape[1]
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(dim, np.float32))
+    file_size = len(buffer.getvalue())
+    cap = 2 * file_size
+
+    def files():
+        (directory,) = (tmp_path / "text_embeddings").iterdir()
+        return {p.name: p.stat().st_size for p in directory.glob("*.npy")}
+
+    cache = TextEmbeddingCache(tiny_models.clip, tiny_models.tokenizer, "key", tmp_path, disk_bytes=cap)
+    for name in names:
+        cache.embed(build_vocabulary(name))
+    assert sum(files().values()) <= cap
+    assert set(files()) == {_file_name("sky"), _file_name("road")}  # the two written last
+
+    # a new cache object (empty memory) reads "sky" from disk, which makes it the newest file
+    again = TextEmbeddingCache(tiny_models.clip, tiny_models.tokenizer, "key", tmp_path, disk_bytes=cap)
+    row, _ = again.embed(build_vocabulary("sky"))
+    assert again.encoder_calls == 0 and torch.allclose(row[0], reference[3], atol=1e-6)
+    row, _ = again.embed(build_vocabulary("lamp"))
+    assert again.encoder_calls == 1 and torch.allclose(row[0], reference[5], atol=1e-6)
+    assert set(files()) == {_file_name("sky"), _file_name("lamp")}  # "road" was the oldest
+    assert sum(files().values()) <= cap
+
+    # five names in one call with room for two: all five rows come back, two files stay
+    fresh = tmp_path / "fresh"
+    batch = TextEmbeddingCache(tiny_models.clip, tiny_models.tokenizer, "key", fresh, disk_bytes=cap)
+    rows, _ = batch.embed(build_vocabulary(", ".join(names)))
+    assert torch.allclose(rows, reference[:5], atol=1e-6)
+    (directory,) = (fresh / "text_embeddings").iterdir()
+    kept = {p.name for p in directory.glob("*.npy")}
+    assert kept == {_file_name("sky"), _file_name("road")}
+
+
+@pytest.mark.parametrize("how", ["read_only_dir", "under_a_file"])
+def test_unusable_cache_directory_does_not_raise(tiny_models, tmp_path, caplog, how):
+    if how == "read_only_dir":
+        if os.geteuid() == 0:
+            pytest.skip("root ignores directory permissions")
+        cache_dir = tmp_path / "ro"
+        cache_dir.mkdir()
+        cache_dir.chmod(0o500)
+    else:
+        blocker = tmp_path / "a_file"
+        blocker.write_text("not a directory")
+        cache_dir = blocker / "cache"
+    reference, _ = TextEmbeddingCache(tiny_models.clip, tiny_models.tokenizer, "key").embed(
+        build_vocabulary("cat | kitten, table, lamp")
+    )
+    try:
+        cache = TextEmbeddingCache(tiny_models.clip, tiny_models.tokenizer, "key", cache_dir)
+        with caplog.at_level(logging.WARNING, logger="maskadapter.vocabulary"):
+            first, idx = cache.embed(build_vocabulary("cat | kitten, table"))
+            second, _ = cache.embed(build_vocabulary("lamp"))
+        assert torch.allclose(first, reference[:3], atol=1e-6) and idx.tolist() == [0, 0, 1]
+        assert torch.allclose(second, reference[3:], atol=1e-6)
+        assert cache.encoder_calls == 2
+        warnings = [r for r in caplog.records if r.name == "maskadapter.vocabulary" and r.levelno == logging.WARNING]
+        assert len(warnings) == 1  # said once, not on every write
+    finally:
+        if how == "read_only_dir":
+            cache_dir.chmod(0o700)
