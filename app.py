@@ -285,7 +285,7 @@ def build_demo(service: SegmentationService) -> gr.Blocks:
         def new_point_image(image):
             if image is None:
                 return PointState(), "Upload a photo, then click on an object.", "[]", None, None
-            state = PointState(session=service.session_for(image, None))
+            state = service.open_point_image(image)
             return state, "Click on an object to add a point.", "[]", [], None
 
         for event in (point_image.upload, point_image.clear):
@@ -330,7 +330,7 @@ def build_demo(service: SegmentationService) -> gr.Blocks:
             def handler(vocabulary, predefined, sam_size, alpha, state, progress=gr.Progress()):
                 state = state.copy()
                 operation(state)
-                if state.session is None:
+                if state.key is None:
                     raise gr.Error("Upload a photo first.", print_exception=False)
                 out = service.points(state, vocabulary, predefined, sam_size, alpha, reporter(progress))
                 return point_result(out, state)
@@ -354,7 +354,7 @@ def build_demo(service: SegmentationService) -> gr.Blocks:
         def segment_points(
             image, points, vocabulary, predefined, box, sam_size, alpha, session, progress=gr.Progress()
         ):
-            state = PointState(session=service.session_for(image, session))
+            state = service.open_point_image(image)
             state.points = parse_points(points)
             state.box = parse_box(box)
             state.actions = ["point"] * len(state.points)
@@ -363,7 +363,7 @@ def build_demo(service: SegmentationService) -> gr.Blocks:
                     "points need at least one positive point [x, y, 1], or give a box", print_exception=False
                 )
             out = service.points(state, vocabulary, predefined, sam_size, alpha, reporter(progress))
-            return out.picture, out.segments, state.session
+            return out.picture, out.segments, state.key
 
         api_button.click(
             segment_points,

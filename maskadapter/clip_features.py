@@ -83,8 +83,9 @@ def pool_mask_embeddings(
     B, C = raw.shape[:2]
     maps = F.interpolate(maps, size=raw.shape[-2:], mode="bilinear", align_corners=False)
     NM = maps.shape[1]
-    weights = F.softmax(F.logsigmoid(maps).reshape(B, NM, -1), dim=-1)  # (B, NM, h*w)
-    pooled = torch.bmm(weights, raw.reshape(B, C, -1).transpose(1, 2))  # (B, NM, C)
+    # softmax accumulated in float32 whatever the autocast dtype
+    weights = F.softmax(F.logsigmoid(maps.float()).reshape(B, NM, -1), dim=-1)  # (B, NM, h*w)
+    pooled = torch.bmm(weights.to(raw.dtype), raw.reshape(B, C, -1).transpose(1, 2))  # (B, NM, C)
     pooled = visual.trunk.head(pooled.reshape(B * NM, C, 1, 1))  # (B*NM, C)
     pooled = visual.head(pooled)  # (B*NM, D)
     return pooled.reshape(B, NM // num_output_maps, num_output_maps, -1).mean(dim=2)

@@ -331,7 +331,8 @@ class MaskGenerator:
         unsure = uncertain_pairs(found.inner, found.outer, self.box_nms_thresh).nonzero()[:, 0]
         if len(unsure):  # exact boxes where the bounds do not decide NMS
             self.refined += len(unsure)
-            exact = mask_boxes(upsample(found.logits[unsure], frame_hw)).float()
+            self.refined_boxes = len(unsure)
+            exact = exact_boxes(found.logits[unsure], frame_hw)
             found.outer[unsure] = exact
             found.inner[unsure] = exact
         keep = nms(found.outer, found.iou, self.box_nms_thresh)
@@ -429,6 +430,13 @@ class GeneratedMasks:
 def upsample_logits(logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """(N, 256, 256) low-res logits -> (N, h, w) float32 (bilinear, like sam2's predictor)."""
     return F.interpolate(logits[:, None].float(), size=hw, mode="bilinear", align_corners=False)[:, 0]
+
+
+def exact_boxes(logits: torch.Tensor, hw: tuple[int, int], chunk: int = 32) -> torch.Tensor:
+    """(N, 4) float boxes (``mask_boxes``) of low-res logits upsampled to ``hw``, a chunk
+    at a time (only one chunk of masks exists at once)."""
+    boxes = [mask_boxes(upsample_logits(logits[s : s + chunk], hw) > 0) for s in range(0, len(logits), chunk)]
+    return torch.cat(boxes).float() if boxes else logits.new_zeros(0, 4, dtype=torch.float32)
 
 
 def upsample(logits: torch.Tensor, hw: tuple[int, int], chunk: int = 32) -> torch.Tensor:

@@ -1,10 +1,10 @@
 """SAM-2 mask proposals through the official ``sam2`` package.
 
-Two ways to get masks for an image: ``automatic_masks`` ("segment everything" with
-``SAM2AutomaticMaskGenerator`` and the demo's settings) and ``prompt_mask`` (points
-and an optional box through ``SAM2ImagePredictor``). Both go through
-``CachingPredictor``, which keeps the image embedding in a caller-owned dict, so a
-second click or a second run on the same image does not re-encode it.
+``AutoMaskSettings`` are the settings of "segment everything" (done by
+``maskadapter.generator.MaskGenerator``); ``prompt_mask`` answers points and an
+optional box through ``SAM2ImagePredictor``. Both go through ``CachingPredictor``,
+which keeps the image embedding in a caller-owned dict, so a second click or a second
+run on the same image does not re-encode it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 from sam2.modeling.sam2_base import SAM2Base
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
@@ -67,17 +66,19 @@ class CachingPredictor(SAM2ImagePredictor):
         self._is_image_set = True
 
 
-@dataclass
+@dataclass(frozen=True)
 class AutoMaskSettings:
-    """Settings of SAM-2 "segment everything" (defaults: the Mask-Adapter demo's)."""
+    """Settings of SAM-2 "segment everything" (defaults: the Mask-Adapter demo's).
+
+    Frozen, so that a session can keep the masks made with each settings value.
+    """
 
     points_per_side: int = 32
     points_per_batch: int = 64
     pred_iou_thresh: float = 0.8
     stability_score_thresh: float = 0.7
+    stability_score_offset: float = 1.0
     box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_n_points_downscale_factor: int = 2
     min_mask_region_area: int = 100
 
     def __post_init__(self) -> None:
@@ -89,20 +90,15 @@ class AutoMaskSettings:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise InputError(f"{name.replace('_', ' ')} must be between 0 and 1, got {value}")
-        if not 0 <= self.crop_n_layers <= 3:
-            raise InputError(f"crop layers must be between 0 and 3, got {self.crop_n_layers}")
+        if self.stability_score_offset <= 0:
+            raise InputError(f"stability score offset must be positive, got {self.stability_score_offset}")
         if self.min_mask_region_area < 0:
             raise InputError("min mask region area must be >= 0")
 
-
-@dataclass
-class MaskProposal:
-    """One SAM-2 mask: (H, W) bool at image resolution with SAM's quality scores
-    (``stability_score`` is None for prompted masks)."""
-
-    mask: np.ndarray
-    predicted_iou: float
-    stability_score: float | None = None
+    @property
+    def generator_args(self) -> dict:
+        """Keyword arguments of ``maskadapter.MaskGenerator``."""
+        return asdict(self)
 
 
 def encode_image(sam_model: SAM2Base, image: np.ndarray, cache: dict) -> int:
@@ -113,38 +109,6 @@ def encode_image(sam_model: SAM2Base, image: np.ndarray, cache: dict) -> int:
     return predictor.encoder_calls
 
 
-def automatic_masks(
-    sam_model: SAM2Base,
-    image: np.ndarray,
-    cache: dict,
-    settings: AutoMaskSettings | None = None,
-) -> tuple[list[MaskProposal], int]:
-    """All masks SAM-2 finds in an image ("segment everything").
-
-    Args:
-        image: (H, W, 3) uint8 RGB.
-        cache: the session's embedding cache (see ``CachingPredictor``).
-    Returns:
-        (proposals sorted by area, largest first; number of image encodings done).
-    """
-    settings = settings or AutoMaskSettings()
-    generator = SAM2AutomaticMaskGenerator(sam_model, output_mode="binary_mask", **asdict(settings))
-    # same predictor settings as the generator's own, plus the embedding cache
-    generator.predictor = CachingPredictor(
-        sam_model,
-        cache,
-        max_hole_area=settings.min_mask_region_area,
-        max_sprinkle_area=settings.min_mask_region_area,
-    )
-    records = generator.generate(image)
-    proposals = [
-        MaskProposal(r["segmentation"].astype(bool), float(r["predicted_iou"]), float(r["stability_score"]))
-        for r in records
-    ]
-    proposals.sort(key=lambda p: -int(p.mask.sum()))
-    return proposals, generator.predictor.encoder_calls
-
-
 def prompt_mask(
     sam_model: SAM2Base,
     image: np.ndarray,
@@ -152,7 +116,8 @@ def prompt_mask(
     coords: np.ndarray | None,
     labels: np.ndarray | None,
     box: np.ndarray | None = None,
-) -> tuple[MaskProposal, int]:
+    frame_hw: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, float]:
     """The mask SAM-2 predicts for point prompts (and an optional box).
 
     Args:
@@ -160,18 +125,26 @@ def prompt_mask(
         coords: (P, 2) float32 XY pixel coordinates in ``image``; labels: (P,) 1/0;
             both None when only a box is given.
         box: optional (4,) XYXY pixel box.
+        frame_hw: size of the returned mask (default: the image's); SAM-2's low-res
+            logits are upsampled straight to it.
     Returns:
-        (the mask with the highest predicted IoU, number of image encodings done).
+        (the mask with the highest predicted IoU, (h, w) bool at ``frame_hw``; its IoU).
         A single point without a box asks SAM-2 for three candidate masks (the point
         is ambiguous); several prompts ask for one.
     """
+    h, w = image.shape[:2]
+    fh, fw = frame_hw or (h, w)
+    scale = np.array([fw / w, fh / h], dtype=np.float32)
     predictor = CachingPredictor(sam_model, cache)
     predictor.set_image(image)
+    predictor._orig_hw = [(fh, fw)]  # prompts and the output mask in the frame
     multimask = coords is not None and len(coords) == 1 and box is None
     with torch.inference_mode():
         masks, ious, _ = predictor.predict(
-            point_coords=coords, point_labels=labels, box=box, multimask_output=multimask
+            point_coords=None if coords is None else coords * scale,
+            point_labels=labels,
+            box=None if box is None else box * np.tile(scale, 2),
+            multimask_output=multimask,
         )
     best = int(np.argmax(ious))
-    mask = masks[best] > 0
-    return MaskProposal(mask, float(ious[best])), predictor.encoder_calls
+    return masks[best] > 0, float(ious[best])

@@ -90,16 +90,22 @@ def overlay(
     """
     alpha = float(np.clip(alpha, 0.0, 1.0))
     colors = class_colors(len(result.labels))
-    out = image.astype(np.float32)
     label_map = result.label_map
     covered = label_map >= 0
-    if covered.any():
-        fill = colors[np.clip(label_map, 0, None)].astype(np.float32)
-        out[covered] = (1 - alpha) * out[covered] + alpha * fill[covered]
-    out = out.round().astype(np.uint8)
+    out = image.copy()
+    if covered.any():  # uint8 blend: no float copy of a large photo
+        fill = colors[np.clip(label_map, 0, None)]
+        blended = cv2.addWeighted(image, 1 - alpha, fill, alpha, 0)
+        out[covered] = blended[covered]
+    # contours and label anchors come from the working frame, scaled to the image
+    working = result.working_label_map if result.working_label_map is not None else label_map
+    sy, sx = label_map.shape[0] / working.shape[0], label_map.shape[1] / working.shape[1]
     if contours:
         for seg in result.segments:
-            found, _ = cv2.findContours(seg.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            plane = getattr(seg, "working_mask", None)
+            plane = seg.mask if plane is None else plane
+            found, _ = cv2.findContours(plane.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            found = [np.round((c + 0.5) * (sx, sy) - 0.5).astype(np.int32) for c in found]
             color = tuple(int(v) for v in colors[seg.class_id])
             cv2.drawContours(out, found, -1, (255, 255, 255), 3, lineType=cv2.LINE_AA)
             cv2.drawContours(out, found, -1, color, 1, lineType=cv2.LINE_AA)
@@ -108,15 +114,16 @@ def overlay(
     font = _font(_font_size(result.image_size))
     if labels:
         for class_id in _present_classes(result):
-            region = label_map == class_id
+            region = working == class_id
             count, components, stats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8)
             if count < 2:
                 continue
             largest = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
             text = result.labels[class_id]
-            anchor = _label_anchor(components == largest, _text_size(text, font))
+            tw, th = _text_size(text, font)
+            anchor = _label_anchor(components == largest, (int(np.ceil(tw / sx)), int(np.ceil(th / sy))))
             if anchor is not None:
-                _draw_label(draw, anchor, text, font)
+                _draw_label(draw, (int(anchor[0] * sx), int(anchor[1] * sy)), text, font)
     if box is not None:
         x0, y0, x1, y1 = (float(v) for v in box)
         draw.rectangle((x0, y0, x1, y1), outline=(255, 215, 0), width=3)
@@ -130,10 +137,15 @@ def overlay(
     return out
 
 
+def _class_pixels(result: SegmentationResult) -> np.ndarray:
+    """(C,) pixels of each class in the label map."""
+    return np.bincount((result.label_map + 1).ravel(), minlength=len(result.labels) + 1)[1:]
+
+
 def _present_classes(result: SegmentationResult) -> list[int]:
     """Class ids visible in the label map, largest area first."""
-    ids, counts = np.unique(result.label_map[result.label_map >= 0], return_counts=True)
-    return [int(i) for i in ids[np.argsort(-counts, kind="stable")]]
+    counts = _class_pixels(result)
+    return [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
 
 
 def legend_panel(result: SegmentationResult, width: int) -> np.ndarray:
@@ -142,10 +154,10 @@ def legend_panel(result: SegmentationResult, width: int) -> np.ndarray:
     colors = class_colors(len(result.labels))
     font = _font(_font_size(result.image_size))
     total = max(1, result.label_map.size)
-    present = _present_classes(result)
-    items = [
-        (f"{result.labels[c]} {100.0 * np.count_nonzero(result.label_map == c) / total:.1f}%", c) for c in present
-    ] or [("no segment labelled", None)]
+    counts = _class_pixels(result)
+    items = [(f"{result.labels[c]} {100.0 * counts[c] / total:.1f}%", c) for c in _present_classes(result)] or [
+        ("no segment labelled", None)
+    ]
     line_h = _text_size("Ag", font)[1] + 12
     swatch = line_h - 10
     rows, row, x = [], [], 8

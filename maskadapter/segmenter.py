@@ -1,18 +1,21 @@
 """The segmenter: image -> SAM-2 masks -> Mask-Adapter class probabilities -> segments.
 
-``Segmenter`` owns the three models, the device, autocast, a lock around model work
-and the text-embedding cache; one instance serves every user. ``ImageSession`` holds
-what one image costs (SAM-2 embedding, CLIP features) so that a second click or a new
-vocabulary on the same image does not recompute it; each user keeps their own.
+``Segmenter`` owns the three models, the device, autocast, a lock around model work,
+the text-embedding cache and the ``SessionStore`` of image sessions; one instance
+serves every user. Work happens at a working resolution (``WorkingFrame``: the image
+scaled so its long side is at most ``mask_side``); only what leaves the engine (the
+label map, a segment's mask, areas and boxes) is at the original size.
+
+A session keeps results, not just embeddings: the masks made with given mask
+settings and their class probabilities for a given vocabulary. So a new vocabulary
+re-runs only the text side (cached) and the adapter, and a new mode, threshold or
+granularity re-runs only painting; neither calls SAM-2 again.
 
 Two ways of turning classified masks into a picture (``mode``):
 
 - ``"per_mask"``: every SAM-2 mask is one segment labelled with its best class
   (masks below ``score_threshold`` are dropped); smaller masks are drawn over larger.
-- ``"semantic"``: for each class keep the masks whose probability for it is at least
-  ``granularity`` x that class's best (and at least ``score_threshold``); every pixel
-  takes the class with the highest probability among kept masks covering it; pixels
-  covered by no kept mask stay unlabelled. One segment per class.
+- ``"semantic"``: see ``maskadapter.painting.semantic_label_map``; one segment per class.
 """
 
 from __future__ import annotations
@@ -35,80 +38,81 @@ from maskadapter.clip_features import (
     mask_embeddings_from_features,
 )
 from maskadapter.errors import InputError
-from maskadapter.masks import (
-    AutoMaskSettings,
-    MaskProposal,
-    automatic_masks,
-    encode_image,
-    image_key,
-    prompt_mask,
-    sam_cache_key,
-)
+from maskadapter.generator import MaskGenerator
+from maskadapter.masks import AutoMaskSettings, encode_image, prompt_mask, sam_cache_key
+from maskadapter.painting import class_presence, per_mask_label_map, semantic_label_map
+from maskadapter.session import ImageSession, SessionStore
 from maskadapter.settings import Settings
-from maskadapter.transforms import ImageTransform, check_box, check_image, check_points
+from maskadapter.transforms import ImageTransform, WorkingFrame, check_box, check_points
 from maskadapter.vocabulary import TextEmbeddingCache, Vocabulary, build_vocabulary
 from maskadapter.weights import Models, build_models, build_tiny_random, resolve_model_files
 
 MODES = ("per_mask", "semantic")
 TOP_K = 5
 
-Progress = Callable[[str], None]
+# progress of one request: (fraction done in [0, 1], what is being done)
+Progress = Callable[[float, str], None]
 
 
-@dataclass
+def _silent(fraction: float, message: str) -> None:
+    return None
+
+
+@dataclass(eq=False)
 class Segment:
     """One labelled region.
 
-    mask: (H, W) bool at image resolution; box: XYXY pixels, x1/y1 exclusive;
-    top5: the five most probable (label, probability) pairs, best first.
+    ``mask`` is (H, W) bool at the original size, made on access from the working-
+    resolution mask (one segment at a time); area is in original pixels; box is XYXY
+    original pixels, x1/y1 exclusive; top5: the five most probable (label,
+    probability) pairs, best first.
     """
 
-    mask: np.ndarray
     label: str
     class_id: int
     score: float
     top5: list[tuple[str, float]]
     area: int
     box: tuple[int, int, int, int]
-    sam_iou: float | None = None
+    sam_iou: float | None
+    working_mask: np.ndarray = field(repr=False)  # (h, w) bool in the working frame
+    frame: WorkingFrame = field(repr=False)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.frame.to_original(self.working_mask)
 
 
 @dataclass
 class SegmentationResult:
-    """Segments of one image; ``label_map`` (H, W) int32 holds class ids, -1 unlabelled."""
+    """Segments of one image; ``label_map`` (H, W) int32 holds class ids, -1 unlabelled.
+
+    ``working_label_map`` is the same map in the working frame (``frame.work_hw``).
+    """
 
     image_size: tuple[int, int]
     labels: list[str]
     segments: list[Segment]
     label_map: np.ndarray
     mode: str
+    working_label_map: np.ndarray | None = None
+    frame: WorkingFrame | None = None
 
 
 @dataclass
-class ImageSession:
-    """One user's image and what it costs to encode (filled lazily by the segmenter)."""
+class MaskSet:
+    """The automatic masks of one image in its working frame, largest first.
 
-    image: np.ndarray
-    key: str = ""
-    sam_cache: dict = field(default_factory=dict)
-    clip_cache: dict = field(default_factory=dict)
+    masks: (N, h, w) bool on the model's device; iou, stability: (N,) float;
+    areas: (N,) int64 original pixels; boxes: (N, 4) int64 XYXY original pixels
+    (x1/y1 exclusive).
+    """
 
-    @classmethod
-    def from_image(cls, image: object) -> ImageSession:
-        """Validate an (H, W, 3) uint8 RGB image (or PIL image) and open a session on it."""
-        image = check_image(image)
-        return cls(image=image, key=image_key(image))
-
-    @property
-    def hw(self) -> tuple[int, int]:
-        return self.image.shape[0], self.image.shape[1]
-
-
-def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return (0, 0, 0, 0)
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    masks: torch.Tensor
+    iou: torch.Tensor
+    stability: torch.Tensor
+    areas: torch.Tensor
+    boxes: torch.Tensor
 
 
 def _top(probs: np.ndarray, labels: Sequence[str], k: int = TOP_K) -> list[tuple[str, float]]:
@@ -117,7 +121,8 @@ def _top(probs: np.ndarray, labels: Sequence[str], k: int = TOP_K) -> list[tuple
 
 
 class Segmenter:
-    """Owns models, device, autocast and a lock; turns images into labelled segments."""
+    """Owns models, device, autocast, a lock and the session store; turns images into
+    labelled segments."""
 
     def __init__(
         self,
@@ -125,19 +130,33 @@ class Segmenter:
         device: str | torch.device = "cpu",
         transform: ImageTransform | None = None,
         cache_dir: str | None = None,
+        mask_side: int = 1024,
+        session_bytes: int = 2 * 2**30,
+        text_cache_entries: int = 20000,
+        text_cache_bytes: int = 256 * 2**20,
     ) -> None:
         self.models = models
         self.device = torch.device(device)
         self.transform = transform or ImageTransform()
+        self.mask_side = int(mask_side)
         self.amp_dtype = None
-        if self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        self.text_cache = TextEmbeddingCache(models.clip, models.tokenizer, models.clip_key, cache_dir)
+        if self.device.type == "cuda":  # bf16 where the hardware has it (compute capability 8+)
+            major, _ = torch.cuda.get_device_capability(self.device)
+            self.amp_dtype = torch.bfloat16 if major >= 8 else torch.float16
+        self.text_cache = TextEmbeddingCache(
+            models.clip,
+            models.tokenizer,
+            models.clip_key,
+            cache_dir,
+            memory_entries=text_cache_entries,
+            disk_bytes=text_cache_bytes,
+        )
+        self.store = SessionStore(session_bytes)
         self.lock = threading.RLock()
         self.stats: Counter[str] = Counter()
 
     @classmethod
-    def from_settings(cls, settings: Settings, progress: Progress | None = None) -> Segmenter:
+    def from_settings(cls, settings: Settings, progress: Callable[[str], None] | None = None) -> Segmenter:
         """Resolve files, build the models on the chosen device (CUDA when present)."""
         device = resolve_device(settings.device)
         if settings.tiny_random:
@@ -145,8 +164,19 @@ class Segmenter:
         else:
             files = resolve_model_files(settings, progress)
             models = build_models(files, device, progress)
+        if settings.compile:
+            compile_sam2(models.sam2)
         transform = ImageTransform(settings.short_side, settings.max_size)
-        return cls(models, device, transform, str(settings.cache_path))
+        return cls(
+            models,
+            device,
+            transform,
+            str(settings.cache_path),
+            mask_side=settings.mask_side,
+            session_bytes=settings.session_cache_mb * 2**20,
+            text_cache_entries=settings.text_cache_entries,
+            text_cache_bytes=settings.text_cache_mb * 2**20,
+        )
 
     @property
     def real_weights(self) -> bool:
@@ -158,16 +188,20 @@ class Segmenter:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    # ------------------------------------------------------------------ building blocks
+    # ------------------------------------------------------------------ sessions
 
     def session(self, image: object) -> ImageSession:
-        """A new ``ImageSession`` for an (H, W, 3) uint8 RGB image."""
-        return ImageSession.from_image(image)
+        """The stored session of an (H, W, 3) uint8 RGB image (opened if new)."""
+        return self.store.open(image)
 
     def _as_session(self, image_or_session: object) -> ImageSession:
         if isinstance(image_or_session, ImageSession):
-            return image_or_session
+            return self.store.adopt(image_or_session)
         return self.session(image_or_session)
+
+    def frame(self, session: ImageSession) -> WorkingFrame:
+        """The working frame of the session's image."""
+        return WorkingFrame(session.hw, self.mask_side)
 
     def vocabulary(self, text: str = "", predefined: Sequence[str] = ()) -> Vocabulary:
         return build_vocabulary(text, predefined)
@@ -176,6 +210,8 @@ class Segmenter:
         """(K, D) text rows and (K,) class index, cached per synonym."""
         with self.lock:
             return self.text_cache.embed(vocabulary)
+
+    # ------------------------------------------------------------------ what an image costs
 
     def clip_features(self, session: ImageSession) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw and dense CLIP features of the session's image (computed once)."""
@@ -186,8 +222,9 @@ class Segmenter:
                 with torch.inference_mode(), self.autocast():
                     raw, dense = clip_image_features(self.models.clip, x)
                 session.clip_cache.clear()
-                session.clip_cache[key] = (raw.float(), dense.float())
+                session.clip_cache[key] = (raw, dense)
                 self.stats["clip_image_encodings"] += 1
+                self.store.update(session)
             return session.clip_cache[key]
 
     def _clip_key(self) -> tuple:
@@ -200,35 +237,92 @@ class Segmenter:
 
     def with_sam2(self, sam_model: torch.nn.Module) -> Segmenter:
         """A segmenter with another SAM-2 model, sharing everything else (CLIP, adapter,
-        text cache, lock, device, statistics)."""
+        text cache, session store, lock, device, statistics)."""
         other = copy.copy(self)
         other.models = dataclasses.replace(self.models, sam2=sam_model)
         return other
 
-    def encode(self, session: ImageSession, progress: Progress | None = None) -> None:
+    def encode(self, session: ImageSession, progress: Progress = _silent) -> None:
         """Compute (once) what the session's image costs: SAM-2 embedding, CLIP features."""
         with self.lock:
-            if progress and not self.is_encoded(session):
-                progress("encoding the image (SAM-2 and CLIP)")
-            with self.autocast():
+            if not self.is_encoded(session):
+                progress(0.05, "encoding the image (SAM-2 and CLIP)")
+            with torch.inference_mode(), self.autocast():
                 self.stats["sam_image_encodings"] += encode_image(self.models.sam2, session.image, session.sam_cache)
+            self.store.update(session)
             self.clip_features(session)
 
-    def mask_probabilities(self, session: ImageSession, masks: np.ndarray, vocabulary: Vocabulary) -> np.ndarray:
-        """(N, C) class probabilities of (N, H, W) bool masks (softmax over classes)."""
-        if masks.ndim != 3 or masks.shape[1:] != session.hw:
-            raise InputError(f"masks must be (N, {session.hw[0]}, {session.hw[1]}), got {masks.shape}")
+    def _mask_key(self, settings: AutoMaskSettings) -> tuple:
+        return (sam_cache_key(self.models.sam2, ""), settings, self.mask_side)
+
+    def automatic_masks(
+        self, session: ImageSession, settings: AutoMaskSettings | None = None, progress: Progress = _silent
+    ) -> MaskSet:
+        """SAM-2's automatic masks of the session's image in its working frame (made
+        once per mask settings), largest first."""
+        settings = settings or AutoMaskSettings()
+        key = self._mask_key(settings)
+        if key in session.masks:
+            return session.masks[key]
+        self.encode(session, progress)
+        frame = self.frame(session)
+        generator = MaskGenerator(self.models.sam2, **settings.generator_args)
+
+        def batch_done(done: int, total: int) -> None:
+            progress(0.1 + 0.6 * done / total, f"SAM-2 masks: point batch {done} of {total}")
+
+        with self.lock, torch.inference_mode(), self.autocast():
+            found = generator.generate_masks(session.image, frame.work_hw, session.sam_cache, batch_done)
+            areas = frame.areas(found.masks)
+            order = torch.sort(areas, descending=True, stable=True).indices
+            result = MaskSet(
+                masks=found.masks[order],
+                iou=found.iou[order].float(),
+                stability=found.stability[order].float(),
+                areas=areas[order].cpu(),
+                boxes=frame.boxes(found.masks[order]),
+            )
+        self.stats["mask_generations"] += 1
+        session.masks[key] = result
+        self.store.update(session)
+        return result
+
+    def mask_probabilities(
+        self,
+        session: ImageSession,
+        masks: np.ndarray | torch.Tensor,
+        vocabulary: Vocabulary,
+        progress: Progress = _silent,
+    ) -> torch.Tensor:
+        """(N, C) float32 class probabilities (softmax over classes) of (N, h, w) bool
+        masks given in the working frame or at the original size."""
+        masks = torch.as_tensor(masks, device=self.device)
+        if masks.ndim != 3 or tuple(masks.shape[1:]) not in (session.hw, self.frame(session).work_hw):
+            raise InputError(f"masks must be (N, {session.hw[0]}, {session.hw[1]}), got {tuple(masks.shape)}")
         embeddings, class_index = self.text_embeddings(vocabulary)
         raw, dense = self.clip_features(session)
         chunks = []
-        with self.lock, torch.inference_mode():
+        with self.lock, torch.inference_mode(), self.autocast():
             for start in range(0, len(masks), MASK_CHUNK):
-                m = self.transform.masks_to_tensor(masks[start : start + MASK_CHUNK], self.device)
+                m = self.transform.masks_to_tensor(masks[start : start + MASK_CHUNK], self.device, session.hw)
                 emb = mask_embeddings_from_features(self.models.clip, self.models.adapter, raw, dense, m)
-                chunks.append(classify_embeddings(self.models.clip, emb, embeddings, class_index)[0])
+                chunks.append(classify_embeddings(self.models.clip, emb, embeddings, class_index)[0].float())
+                done = min(len(masks), start + MASK_CHUNK)
+                progress(0.7 + 0.2 * done / len(masks), f"Mask-Adapter: {done} of {len(masks)} masks classified")
+        self.stats["adapter_runs"] += 1
         if not chunks:
-            return np.zeros((0, len(vocabulary)), dtype=np.float32)
-        return torch.cat(chunks).float().softmax(-1).cpu().numpy()
+            return torch.zeros(0, len(vocabulary), device=self.device)
+        return torch.cat(chunks).softmax(-1)
+
+    def _probabilities(
+        self, session: ImageSession, mask_key: tuple, masks: torch.Tensor, vocabulary: Vocabulary, progress: Progress
+    ) -> torch.Tensor:
+        """``mask_probabilities`` kept in the session per (masks, vocabulary)."""
+        key = (mask_key, vocabulary, self._clip_key())
+        if key not in session.probs:
+            session.probs[key] = self.mask_probabilities(session, masks, vocabulary, progress)
+            self.store.update(session)
+        return session.probs[key]
 
     # ------------------------------------------------------------------ the two tasks
 
@@ -240,7 +334,7 @@ class Segmenter:
         mode: str = "per_mask",
         score_threshold: float = 0.0,
         granularity: float = 0.8,
-        progress: Progress | None = None,
+        progress: Progress = _silent,
     ) -> SegmentationResult:
         """Segment everything SAM-2 finds and name it with the vocabulary.
 
@@ -249,23 +343,20 @@ class Segmenter:
             mode: ``"per_mask"`` or ``"semantic"`` (see the module docstring).
             score_threshold: minimum class probability of a kept segment, in [0, 1].
             granularity: semantic mode's per-class relative threshold, in [0, 1].
+            progress: called with (fraction done, message) as the work advances.
         """
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         for name, value in (("score threshold", score_threshold), ("granularity", granularity)):
             if not 0.0 <= value <= 1.0:
                 raise InputError(f"{name} must be between 0 and 1, got {value}")
+        settings = mask_settings or AutoMaskSettings()
         session = self._as_session(image)
         self.text_embeddings(vocabulary)  # fail on the text side before the slow part
-        self.encode(session, progress)
-        if progress:
-            progress("generating masks with SAM-2")
-        with self.lock, self.autocast():
-            proposals, encodings = automatic_masks(self.models.sam2, session.image, session.sam_cache, mask_settings)
-        self.stats["sam_image_encodings"] += encodings
-        if progress:
-            progress(f"classifying {len(proposals)} masks with Mask-Adapter")
-        return self._assemble(session, proposals, vocabulary, mode, score_threshold, granularity)
+        found = self.automatic_masks(session, settings, progress)
+        probs = self._probabilities(session, self._mask_key(settings), found.masks, vocabulary, progress)
+        progress(0.92, "painting")
+        return self._assemble(session, found, probs, vocabulary, mode, score_threshold, granularity)
 
     def segment_points(
         self,
@@ -273,7 +364,7 @@ class Segmenter:
         points: Sequence[Sequence[float]],
         vocabulary: Vocabulary,
         box: Sequence[float] | None = None,
-        progress: Progress | None = None,
+        progress: Progress = _silent,
     ) -> SegmentationResult:
         """Segment the object at the given points and name it.
 
@@ -293,92 +384,108 @@ class Segmenter:
             coords, labels = check_points(points, session.hw, require_positive=box_arr is None)
         self.text_embeddings(vocabulary)
         self.encode(session, progress)
+        frame = self.frame(session)
         with self.lock, self.autocast():
-            proposal, encodings = prompt_mask(
-                self.models.sam2, session.image, session.sam_cache, coords, labels, box_arr
+            mask, iou = prompt_mask(
+                self.models.sam2, session.image, session.sam_cache, coords, labels, box_arr, frame.work_hw
             )
-        self.stats["sam_image_encodings"] += encodings
-        proposals = [proposal] if proposal.mask.any() else []
-        return self._assemble(session, proposals, vocabulary, "per_mask", 0.0, 0.0)
+        masks = torch.as_tensor(mask[None] if mask.any() else mask[None][:0], device=self.device)
+        found = MaskSet(
+            masks=masks,
+            iou=torch.full((len(masks),), iou),
+            stability=torch.full((len(masks),), float("nan")),
+            areas=frame.areas(masks).cpu(),
+            boxes=frame.boxes(masks),
+        )
+        probs = self.mask_probabilities(session, masks, vocabulary, progress)
+        return self._assemble(session, found, probs, vocabulary, "per_mask", 0.0, 0.0)
 
     # ------------------------------------------------------------------ masks -> segments
 
     def _assemble(
         self,
         session: ImageSession,
-        proposals: list[MaskProposal],
+        found: MaskSet,
+        probs: torch.Tensor,
         vocabulary: Vocabulary,
         mode: str,
         score_threshold: float,
         granularity: float,
     ) -> SegmentationResult:
+        """Paint at the working resolution; label map and segments at the original size."""
         labels = vocabulary.labels
-        h, w = session.hw
-        label_map = np.full((h, w), -1, dtype=np.int32)
-        if not proposals:
-            return SegmentationResult((h, w), labels, [], label_map, mode)
-        masks = np.stack([p.mask for p in proposals])
-        probs = self.mask_probabilities(session, masks, vocabulary)
+        frame = self.frame(session)
+        masks = found.masks
+        with torch.inference_mode():
+            if mode == "per_mask":
+                score, best = probs.max(1) if len(probs) else (probs.new_zeros(0), probs.new_zeros(0).long())
+                class_ids = torch.where(score >= score_threshold, best, -1)
+                working, _ = per_mask_label_map(masks, class_ids)
+            else:
+                working, keep = semantic_label_map(masks, probs, granularity, score_threshold)
+        working_np = working.to(torch.int32).cpu().numpy()
+        label_map = frame.to_original(working_np)
+        probs_np = probs.float().cpu().numpy()
         if mode == "per_mask":
-            segments = self._per_mask(proposals, probs, labels, score_threshold, label_map)
+            segments = self._per_mask_segments(found, probs_np, class_ids.cpu().numpy(), labels, frame)
         else:
-            segments = self._semantic(proposals, probs, labels, score_threshold, granularity, label_map)
-        return SegmentationResult((h, w), labels, segments, label_map, mode)
+            segments = self._semantic_segments(found, probs_np, keep, working, label_map, labels, frame)
+        return SegmentationResult(session.hw, labels, segments, label_map, mode, working_np, frame)
 
     @staticmethod
-    def _per_mask(proposals, probs, labels, score_threshold, label_map) -> list[Segment]:
-        segments = []
-        # largest first, so that smaller masks are painted over larger ones
-        order = sorted(range(len(proposals)), key=lambda i: -int(proposals[i].mask.sum()))
-        for i in order:
-            class_id = int(probs[i].argmax())
-            score = float(probs[i, class_id])
-            if score < score_threshold:
-                continue
-            mask = proposals[i].mask
-            label_map[mask] = class_id
-            segments.append(
-                Segment(
-                    mask,
-                    labels[class_id],
-                    class_id,
-                    score,
-                    _top(probs[i], labels),
-                    int(mask.sum()),
-                    _box(mask),
-                    proposals[i].predicted_iou,
-                )
+    def _per_mask_segments(found: MaskSet, probs, class_ids, labels, frame) -> list[Segment]:
+        masks = found.masks.cpu().numpy()
+        return [
+            Segment(
+                labels[c],
+                int(c),
+                float(probs[i, c]),
+                _top(probs[i], labels),
+                int(found.areas[i]),
+                tuple(int(v) for v in found.boxes[i]),
+                float(found.iou[i]),
+                masks[i],
+                frame,
             )
-        return segments
+            for i, c in enumerate(class_ids)
+            if c >= 0
+        ]
 
     @staticmethod
-    def _semantic(proposals, probs, labels, score_threshold, granularity, label_map) -> list[Segment]:
-        best = probs.max(axis=0)  # (C,) best mask probability per class
-        keep = (probs >= granularity * best[None]) & (probs >= score_threshold)  # (N, C)
-        pixel_score = np.full(label_map.shape, -1.0, dtype=np.float32)
-        for i, c in zip(*np.nonzero(keep), strict=True):
-            region = proposals[i].mask & (probs[i, c] > pixel_score)
-            pixel_score[region] = probs[i, c]
-            label_map[region] = c
-        segments = []
-        for c in np.unique(label_map[label_map >= 0]):
-            mask = label_map == c
-            kept = [i for i in np.nonzero(keep[:, c])[0] if (proposals[i].mask & mask).any()]
-            top = max(kept, key=lambda i: probs[i, c])
-            segments.append(
-                Segment(
-                    mask,
-                    labels[c],
-                    int(c),
-                    float(probs[top, c]),
-                    _top(probs[top], labels),
-                    int(mask.sum()),
-                    _box(mask),
-                    proposals[top].predicted_iou,
-                )
+    def _semantic_segments(found: MaskSet, probs, keep, working, label_map, labels, frame) -> list[Segment]:
+        present = class_presence(found.masks, working, len(labels)).cpu().numpy() & keep.cpu().numpy()  # (N, C)
+        areas = np.bincount(label_map[label_map >= 0].ravel(), minlength=len(labels))
+        classes = np.nonzero(areas)[0]
+        if not len(classes):
+            return []
+        class_masks = working[None] == torch.as_tensor(classes, device=working.device)[:, None, None]  # (K, h, w)
+        boxes = frame.boxes(class_masks)
+        # the class's best kept mask among those covering its pixels
+        top = np.where(present[:, classes], probs[:, classes], -1.0).argmax(0)  # (K,)
+        working_np = class_masks.cpu().numpy()
+        segments = [
+            Segment(
+                labels[c],
+                int(c),
+                float(probs[top[k], c]),
+                _top(probs[top[k]], labels),
+                int(areas[c]),
+                tuple(int(v) for v in boxes[k]),
+                float(found.iou[top[k]]),
+                working_np[k],
+                frame,
             )
+            for k, c in enumerate(classes)
+        ]
         segments.sort(key=lambda s: -s.area)
         return segments
+
+
+def compile_sam2(sam_model: torch.nn.Module) -> None:
+    """``torch.compile`` SAM-2's image encoder and mask decoder in place (the setting
+    ``compile``; worth it on a GPU for many images, costly on the first call)."""
+    sam_model.image_encoder = torch.compile(sam_model.image_encoder)
+    sam_model.sam_mask_decoder = torch.compile(sam_model.sam_mask_decoder, dynamic=True)
 
 
 def resolve_device(name: str) -> torch.device:

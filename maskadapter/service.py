@@ -2,13 +2,15 @@
 
 It builds the models once (in a background thread, so the page comes up at once),
 hands out a ``Segmenter`` per SAM-2 size, turns UI inputs (text, slider values, JSON
-strings) into engine calls and results into pictures, table rows and files. Per-user
-state (``ImageSession``, ``PointState``) is passed in and returned; the service keeps
-none of it. UI-free: ``app.py`` wires it to Gradio.
+strings) into engine calls and results into pictures, table rows and files. Image
+sessions live in the segmenter's bounded ``SessionStore``; per-user state is a
+session key (and, for the point tab, ``PointState``), passed in and returned.
+UI-free: ``app.py`` wires it to Gradio.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -23,11 +25,12 @@ import numpy as np
 
 from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.export import save_label_map, segments_to_dict, write_segments_json
-from maskadapter.masks import AutoMaskSettings, image_key
+from maskadapter.masks import AutoMaskSettings
 from maskadapter.render import draw_points, overlay
-from maskadapter.segmenter import ImageSession, SegmentationResult, Segmenter
+from maskadapter.segmenter import SegmentationResult, Segmenter
+from maskadapter.session import ImageSession
 from maskadapter.settings import SAM2_SIZES, Settings
-from maskadapter.transforms import check_box, check_image
+from maskadapter.transforms import check_box
 from maskadapter.vocabulary import Vocabulary, build_vocabulary
 from maskadapter.weights import build_sam2_model, resolve_sam2_file, sam2_config_for
 
@@ -42,22 +45,15 @@ def _quiet(fraction: float, message: str) -> None:
     log.info("%.0f%% %s", 100 * fraction, message)
 
 
-class _Steps:
-    """Engine progress messages -> increasing fractions for a progress bar."""
-
-    def __init__(self, report: Report, start: float, stop: float, steps: int) -> None:
-        self.report, self.value, self.step = report, start, (stop - start) / max(1, steps)
-
-    def __call__(self, message: str) -> None:
-        self.report(self.value, message)
-        self.value += self.step
-
-
 @dataclass
 class PointState:
-    """One user's point-prompt tab: the image session, points, an optional box."""
+    """One user's point-prompt tab: a key into the segmenter's session store, the
+    image's size and an on-disk copy of it (to recompute an evicted session), the
+    points and an optional box."""
 
-    session: ImageSession | None = None
+    key: str | None = None
+    hw: tuple[int, int] | None = None
+    source: str | None = None  # .npy copy of the (H, W, 3) uint8 image
     points: list[list[float]] = field(default_factory=list)  # [x, y, label]
     box: list[float] | None = None  # XYXY
     corner: list[float] | None = None  # first corner of a box being drawn
@@ -65,9 +61,9 @@ class PointState:
 
     def add(self, x: float, y: float, kind: str) -> None:
         """``kind``: "positive", "negative" or "box" (two clicks make a box)."""
-        if self.session is None:
+        if self.hw is None:
             raise InputError("upload an image first, then click on it")
-        h, w = self.session.hw
+        h, w = self.hw
         if not (0 <= x <= w and 0 <= y <= h):
             raise InputError(f"the click ({x:g}, {y:g}) lies outside the {w}x{h} image")
         if kind == "box":
@@ -76,7 +72,7 @@ class PointState:
                 self.actions.append("corner")
             else:
                 x0, y0 = self.corner
-                self.box = check_box([x0, y0, x, y], self.session.hw).tolist()
+                self.box = check_box([x0, y0, x, y], self.hw).tolist()
                 self.corner = None
                 self.actions[-1] = "box"
         elif kind in ("positive", "negative"):
@@ -86,9 +82,8 @@ class PointState:
             raise InputError(f"unknown click kind {kind!r}")
 
     def copy(self) -> PointState:
-        """A copy to change, so that a failed event leaves the user's state as it was
-        (the image session is shared, not copied)."""
-        return PointState(self.session, list(self.points), self.box, self.corner, list(self.actions))
+        """A copy to change, so that a failed event leaves the user's state as it was."""
+        return dataclasses.replace(self, points=list(self.points), actions=list(self.actions))
 
     def undo(self) -> None:
         if not self.actions:
@@ -269,14 +264,27 @@ class SegmentationService:
 
     # ------------------------------------------------------------------ helpers
 
+    def open_point_image(self, image: object) -> PointState:
+        """A fresh point state for an uploaded image: its session is opened in the
+        store, and a copy of the pixels is kept on disk to recompute it if evicted."""
+        session = self.wait().session(image)
+        uploads = self.output_dir / "uploads"
+        uploads.mkdir(parents=True, exist_ok=True)
+        source = uploads / f"{session.key}.npy"
+        if not source.exists():
+            np.save(source, session.image)
+        return PointState(key=session.key, hw=session.hw, source=str(source))
+
     @staticmethod
-    def session_for(image: object, previous: ImageSession | None) -> ImageSession:
-        """Reuse ``previous`` when it holds the same pixels, else open a new session."""
-        image = check_image(image)
-        key = image_key(image)
-        if previous is not None and previous.key == key:
-            return previous
-        return ImageSession(image=image, key=key)
+    def _point_session(segmenter: Segmenter, state: PointState) -> ImageSession:
+        """The state's image session: from the store, else recomputed from the copy."""
+        session = segmenter.store.get(state.key)
+        if session is not None:
+            return session
+        try:
+            return segmenter.session(np.load(state.source, allow_pickle=False))
+        except (OSError, ValueError, TypeError):
+            raise InputError("this photo is no longer on the server; upload it again") from None
 
     @staticmethod
     def vocabulary(text: str | None, predefined: Sequence[str] | None) -> Vocabulary:
@@ -317,7 +325,7 @@ class SegmentationService:
         image: object,
         vocabulary_text: str | None,
         predefined: Sequence[str] | None = (),
-        session: ImageSession | None = None,
+        session_key: str | None = None,
         sam_size: str | None = None,
         mask_settings: AutoMaskSettings | None = None,
         mode: str = "per_mask",
@@ -325,12 +333,13 @@ class SegmentationService:
         granularity: float = 0.8,
         alpha: float = 0.5,
         report: Report = _quiet,
-    ) -> tuple[Output, ImageSession]:
-        """Segment everything; returns the output and the (possibly new) image session."""
-        session = self.session_for(image, session)
+    ) -> tuple[Output, str]:
+        """Segment everything; returns the output and the image's session key (masks and
+        probabilities stay in the store: a new vocabulary or mode on the same image does
+        not run SAM-2 again)."""
         vocabulary = self.vocabulary(vocabulary_text, predefined)
         segmenter = self.segmenter(sam_size, report)
-        steps = _Steps(report, 0.1, 0.9, 3)
+        session = segmenter.session(image)  # the stored session of these pixels, if any
         result = segmenter.segment_automatic(
             session,
             vocabulary,
@@ -338,7 +347,7 @@ class SegmentationService:
             mode,
             score_threshold,
             granularity,
-            progress=steps,
+            progress=report,
         )
         report(0.95, "drawing")
         picture = overlay(session.image, result, alpha=alpha)
@@ -351,7 +360,7 @@ class SegmentationService:
                 "No segment: SAM-2 found no mask that passes its thresholds, or every mask scored "
                 "below the score threshold. Lower them under Advanced."
             )
-        return Output(picture, self.rows(result), segments, label_path, json_path, message), session
+        return Output(picture, self.rows(result), segments, label_path, json_path, message), session.key
 
     def points(
         self,
@@ -363,10 +372,12 @@ class SegmentationService:
         report: Report = _quiet,
     ) -> Output:
         """Label the object at the state's points (and box); draws the prompts."""
-        if state.session is None:
+        if state.key is None:
             raise InputError("upload an image first, then click on the object")
-        image = state.session.image
         shown = list(state.points) + ([[*state.corner, 1]] if state.corner else [])
+        segmenter = self.segmenter(sam_size, report)
+        session = self._point_session(segmenter, state)
+        image = session.image
         if not state.ready:
             picture = draw_points(image, shown, state.box)
             hint = (
@@ -376,10 +387,7 @@ class SegmentationService:
             )
             return Output(picture, [], {}, None, None, hint)
         vocabulary = self.vocabulary(vocabulary_text, predefined)
-        segmenter = self.segmenter(sam_size, report)
-        result = segmenter.segment_points(
-            state.session, state.points, vocabulary, box=state.box, progress=_Steps(report, 0.2, 0.9, 1)
-        )
+        result = segmenter.segment_points(session, state.points, vocabulary, box=state.box, progress=report)
         picture = overlay(image, result, alpha=alpha, legend=False, points=shown, box=state.box)
         segments = segments_to_dict(result)
         label_path, json_path = self._files(result, segments, "points")

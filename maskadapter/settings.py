@@ -59,6 +59,9 @@ class Settings:
     text_cache_mb: int = _opt(256, "cap on the on-disk text-embedding cache, MB; oldest files removed")
     short_side: int = _opt(800, "CLIP input: resize so the short side has this many pixels")
     max_size: int = _opt(1333, "CLIP input: cap on the long side after resizing")
+    mask_side: int = _opt(1024, "working resolution: long side of masks while they are made, classified and painted")
+    session_cache_mb: int = _opt(2048, "byte budget of the image-session store (embeddings, features, masks; CPU+GPU)")
+    compile: bool = _opt(False, "torch.compile SAM-2's image encoder and mask decoder (GPU; slow first call)")
     # app only
     host: str | None = _opt(None, "address to serve on (default: Gradio's)", app_only=True)
     port: int | None = _opt(None, "port to serve on (default: Gradio's, 7860)", app_only=True)
@@ -67,6 +70,10 @@ class Settings:
     def __post_init__(self) -> None:
         if self.sam_size not in SAM2_SIZES:
             raise InputError(f"sam_size must be one of {', '.join(SAM2_SIZES)}, got {self.sam_size!r}")
+        if self.mask_side < 64:
+            raise InputError(f"mask_side must be at least 64, got {self.mask_side}")
+        if self.session_cache_mb < 1:
+            raise InputError(f"session_cache_mb must be at least 1, got {self.session_cache_mb}")
         if self.short_side < 32 or self.max_size < self.short_side:
             raise InputError(f"expected 32 <= short_side <= max_size, got {self.short_side} and {self.max_size}")
         if self.text_cache_entries < 0 or self.text_cache_mb < 0:

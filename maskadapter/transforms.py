@@ -139,14 +139,21 @@ class ImageTransform:
         ph, pw = self.padded_hw(image.shape[:2])
         return F.pad(x, (0, pw - rw, 0, ph - rh))[None]
 
-    def masks_to_tensor(self, masks: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-        """(N, H, W) bool masks -> (1, N, Hp, Wp) float32 in [0, 1], resized like the image
-        (bilinear, antialiased) and zero-padded."""
+    def masks_to_tensor(
+        self,
+        masks: np.ndarray | torch.Tensor,
+        device: torch.device | str = "cpu",
+        image_hw: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """(N, h, w) bool masks -> (1, N, Hp, Wp) float32 in [0, 1], resized like the image
+        (bilinear, antialiased) and zero-padded. ``image_hw`` is the original image's
+        size when the masks are in a working frame of it (default: the masks' size)."""
         m = torch.as_tensor(masks, device=device).to(torch.float32)
         if m.ndim != 3:
             raise InputError(f"masks must be (N, H, W), got shape {tuple(m.shape)}")
-        rh, rw = self.resized_hw(tuple(m.shape[-2:]))
-        ph, pw = self.padded_hw(tuple(m.shape[-2:]))
+        image_hw = image_hw or tuple(m.shape[-2:])
+        rh, rw = self.resized_hw(image_hw)
+        ph, pw = self.padded_hw(image_hw)
         if m.shape[0] == 0:
             return m.new_zeros(1, 0, ph, pw)
         m = F.interpolate(m[None], size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
