@@ -1,0 +1,302 @@
+"""MaskGenerator against sam2's SAM2AutomaticMaskGenerator, and its building blocks
+(point grid, stability scores, boxes, low-res bounds, NMS certainty) and WorkingFrame
+against straightforward recomputations written here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import SyntheticSAM, small_image
+from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+from sam2.utils.amg import batched_mask_to_box, build_point_grid, calculate_stability_score
+
+from maskadapter.generator import FrameBounds, MaskGenerator, mask_boxes, point_grid, stability_scores, uncertain_pairs
+from maskadapter.transforms import WorkingFrame
+
+# ----------------------------------------------------------------- equivalence with sam2
+
+SETTINGS = {
+    "default": {},  # pred_iou_thresh 0.8, stability_score_thresh 0.95, box_nms_thresh 0.7
+    "no-filters": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.7},
+    "no-nms": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0},
+}
+
+
+@pytest.fixture(scope="module")
+def generated(tiny_models):
+    """name -> (our records, sam2's records) on the example photo at its own size (451 px
+    wide), with varied synthetic decoder outputs; each setting is computed once."""
+    image = small_image("chelsea.png", 451)
+    done: dict[str, tuple[list[dict], list[dict]]] = {}
+
+    def run(name: str) -> tuple[list[dict], list[dict]]:
+        if name not in done:
+            kwargs = {"points_per_side": 16, **SETTINGS[name]}
+            with SyntheticSAM(tiny_models.sam2, sharpness=(0.4, 3.0)):
+                ours = MaskGenerator(tiny_models.sam2, **kwargs).generate(image)
+                theirs = SAM2AutomaticMaskGenerator(tiny_models.sam2, output_mode="binary_mask", **kwargs).generate(
+                    image
+                )
+            done[name] = (ours, theirs)
+        return done[name]
+
+    return run
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def _match(ours: list[dict], theirs: list[dict]) -> list[tuple[dict, dict, float]]:
+    """One-to-one pairs: records of the same prompt point, greedily by mask IoU."""
+
+    def by_point(records):
+        groups: dict[tuple[float, float], list[dict]] = {}
+        for r in records:
+            x, y = r["point_coords"][0]
+            groups.setdefault((round(float(x), 3), round(float(y), 3)), []).append(r)
+        return groups
+
+    a, b = by_point(ours), by_point(theirs)
+    assert a.keys() == b.keys(), f"prompt points differ: {sorted(a.keys() ^ b.keys())[:5]}"
+    pairs = []
+    for point, mine in a.items():
+        other = b[point]
+        assert len(mine) == len(other), f"point {point}: {len(mine)} masks here, {len(other)} from sam2"
+        ious = sorted(
+            (
+                (_mask_iou(m["segmentation"], o["segmentation"]), i, j)
+                for i, m in enumerate(mine)
+                for j, o in enumerate(other)
+            ),
+            key=lambda t: -t[0],
+        )
+        used_i, used_j = set(), set()
+        for iou, i, j in ious:
+            if i not in used_i and j not in used_j:
+                used_i.add(i)
+                used_j.add(j)
+                pairs.append((mine[i], other[j], iou))
+    return pairs
+
+
+def _xywh_inclusive(mask: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return [0, 0, 0, 0]
+    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min()), int(ys.max() - ys.min())]
+
+
+@pytest.mark.slow  # sam2's generator and ours, three settings: about a minute on 2 CPU cores
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_masks_equal_sam2_automatic_mask_generator(generated, name):
+    ours, theirs = generated(name)
+    n_ours, n_theirs = len(ours), len(theirs)
+    assert n_theirs > 0
+    assert n_ours == n_theirs
+    pairs = _match(ours, theirs)
+    assert len(pairs) == n_theirs
+    for mine, other, iou in pairs:
+        assert mine["segmentation"].shape == other["segmentation"].shape == (300, 451)
+        assert mine["segmentation"].dtype == bool
+        assert iou >= 0.98, (mine["point_coords"], mine["predicted_iou"], iou)
+        np.testing.assert_allclose(mine["point_coords"], other["point_coords"], rtol=0, atol=1e-4)
+        assert abs(mine["predicted_iou"] - other["predicted_iou"]) <= 1e-5
+        assert abs(mine["stability_score"] - other["stability_score"]) <= 0.01
+    for record in ours + theirs:  # bbox and area follow each record's own mask
+        seg = record["segmentation"]
+        assert int(record["area"]) == int(seg.sum())
+        assert [int(v) for v in record["bbox"]] == _xywh_inclusive(seg)
+
+
+@pytest.mark.slow
+def test_filters_and_nms_remove_masks(generated):
+    counts = [len(generated(name)[0]) for name in SETTINGS]  # about 140, 546, 768 at 451 px
+    assert 0 < counts[0] < counts[1] < counts[2], counts
+
+
+# ----------------------------------------------------------------- building blocks
+
+
+@pytest.mark.parametrize("n", [1, 4, 32])
+def test_point_grid_is_sam2s(n):
+    got = point_grid(n)
+    expected = build_point_grid(n)
+    assert got.shape == expected.shape == (n * n, 2)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_stability_scores_match_recomputation():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 40, 50, generator=g) * 3
+    logits[2] = -5 - torch.rand(40, 50, generator=g)  # empty even at -offset: NaN, as in sam2
+    logits[3] = 5 + torch.rand(40, 50, generator=g)  # full: 1
+    logits[4, :20] += 6  # half the mask certain
+    arr = logits.numpy()
+    for offset, threshold in ((1.0, 0.0), (2.0, 0.5), (0.25, -1.0)):
+        inner = (arr > threshold + offset).sum((1, 2))
+        outer = (arr > threshold - offset).sum((1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            expected = inner / outer
+        got = stability_scores(logits, offset, threshold).numpy()
+        assert got.shape == (6,)
+        assert np.isnan(got[2]) and got[3] == 1.0
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
+        sam2s = calculate_stability_score(logits, threshold, offset).numpy()
+        np.testing.assert_allclose(got, sam2s, rtol=1e-6, atol=0)
+
+
+def test_mask_boxes_match_recomputation():
+    g = torch.Generator().manual_seed(1)
+    masks = torch.rand(8, 30, 40, generator=g) > 0.995  # specks
+    masks[1] = False  # empty
+    masks[2] = False
+    masks[2, 29, 39] = True  # one pixel in the last corner
+    masks[3] = True  # full
+    masks[4, 5:17, 9:33] = True
+    masks[5] = False
+    masks[5, 0, 0] = True
+    expected = []
+    for m in masks.numpy():
+        ys, xs = np.nonzero(m)
+        expected.append([xs.min(), ys.min(), xs.max(), ys.max()] if len(xs) else [0, 0, 0, 0])
+    got = mask_boxes(masks)
+    assert got.dtype == torch.int64
+    np.testing.assert_array_equal(got.numpy(), np.array(expected))
+    assert got[2].tolist() == [39, 29, 39, 29] and got[1].tolist() == [0, 0, 0, 0]
+    np.testing.assert_array_equal(got.numpy(), batched_mask_to_box(masks).numpy())
+    assert mask_boxes(torch.zeros(0, 30, 40, dtype=torch.bool)).shape == (0, 4)
+
+
+def _inclusive_xyxy(mask: np.ndarray) -> np.ndarray | None:
+    ys, xs = np.nonzero(mask)
+    return None if len(xs) == 0 else np.array([xs.min(), ys.min(), xs.max(), ys.max()])
+
+
+@pytest.mark.parametrize("hw", [(160, 107), (300, 451), (768, 1024)])
+def test_frame_bounds_contain_the_upsampled_counts_and_boxes(hw):
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(6, 256, 256, generator=g) * 3
+    ys, xs = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    for k, (cy, cx, r) in enumerate([(100, 150, 40), (30, 200, 25), (180, 60, 70)], start=2):
+        dist = ((ys - cy) ** 2 + (xs - cx) ** 2).sqrt()
+        logits[k] = 10 * (r - dist) / r + torch.randn(256, 256, generator=g) * 3  # blob with a noisy edge
+    logits[1] = -3.0  # small patches of a few cells
+    for y, x, size in [(7, 250, 2), (40, 3, 1), (128, 128, 3), (254, 100, 2)]:
+        logits[1, y : y + size, x : x + size] = 3.0
+    logits[5] = -torch.rand(256, 256, generator=g) - 0.1  # nothing
+    up = F.interpolate(logits[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0].numpy()
+    bounds = FrameBounds(hw, torch.device("cpu"))
+    low, high = FrameBounds.cell_extremes(logits)
+    # each frame pixel lies between the extremes of the cell it reads
+    rows, cols = bounds.rows.numpy(), bounds.cols.numpy()
+    assert (low.numpy()[:, rows[:, None], cols[None, :]] <= up + 1e-5).all()
+    assert (up <= high.numpy()[:, rows[:, None], cols[None, :]] + 1e-5).all()
+    for t in (-1.0, 0.0, 1.0):
+        exact = (up > t).sum((1, 2))
+        lo, hi = bounds.count(low > t).numpy(), bounds.count(high > t).numpy()
+        assert (lo <= exact).all() and (exact <= hi).all(), (t, lo, exact, hi)
+        assert (lo < hi).any()  # the bounds are not trivially equal
+    inner, outer = bounds.box(low > 0).numpy(), bounds.box(high > 0).numpy()
+    inner_count, outer_count = bounds.count(low > 0).numpy(), bounds.count(high > 0).numpy()
+    checked = 0
+    for k in range(len(logits)):
+        box = _inclusive_xyxy(up[k] > 0)
+        if outer_count[k] == 0:
+            assert box is None and (outer[k] == 0).all()
+            continue
+        if box is None:
+            assert inner_count[k] == 0
+            continue
+        o = outer[k]
+        assert o[0] <= box[0] and o[1] <= box[1] and o[2] >= box[2] and o[3] >= box[3], (k, o, box)
+        if inner_count[k] > 0:
+            i = inner[k]
+            assert box[0] <= i[0] <= i[2] <= box[2] and box[1] <= i[1] <= i[3] <= box[3], (k, i, box)
+            checked += 1
+    assert checked >= 3
+    assert inner_count[5] == outer_count[5] == 0
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.7, 0.9])
+def test_unflagged_pairs_keep_their_nms_decision(threshold):
+    rng = np.random.default_rng(3)
+    base = np.concatenate([rng.uniform(0, 300, (40, 2)), rng.uniform(40, 160, (40, 2))], 1)
+    base[:, 2:] += base[:, :2]
+    jitter = np.repeat(rng.uniform(0.2, 8, (40, 1)), 6, 0)  # clusters of boxes, tight to loose
+    exact = np.repeat(base, 6, 0) + rng.uniform(-1, 1, (240, 4)) * jitter
+    inner = exact + rng.uniform(0, 0.5, exact.shape) * np.array([1, 1, -1, -1])
+    outer = exact + rng.uniform(0, 0.5, exact.shape) * np.array([-1, -1, 1, 1])
+    # an isolated box, loosely known: its IoU with itself is no pair
+    exact = np.concatenate([exact, [[1000, 1000, 1100, 1100]]])
+    inner = np.concatenate([inner, [[1030, 1030, 1070, 1070]]])
+    outer = np.concatenate([outer, [[970, 970, 1130, 1130]]])
+    flag = uncertain_pairs(
+        torch.tensor(inner, dtype=torch.float32), torch.tensor(outer, dtype=torch.float32), threshold
+    )
+    flag = flag.numpy()
+    chunked = uncertain_pairs(
+        torch.tensor(inner, dtype=torch.float32), torch.tensor(outer, dtype=torch.float32), threshold, chunk=37
+    )
+    np.testing.assert_array_equal(chunked.numpy(), flag)
+    assert flag.any() and not flag.all() and not flag[-1]
+    off_diagonal = ~np.eye(len(exact), dtype=bool)
+    exact_decision = _iou_matrix(exact, exact) > threshold
+    outer_decision = _iou_matrix(outer, outer) > threshold
+    known = off_diagonal & (~flag[:, None] | ~flag[None, :])
+    np.testing.assert_array_equal(exact_decision[known], outer_decision[known])
+    assert exact_decision[known].any() and not exact_decision[known].all()  # both decisions occur
+    # as the generator uses it: flagged boxes made exact, NMS on the rest's outer boxes
+    mixed = np.where(flag[:, None], exact, outer)
+    mixed_decision = _iou_matrix(mixed, mixed) > threshold
+    np.testing.assert_array_equal(exact_decision[off_diagonal], mixed_decision[off_diagonal])
+
+
+# ----------------------------------------------------------------- WorkingFrame
+
+
+def _nearest(out_len: int, in_len: int) -> np.ndarray:
+    """src = floor((i + 0.5) * in / out), in exact integer arithmetic."""
+    return ((2 * np.arange(out_len) + 1) * in_len) // (2 * out_len)
+
+
+@pytest.mark.parametrize("orig_hw,work_hw", [((4000, 6000), (683, 1024)), ((300, 451), (300, 451))])
+def test_working_frame_maps_masks_areas_and_boxes_back(orig_hw, work_hw):
+    frame = WorkingFrame(orig_hw, max_side=1024)
+    assert frame.work_hw == work_hw
+    assert frame.identity == (orig_hw == work_hw)
+    h, w = work_hw
+    g = torch.Generator().manual_seed(4)
+    masks = torch.rand(5, h, w, generator=g) > 0.9995  # specks
+    masks[0, h // 5 : h // 2, w // 3 : w - 7] = True
+    masks[1] = False  # empty
+    masks[2] = False
+    masks[2, h - 1, w - 1] = True  # one pixel in the last corner
+    masks[3] = True  # full
+    rows, cols = _nearest(orig_hw[0], h), _nearest(orig_hw[1], w)
+    expected = masks.numpy()[:, rows[:, None], cols[None, :]]
+    assert expected.shape == (5, *orig_hw)
+
+    np.testing.assert_array_equal(frame.to_original(masks), expected)
+    np.testing.assert_array_equal(frame.to_original(masks.numpy()), expected)
+    np.testing.assert_array_equal(frame.areas(masks).numpy(), expected.sum((1, 2)))
+    boxes = []
+    for m in expected:
+        ys, xs = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, 0, 0])
+    got = frame.boxes(masks)
+    assert got.dtype == torch.int64
+    np.testing.assert_array_equal(got.numpy(), np.array(boxes))
+    assert got[3].tolist() == [0, 0, orig_hw[1], orig_hw[0]]
