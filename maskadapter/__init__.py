@@ -4,7 +4,8 @@ The contract (``../shared/spec/MASK_ADAPTER.md`` section 5)::
 
     VILD_TEMPLATES, MaskAdapterHead, encode_vocabulary, mask_logits
 
-and the pieces built on it: ``Segmenter`` (models + caches; image -> segments),
+``MaskGenerator`` (SAM-2 automatic masks without sam2's per-mask overheads), and
+the pieces built on it: ``Segmenter`` (models + session store; image -> segments),
 ``build_vocabulary``, ``Settings``, rendering and export helpers.
 """
 
@@ -16,9 +17,11 @@ from maskadapter.errors import (
     VocabularyError,
     WeightsNotFoundError,
 )
+from maskadapter.generator import MaskGenerator
 from maskadapter.masks import AutoMaskSettings
 from maskadapter.modeling import MaskAdapterHead
-from maskadapter.segmenter import ImageSession, Segment, SegmentationResult, Segmenter
+from maskadapter.segmenter import Segment, SegmentationResult, Segmenter
+from maskadapter.session import ImageSession, SessionStore
 from maskadapter.settings import Settings
 from maskadapter.vocabulary import PREDEFINED, Vocabulary, build_vocabulary, parse_vocabulary
 
@@ -31,8 +34,10 @@ __all__ = [
     "InputError",
     "MaskAdapterError",
     "MaskAdapterHead",
+    "MaskGenerator",
     "Segment",
     "SegmentationResult",
+    "SessionStore",
     "Segmenter",
     "Settings",
     "Vocabulary",
