@@ -7,7 +7,8 @@ crop) with the same settings, but keeps the work on tensors:
   batches; the image embedding is computed once (and can come from a cache);
 - the quality filters (predicted IoU, stability score) and the boxes for NMS are
   computed on the decoder's 256x256 low-resolution logits, batched, on the device;
-- duplicates are removed with ``torchvision.ops.nms`` on those boxes;
+- duplicates are removed with ``torchvision.ops.nms`` on boxes bounded from the same
+  logits, made exact only where a decision of the greedy NMS depends on it;
 - only the masks that survive are upsampled, to the requested frame, at the end.
 
 sam2 instead upsamples every candidate to the original size in float32, computes
@@ -36,6 +37,7 @@ Progress = Callable[[str], None]
 # synchronisation per group instead of one per batch, and memory stays bounded
 COMPACT_EVERY = 8
 LOW_RES = 256  # side of SAM-2's low-resolution mask logits
+SAMPLE_MARGIN = 1e-4  # a sampled upsampled value counts as positive above this (float rounding)
 
 
 def point_grid(points_per_side: int) -> np.ndarray:
@@ -89,6 +91,15 @@ def _remove_small_regions(logits: torch.Tensor, max_area: int, threshold: float 
     return torch.where(clear_t, threshold - 10.0, logits)
 
 
+def _masked_max(x: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
+    """Max of (N, 256, 256) ``x`` over ``dim`` counting only the indices where ``keep``."""
+    if not bool(keep.all()):
+        shape = [1, 1, 1]
+        shape[dim] = -1
+        x = x.masked_fill(~keep.view(shape), float("-inf"))
+    return x.amax(dim)
+
+
 def _first_last(sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """First and last frame index that reads each low-res index (-1 where none)."""
     idx = torch.arange(len(sources), device=sources.device)
@@ -116,6 +127,17 @@ class FrameBounds:
         self.weight = self.row_count[:, None] * self.col_count[None, :]  # (256, 256) frame pixels per cell
         self.first_row, self.last_row = _first_last(self.rows)
         self.first_col, self.last_col = _first_last(self.cols)
+        self.row_lambda = self._first_lambda(hw[0], self.first_row)  # (256,) weight of the next row
+        self.col_lambda = self._first_lambda(hw[1], self.first_col)
+        # source rows / columns read by some frame pixel (a cell reads itself and the next)
+        self.read_rows = (self.row_count > 0) | torch.cat([self.row_count[:1] * 0, self.row_count[:-1]]).bool()
+        self.read_cols = (self.col_count > 0) | torch.cat([self.col_count[:1] * 0, self.col_count[:-1]]).bool()
+
+    @staticmethod
+    def _first_lambda(size: int, first: torch.Tensor) -> torch.Tensor:
+        # PyTorch's float32 source coordinate of each cell's first frame pixel, minus the cell
+        src = ((first.clamp(min=0).to(torch.float32) + 0.5) * (LOW_RES / size) - 0.5).clamp(min=0)
+        return src - src.floor()
 
     @staticmethod
     def _sources(size: int, device: torch.device) -> torch.Tensor:
@@ -124,29 +146,66 @@ class FrameBounds:
         return src.floor().long().clamp(max=LOW_RES - 1)
 
     @staticmethod
-    def cell_extremes(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 256, 256) logits -> min and max over each cell's 2x2 sources."""
-        padded = F.pad(logits[:, None], (0, 1, 0, 1), mode="replicate")
-        high = F.max_pool2d(padded, 2, stride=1)[:, 0]
-        low = -F.max_pool2d(-padded, 2, stride=1)[:, 0]
-        return low, high
+    def pad(logits: torch.Tensor) -> torch.Tensor:
+        """(N, 256, 256) -> (N, 257, 257): the last row and column repeated, so that the
+        2x2 sources of every cell are the four shifted 256x256 views (edge cells read
+        themselves, as the bilinear kernel clamps)."""
+        return F.pad(logits[:, None], (0, 1, 0, 1), mode="replicate")[:, 0]
+
+    @staticmethod
+    def cells_above(padded: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 257, 257) padded logits -> (all, any), (N, 256, 256) bool: whether all /
+        any of each cell's 2x2 sources are above ``threshold`` (then every / some
+        upsampled pixel of the cell may be)."""
+        p = padded > threshold
+        a, b, c, d = p[:, :-1, :-1], p[:, :-1, 1:], p[:, 1:, :-1], p[:, 1:, 1:]
+        return a & b & c & d, a | b | c | d
+
+    def samples(self, padded: torch.Tensor) -> torch.Tensor:
+        """(N, 257, 257) padded logits -> (N, 256, 256): the upsampled logits at the
+        first frame pixel of each cell (the bilinear kernel's formula; equal to PyTorch's
+        up to float rounding). Meaningful only where the cell has frame pixels."""
+        top = torch.lerp(padded[:, :-1, :-1], padded[:, :-1, 1:], self.col_lambda[None, :])
+        bottom = torch.lerp(padded[:, 1:, :-1], padded[:, 1:, 1:], self.col_lambda[None, :])
+        return torch.lerp(top, bottom, self.row_lambda[:, None])
 
     def count(self, cells: torch.Tensor) -> torch.Tensor:
         """(N, 256, 256) bool cells -> (N,) frame pixels in them."""
         return (cells.to(torch.int32) * self.weight).flatten(1).sum(1)
 
-    def box(self, cells: torch.Tensor) -> torch.Tensor:
-        """(N, 256, 256) bool cells -> (N, 4) float XYXY frame box of their pixels
-        (inclusive max pixel; an empty set gives (0, 0, 0, 0))."""
-        rows = (cells & (self.col_count > 0)[None, None, :]).any(2) & (self.row_count > 0)  # (N, 256)
-        cols = (cells & (self.row_count > 0)[None, :, None]).any(1) & (self.col_count > 0)
-        r = torch.arange(LOW_RES, device=cells.device)
+    def _extent(self, rows: torch.Tensor, cols: torch.Tensor, far_row, far_col) -> torch.Tensor:
+        """(N, 4) float XYXY frame box from (N, 256) cell rows / columns that hold mask
+        pixels: from the first pixel of the first cell to ``far_*`` of the last cell
+        ((0, 0, 0, 0) when none)."""
+        r = torch.arange(LOW_RES, device=rows.device)
         r0 = torch.where(rows, r, LOW_RES - 1).amin(1)
         r1 = torch.where(rows, r, 0).amax(1)
         c0 = torch.where(cols, r, LOW_RES - 1).amin(1)
         c1 = torch.where(cols, r, 0).amax(1)
-        box = torch.stack([self.first_col[c0], self.first_row[r0], self.last_col[c1], self.last_row[r1]], 1).float()
-        return torch.where(rows.any(1)[:, None], box, torch.zeros_like(box))  # empty: (0, 0, 0, 0) as sam2
+        box = torch.stack([self.first_col[c0], self.first_row[r0], far_col[c1], far_row[r1]], 1).float()
+        return torch.where(rows.any(1)[:, None], box, torch.zeros_like(box))
+
+    def outer_box(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, 256, 256) logits -> (N, 4) float XYXY frame box (inclusive max pixel)
+        that contains every upsampled pixel above 0: the pixels of cells one of whose
+        2x2 sources is positive."""
+        # a cell row can hold positive pixels if a source row it reads is positive in
+        # a source column that some cell with pixels reads (likewise for columns)
+        row_max = _masked_max(logits, self.read_cols, 2)  # (N, 256)
+        col_max = _masked_max(logits, self.read_rows, 1)
+        rows = (torch.maximum(row_max, torch.cat([row_max[:, 1:], row_max[:, -1:]], 1)) > 0) & (self.row_count > 0)
+        cols = (torch.maximum(col_max, torch.cat([col_max[:, 1:], col_max[:, -1:]], 1)) > 0) & (self.col_count > 0)
+        return self._extent(rows, cols, self.last_row, self.last_col)
+
+    def inner_box(self, padded: torch.Tensor) -> torch.Tensor:
+        """(N, 257, 257) padded logits -> (N, 4) float XYXY box of pixels known to be in
+        the mask (each cell's first pixel whose upsampled value is clearly positive):
+        it lies inside the exact box; (0, 0, 0, 0) when none is."""
+        sampled = self.samples(padded)
+        has_r, has_c = self.row_count > 0, self.col_count > 0
+        rows = (_masked_max(sampled, has_c, 2) > SAMPLE_MARGIN) & has_r
+        cols = (_masked_max(sampled, has_r, 1) > SAMPLE_MARGIN) & has_c
+        return self._extent(rows, cols, self.first_row, self.first_col)
 
 
 def _box_area(boxes: torch.Tensor) -> torch.Tensor:
@@ -160,24 +219,61 @@ def _intersection(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return wh[..., 0] * wh[..., 1]
 
 
-def uncertain_pairs(inner: torch.Tensor, outer: torch.Tensor, threshold: float, chunk: int = 1024) -> torch.Tensor:
-    """(N,) bool: boxes known only within [inner, outer] whose IoU with some other box
-    may fall on either side of ``threshold`` (IoU as torchvision computes it)."""
-    n = len(inner)
-    flag = torch.zeros(n, dtype=torch.bool, device=inner.device)
+def iou_bounds(
+    inner: torch.Tensor, outer: torch.Tensor, i: int, rest: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds of the IoU (as torchvision computes it) between box ``i``
+    and boxes ``rest``, each known to lie between its inner and outer box."""
+    i_lo = _intersection(inner[i : i + 1], inner[rest])[0]
+    i_hi = _intersection(outer[i : i + 1], outer[rest])[0]
     area_lo, area_hi = _box_area(inner), _box_area(outer)
-    for start in range(0, n, chunk):
-        rows = slice(start, start + chunk)
-        i_lo = _intersection(inner[rows], inner)
-        i_hi = _intersection(outer[rows], outer)
-        iou_lo = i_lo / (area_hi[rows, None] + area_hi[None] - i_lo).clamp(min=1e-9)
-        iou_hi = (i_hi / (area_lo[rows, None] + area_lo[None] - i_hi).clamp(min=1e-9)).clamp(max=1)
-        iou_hi = torch.where(area_lo[rows, None] + area_lo[None] - i_hi > 0, iou_hi, torch.ones_like(iou_hi))
-        unsure = (iou_lo <= threshold) & (iou_hi > threshold)
-        unsure.diagonal(start).fill_(False)
-        flag[rows] |= unsure.any(1)
-        flag |= unsure.any(0)
-    return flag
+    lo = i_lo / (area_hi[i] + area_hi[rest] - i_lo).clamp(min=1e-9)
+    union_lo = area_lo[i] + area_lo[rest] - i_hi
+    hi = torch.where(union_lo > 0, (i_hi / union_lo.clamp(min=1e-9)).clamp(max=1), torch.ones_like(lo))
+    return lo, hi
+
+
+def boxes_for_nms(
+    inner: torch.Tensor,
+    outer: torch.Tensor,
+    scores: torch.Tensor,
+    threshold: float,
+    exact_box: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, int]:
+    """Boxes on which NMS decides as it would on the exact boxes, though most boxes are
+    only known within [inner, outer].
+
+    Greedy NMS (best score first; a box goes when its IoU with a kept box exceeds
+    ``threshold``) only ever compares a candidate with kept boxes. Walking through it,
+    a box is made exact (``exact_box(indices)`` -> (n, 4)) only where such a pair is
+    undecided by the bounds; every other decision holds for any boxes within bounds.
+    The walk loops once per kept box, vectorised over the remaining candidates.
+
+    Returns (boxes: exact where refined, outer elsewhere; number of boxes refined).
+    """
+    inner, outer = inner.clone(), outer.clone()
+    exact = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    alive = torch.ones_like(exact)
+    refined = 0
+    while True:
+        ranked = order[alive[order]]
+        if len(ranked) < 2:
+            break
+        i, rest = int(ranked[0]), ranked[1:]
+        alive[i] = False
+        lo, hi = iou_bounds(inner, outer, i, rest)
+        unsure = (lo <= threshold) & (hi > threshold)
+        if unsure.any():
+            todo = torch.cat([torch.tensor([i], device=rest.device), rest[unsure]])
+            todo = todo[~exact[todo]]
+            if len(todo):
+                refined += len(todo)
+                boxes = exact_box(todo)
+                inner[todo], outer[todo], exact[todo] = boxes, boxes, True
+            lo, _ = iou_bounds(inner, outer, i, rest)
+        alive[rest[lo > threshold]] = False
+    return outer, refined
 
 
 @dataclass
@@ -328,14 +424,11 @@ class MaskGenerator:
             if progress:
                 progress(number, len(batches))
         found = Candidates.cat(gathered) if gathered else self._empty(device)
-        unsure = uncertain_pairs(found.inner, found.outer, self.box_nms_thresh).nonzero()[:, 0]
-        if len(unsure):  # exact boxes where the bounds do not decide NMS
-            self.refined += len(unsure)
-            self.refined_boxes = len(unsure)
-            exact = exact_boxes(found.logits[unsure], frame_hw)
-            found.outer[unsure] = exact
-            found.inner[unsure] = exact
-        keep = nms(found.outer, found.iou, self.box_nms_thresh)
+        boxes, refined = boxes_for_nms(
+            found.inner, found.outer, found.iou, self.box_nms_thresh, lambda i: exact_boxes(found.logits[i], frame_hw)
+        )
+        self.refined += refined
+        keep = nms(boxes, found.iou, self.box_nms_thresh)
         return found.select(keep)
 
     # ------------------------------------------------------------------ internals
@@ -365,15 +458,16 @@ class MaskGenerator:
         if self.min_mask_region_area > 0:
             logits = _remove_small_regions(logits, self.min_mask_region_area)
         iou = iou.flatten().float()
-        low, high = bounds.cell_extremes(logits)  # (b*m, 256, 256) each
+        padded = bounds.pad(logits)  # (b*m, 257, 257)
         passes = torch.ones_like(iou, dtype=torch.bool)
         unsure = torch.zeros_like(passes)
         if self.pred_iou_thresh > 0:
             passes &= iou > self.pred_iou_thresh
         if self.stability_score_thresh > 0:
             off = self.stability_score_offset
-            inner_lo, inner_hi = bounds.count(low > off), bounds.count(high > off)
-            outer_lo, outer_hi = bounds.count(low > -off), bounds.count(high > -off)
+            (in_all, in_any), (out_all, out_any) = bounds.cells_above(padded, off), bounds.cells_above(padded, -off)
+            inner_lo, inner_hi = bounds.count(in_all), bounds.count(in_any)
+            outer_lo, outer_hi = bounds.count(out_all), bounds.count(out_any)
             s_lo = inner_lo / outer_hi.clamp(min=1)
             s_hi = torch.where(outer_lo > 0, inner_hi / outer_lo.clamp(min=1), torch.ones_like(s_lo))
             unsure = passes & (s_lo < self.stability_score_thresh) & (s_hi >= self.stability_score_thresh)
@@ -382,8 +476,8 @@ class MaskGenerator:
             logits.half(),
             iou,
             points.repeat_interleave(per_point, 0),
-            bounds.box(low > 0),
-            bounds.box(high > 0),
+            bounds.inner_box(padded),
+            bounds.outer_box(logits),
         )
         return found, passes, unsure
 

@@ -373,6 +373,26 @@ def build_tiny_random(device: str | torch.device = "cpu", seed: int = 0) -> Mode
     )
 
 
+def build_real_size_random(
+    device: str | torch.device = "cpu", sam_size: str = "large", clip_model: str = "convnext_large_d_320", seed: int = 0
+) -> Models:
+    """The real architectures (SAM-2.1 ``sam_size``, a ConvNeXt CLIP, the default-size
+    head) with random weights: for timing and memory figures, never for labels."""
+    torch.manual_seed(seed)
+    sam = build_sam2_model(None, device, SAM2_CONFIG_DIR / SAM2_HUB[sam_size][2])
+    clip, tokenizer = build_clip(None, device, clip_model)
+    adapter = MaskAdapterHead(clip_dim=open_clip.get_model_config(clip_model)["embed_dim"])
+    return Models(
+        sam2=sam,
+        clip=clip,
+        tokenizer=tokenizer,
+        adapter=adapter.to(device).eval(),
+        clip_key=f"{clip_model}:random-seed{seed}",
+        real_weights=False,
+        description=f"real-size random models (SAM-2.1 {sam_size}, {clip_model}, head; seed {seed})",
+    )
+
+
 def save_tiny_random(directory: str | os.PathLike, seed: int = 0) -> ModelFiles:
     """Write the tiny random models as checkpoint files in the official formats."""
     directory = Path(directory)

@@ -11,8 +11,16 @@ import torch.nn.functional as F
 from conftest import SyntheticSAM, small_image
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 from sam2.utils.amg import batched_mask_to_box, build_point_grid, calculate_stability_score
+from torchvision.ops import nms
 
-from maskadapter.generator import FrameBounds, MaskGenerator, mask_boxes, point_grid, stability_scores, uncertain_pairs
+from maskadapter.generator import (
+    FrameBounds,
+    MaskGenerator,
+    boxes_for_nms,
+    mask_boxes,
+    point_grid,
+    stability_scores,
+)
 from maskadapter.transforms import WorkingFrame
 
 # ----------------------------------------------------------------- equivalence with sam2
@@ -190,18 +198,29 @@ def test_frame_bounds_contain_the_upsampled_counts_and_boxes(hw):
     logits[5] = -torch.rand(256, 256, generator=g) - 0.1  # nothing
     up = F.interpolate(logits[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0].numpy()
     bounds = FrameBounds(hw, torch.device("cpu"))
-    low, high = FrameBounds.cell_extremes(logits)
-    # each frame pixel lies between the extremes of the cell it reads
     rows, cols = bounds.rows.numpy(), bounds.cols.numpy()
-    assert (low.numpy()[:, rows[:, None], cols[None, :]] <= up + 1e-5).all()
-    assert (up <= high.numpy()[:, rows[:, None], cols[None, :]] + 1e-5).all()
     for t in (-1.0, 0.0, 1.0):
+        all_above, any_above = FrameBounds.cells_above(FrameBounds.pad(logits), t)
+        # each frame pixel is above t if all sources of its cell are, only if one is
+        cell_all = all_above.numpy()[:, rows[:, None], cols[None, :]]
+        cell_any = any_above.numpy()[:, rows[:, None], cols[None, :]]
+        assert (~cell_all | (up > t)).all() and (~(up > t) | cell_any).all()
         exact = (up > t).sum((1, 2))
-        lo, hi = bounds.count(low > t).numpy(), bounds.count(high > t).numpy()
+        lo, hi = bounds.count(all_above).numpy(), bounds.count(any_above).numpy()
         assert (lo <= exact).all() and (exact <= hi).all(), (t, lo, exact, hi)
         assert (lo < hi).any()  # the bounds are not trivially equal
-    inner, outer = bounds.box(low > 0).numpy(), bounds.box(high > 0).numpy()
-    inner_count, outer_count = bounds.count(low > 0).numpy(), bounds.count(high > 0).numpy()
+    # sampled values equal the upsampled logits at each cell's first pixel
+    samples = bounds.samples(FrameBounds.pad(logits)).numpy()
+    first_row, first_col = bounds.first_row.numpy(), bounds.first_col.numpy()
+    has = (first_row >= 0)[:, None] & (first_col >= 0)[None, :]
+    picked = up[:, first_row.clip(0)[:, None], first_col.clip(0)[None, :]]
+    np.testing.assert_allclose(samples[:, has], picked[:, has], atol=1e-5)
+    inside, touched = FrameBounds.cells_above(FrameBounds.pad(logits), 0.0)
+    sampled = (bounds.samples(FrameBounds.pad(logits)) > 1e-4) & (bounds.weight > 0)
+    inner = bounds.inner_box(FrameBounds.pad(logits)).numpy()
+    outer = bounds.outer_box(logits).numpy()
+    inner_count, outer_count = bounds.count(inside).numpy(), bounds.count(touched).numpy()
+    inner_known = sampled.flatten(1).any(1).numpy()
     checked = 0
     for k in range(len(logits)):
         box = _inclusive_xyxy(up[k] > 0)
@@ -209,11 +228,11 @@ def test_frame_bounds_contain_the_upsampled_counts_and_boxes(hw):
             assert box is None and (outer[k] == 0).all()
             continue
         if box is None:
-            assert inner_count[k] == 0
+            assert not inner_known[k]
             continue
         o = outer[k]
         assert o[0] <= box[0] and o[1] <= box[1] and o[2] >= box[2] and o[3] >= box[3], (k, o, box)
-        if inner_count[k] > 0:
+        if inner_known[k]:
             i = inner[k]
             assert box[0] <= i[0] <= i[2] <= box[2] and box[1] <= i[1] <= i[3] <= box[3], (k, i, box)
             checked += 1
@@ -230,38 +249,44 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
+def _greedy_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
+    """Plain greedy NMS: best score first, drop boxes whose IoU with a kept one exceeds threshold."""
+    iou = _iou_matrix(boxes, boxes)
+    kept: list[int] = []
+    for i in np.argsort(-scores, kind="stable"):
+        if all(iou[k, i] <= threshold for k in kept):
+            kept.append(int(i))
+    return kept
+
+
 @pytest.mark.parametrize("threshold", [0.5, 0.7, 0.9])
-def test_unflagged_pairs_keep_their_nms_decision(threshold):
+def test_nms_on_bounded_boxes_decides_as_on_exact_boxes(threshold):
     rng = np.random.default_rng(3)
     base = np.concatenate([rng.uniform(0, 300, (40, 2)), rng.uniform(40, 160, (40, 2))], 1)
     base[:, 2:] += base[:, :2]
     jitter = np.repeat(rng.uniform(0.2, 8, (40, 1)), 6, 0)  # clusters of boxes, tight to loose
     exact = np.repeat(base, 6, 0) + rng.uniform(-1, 1, (240, 4)) * jitter
-    inner = exact + rng.uniform(0, 0.5, exact.shape) * np.array([1, 1, -1, -1])
-    outer = exact + rng.uniform(0, 0.5, exact.shape) * np.array([-1, -1, 1, 1])
-    # an isolated box, loosely known: its IoU with itself is no pair
-    exact = np.concatenate([exact, [[1000, 1000, 1100, 1100]]])
-    inner = np.concatenate([inner, [[1030, 1030, 1070, 1070]]])
-    outer = np.concatenate([outer, [[970, 970, 1130, 1130]]])
-    flag = uncertain_pairs(
-        torch.tensor(inner, dtype=torch.float32), torch.tensor(outer, dtype=torch.float32), threshold
+    inner = exact + rng.uniform(0, 1, exact.shape) * np.array([1, 1, -1, -1])
+    outer = exact + rng.uniform(0, 1, exact.shape) * np.array([-1, -1, 1, 1])
+    scores = rng.uniform(0, 1, len(exact))
+    asked: list[int] = []
+
+    def exact_box(index):
+        asked.extend(index.tolist())
+        return torch.tensor(exact[index.numpy()], dtype=torch.float32)
+
+    boxes, refined = boxes_for_nms(
+        torch.tensor(inner, dtype=torch.float32),
+        torch.tensor(outer, dtype=torch.float32),
+        torch.tensor(scores, dtype=torch.float32),
+        threshold,
+        exact_box,
     )
-    flag = flag.numpy()
-    chunked = uncertain_pairs(
-        torch.tensor(inner, dtype=torch.float32), torch.tensor(outer, dtype=torch.float32), threshold, chunk=37
-    )
-    np.testing.assert_array_equal(chunked.numpy(), flag)
-    assert flag.any() and not flag.all() and not flag[-1]
-    off_diagonal = ~np.eye(len(exact), dtype=bool)
-    exact_decision = _iou_matrix(exact, exact) > threshold
-    outer_decision = _iou_matrix(outer, outer) > threshold
-    known = off_diagonal & (~flag[:, None] | ~flag[None, :])
-    np.testing.assert_array_equal(exact_decision[known], outer_decision[known])
-    assert exact_decision[known].any() and not exact_decision[known].all()  # both decisions occur
-    # as the generator uses it: flagged boxes made exact, NMS on the rest's outer boxes
-    mixed = np.where(flag[:, None], exact, outer)
-    mixed_decision = _iou_matrix(mixed, mixed) > threshold
-    np.testing.assert_array_equal(exact_decision[off_diagonal], mixed_decision[off_diagonal])
+    expected = _greedy_nms(exact, scores, threshold)
+    assert nms(boxes, torch.tensor(scores, dtype=torch.float32), threshold).tolist() == expected
+    assert refined == len(asked) == len(set(asked))  # each box made exact at most once
+    assert 0 < refined < len(exact)  # bounds decide most pairs, not all
+    assert 1 < len(expected) < len(exact)  # NMS both keeps and drops
 
 
 # ----------------------------------------------------------------- WorkingFrame
