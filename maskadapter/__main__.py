@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from maskadapter.errors import MaskAdapterError
 from maskadapter.export import save_label_map, save_segments_json
-from maskadapter.masks import AutoMaskSettings
+from maskadapter.masks import add_mask_arguments, mask_settings_from_args
 from maskadapter.render import overlay
 from maskadapter.segmenter import MODES, Segmenter
 from maskadapter.settings import add_arguments, settings_from_args
@@ -26,7 +26,6 @@ from maskadapter.vocabulary import PREDEFINED
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = AutoMaskSettings()
     parser = argparse.ArgumentParser(
         prog="python -m maskadapter",
         description="Open-vocabulary segmentation: SAM-2 masks named by Mask-Adapter.",
@@ -61,13 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="semantic mode: keep masks scoring >= this x the class's best (default 0.8)",
     )
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
-    sam = parser.add_argument_group("SAM-2 automatic masks")
-    sam.add_argument("--points-per-side", type=int, default=defaults.points_per_side)
-    sam.add_argument("--points-per-batch", type=int, default=defaults.points_per_batch)
-    sam.add_argument("--pred-iou-thresh", type=float, default=defaults.pred_iou_thresh)
-    sam.add_argument("--stability-score-thresh", type=float, default=defaults.stability_score_thresh)
-    sam.add_argument("--box-nms-thresh", type=float, default=defaults.box_nms_thresh)
-    sam.add_argument("--min-mask-region-area", type=int, default=defaults.min_mask_region_area)
+    add_mask_arguments(parser)
     add_arguments(parser)
     return parser
 
@@ -85,14 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from_args(args)
-        mask_settings = AutoMaskSettings(
-            points_per_side=args.points_per_side,
-            points_per_batch=args.points_per_batch,
-            pred_iou_thresh=args.pred_iou_thresh,
-            stability_score_thresh=args.stability_score_thresh,
-            box_nms_thresh=args.box_nms_thresh,
-            min_mask_region_area=args.min_mask_region_area,
-        )
+        mask_settings = mask_settings_from_args(args)
         images = [(Path(p), _read_image(Path(p))) for p in args.images]
         segmenter = Segmenter.from_settings(settings, progress=lambda msg: print(msg, file=sys.stderr))
         if not segmenter.real_weights:

@@ -32,7 +32,7 @@ from PIL import Image
 from maskadapter.errors import MaskAdapterError
 from maskadapter.export import save_label_map, segments_to_dict
 from maskadapter.generator import MaskGenerator
-from maskadapter.masks import AutoMaskSettings, encode_image
+from maskadapter.masks import add_mask_arguments, encode_image, mask_settings_from_args
 from maskadapter.render import overlay
 from maskadapter.segmenter import Segmenter, resolve_device
 from maskadapter.settings import add_arguments, settings_from_args
@@ -117,7 +117,6 @@ def _timed_network(sam2, clock: Clock, fn: Callable[[], object]) -> tuple[float,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = AutoMaskSettings()
     parser = argparse.ArgumentParser(prog="python -m maskadapter.benchmark", description=__doc__.split("\n\n")[0])
     models = parser.add_mutually_exclusive_group()
     models.add_argument("--real-size-random", action="store_true", help="real architectures, random weights")
@@ -125,12 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=768)
     parser.add_argument("--image", type=Path, default=EXAMPLE, help="photo to resize (default: an example)")
-    parser.add_argument("--points-per-side", type=int, default=defaults.points_per_side)
-    parser.add_argument("--points-per-batch", type=int, default=defaults.points_per_batch)
-    parser.add_argument("--pred-iou-thresh", type=float, default=defaults.pred_iou_thresh)
-    parser.add_argument("--stability-score-thresh", type=float, default=defaults.stability_score_thresh)
-    parser.add_argument("--box-nms-thresh", type=float, default=defaults.box_nms_thresh)
-    parser.add_argument("--min-mask-region-area", type=int, default=defaults.min_mask_region_area)
+    add_mask_arguments(parser)
     parser.add_argument("--mode", default="per_mask", choices=("per_mask", "semantic"))
     parser.add_argument("--no-sam2", action="store_true", help="skip sam2's own generator (slow on CPU)")
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
@@ -161,14 +155,7 @@ def run(args: argparse.Namespace) -> dict:
     with Image.open(args.image) as im:
         photo = np.asarray(im.convert("RGB"))
     image = cv2.resize(photo, (args.width, args.height), interpolation=cv2.INTER_AREA)
-    settings = AutoMaskSettings(
-        points_per_side=args.points_per_side,
-        points_per_batch=args.points_per_batch,
-        pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh,
-        box_nms_thresh=args.box_nms_thresh,
-        min_mask_region_area=args.min_mask_region_area,
-    )
+    settings = mask_settings_from_args(args)
     vocabulary = build_vocabulary(VOCABULARY)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -9,10 +9,11 @@ run on the same image does not re-encode it.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -99,6 +100,22 @@ class AutoMaskSettings:
     def generator_args(self) -> dict:
         """Keyword arguments of ``maskadapter.MaskGenerator``."""
         return asdict(self)
+
+
+def add_mask_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``AutoMaskSettings`` field (``--points-per-side`` ...), its default shown."""
+    group = parser.add_argument_group("SAM-2 automatic masks")
+    defaults = AutoMaskSettings()
+    for f in fields(AutoMaskSettings):
+        default = getattr(defaults, f.name)
+        group.add_argument(
+            "--" + f.name.replace("_", "-"), type=type(default), default=default, help=f"(default {default})"
+        )
+
+
+def mask_settings_from_args(args: argparse.Namespace) -> AutoMaskSettings:
+    """``AutoMaskSettings`` from flags added by ``add_mask_arguments``."""
+    return AutoMaskSettings(**{f.name: getattr(args, f.name) for f in fields(AutoMaskSettings)})
 
 
 def encode_image(sam_model: SAM2Base, image: np.ndarray, cache: dict) -> int:
