@@ -1,6 +1,6 @@
 """Open-vocabulary segmentation: SAM-2 masks named by Mask-Adapter (CVPR 2025).
 
-The contract (``../shared/spec/MASK_ADAPTER.md`` section 5)::
+The contract (names and signatures that stay fixed)::
 
     VILD_TEMPLATES, MaskAdapterHead, encode_vocabulary, mask_logits
 

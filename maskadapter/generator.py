@@ -21,7 +21,7 @@ Coordinates: point prompts are XY pixels of the original image; boxes are XYXY.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -385,8 +385,11 @@ class MaskGenerator:
         """
         with torch.inference_mode():
             kept = self.candidates(image, frame_hw, cache, progress)
-            masks = upsample(kept.logits, frame_hw)
-            stability = self._stability(kept.logits, frame_hw)
+            masks = torch.empty(len(kept), *frame_hw, dtype=torch.bool, device=kept.logits.device)
+            stability = torch.empty(len(kept), device=kept.logits.device)
+            for part, up in upsampled_chunks(kept.logits, frame_hw):  # one upsampling for both
+                masks[part] = up > 0
+                stability[part] = stability_scores(up, self.stability_score_offset)
             return GeneratedMasks(
                 masks=masks,
                 iou=kept.iou,
@@ -492,12 +495,9 @@ class MaskGenerator:
             passes[unsure] = exact >= self.stability_score_thresh
         return found.select(passes.nonzero()[:, 0])
 
-    def _stability(self, logits: torch.Tensor, hw: tuple[int, int], chunk: int = 32) -> torch.Tensor:
+    def _stability(self, logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """Exact stability scores of low-res logits upsampled to ``hw``."""
-        scores = [
-            stability_scores(upsample_logits(logits[start : start + chunk], hw), self.stability_score_offset)
-            for start in range(0, len(logits), chunk)
-        ]
+        scores = [stability_scores(up, self.stability_score_offset) for _, up in upsampled_chunks(logits, hw)]
         return torch.cat(scores) if scores else logits.new_zeros(0, dtype=torch.float32)
 
     @staticmethod
@@ -521,21 +521,17 @@ class GeneratedMasks:
     areas: torch.Tensor
 
 
-def upsample_logits(logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """(N, 256, 256) low-res logits -> (N, h, w) float32 (bilinear, like sam2's predictor)."""
-    return F.interpolate(logits[:, None].float(), size=hw, mode="bilinear", align_corners=False)[:, 0]
-
-
-def exact_boxes(logits: torch.Tensor, hw: tuple[int, int], chunk: int = 32) -> torch.Tensor:
-    """(N, 4) float boxes (``mask_boxes``) of low-res logits upsampled to ``hw``, a chunk
-    at a time (only one chunk of masks exists at once)."""
-    boxes = [mask_boxes(upsample_logits(logits[s : s + chunk], hw) > 0) for s in range(0, len(logits), chunk)]
-    return torch.cat(boxes).float() if boxes else logits.new_zeros(0, 4, dtype=torch.float32)
-
-
-def upsample(logits: torch.Tensor, hw: tuple[int, int], chunk: int = 32) -> torch.Tensor:
-    """(N, 256, 256) low-res logits -> (N, h, w) bool masks, a chunk at a time."""
-    out = torch.empty(len(logits), *hw, dtype=torch.bool, device=logits.device)
+def upsampled_chunks(
+    logits: torch.Tensor, hw: tuple[int, int], chunk: int = 32
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(N, 256, 256) low-res logits -> (rows, (n, h, w) float32 logits at ``hw``) a chunk at
+    a time (bilinear, like sam2's predictor), so that only one chunk exists at once."""
     for start in range(0, len(logits), chunk):
-        out[start : start + chunk] = upsample_logits(logits[start : start + chunk], hw) > 0
-    return out
+        part = slice(start, start + chunk)
+        yield part, F.interpolate(logits[part, None].float(), size=hw, mode="bilinear", align_corners=False)[:, 0]
+
+
+def exact_boxes(logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(N, 4) float boxes (``mask_boxes``) of low-res logits upsampled to ``hw``."""
+    boxes = [mask_boxes(up > 0) for _, up in upsampled_chunks(logits, hw)]
+    return torch.cat(boxes).float() if boxes else logits.new_zeros(0, 4, dtype=torch.float32)
