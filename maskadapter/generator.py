@@ -11,6 +11,10 @@ crop) with the same settings, but keeps the work on tensors:
   logits, made exact only where a decision of the greedy NMS depends on it;
 - only the masks that survive are upsampled, to the requested frame, at the end.
 
+Candidates are kept as float16 low-res logits (half the memory); the bounds are taken
+on the decoder's float32 output, and the few candidates upsampled to settle a
+decision, like the kept masks, are upsampled from the float16 copy.
+
 sam2 instead upsamples every candidate to the original size in float32, computes
 run-length encodings and deep-copies them per batch. Its per-crop "box near crop
 edge" filter never fires with a single crop (the crop is the whole image), so there
@@ -91,13 +95,24 @@ def _remove_small_regions(logits: torch.Tensor, max_area: int, threshold: float 
     return torch.where(clear_t, threshold - 10.0, logits)
 
 
-def _masked_max(x: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
-    """Max of (N, 256, 256) ``x`` over ``dim`` counting only the indices where ``keep``."""
-    if not bool(keep.all()):
-        shape = [1, 1, 1]
+def _masked_max(x: torch.Tensor, keep: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """Max of (..., 256, 256) ``x`` over ``dim`` counting only the indices where ``keep``
+    (every index when None)."""
+    if keep is not None:
+        shape = [1] * x.dim()
         shape[dim] = -1
         x = x.masked_fill(~keep.view(shape), float("-inf"))
     return x.amax(dim)
+
+
+def _over_2x2(cells: torch.Tensor, combine) -> torch.Tensor:
+    """(..., 256, 256) bool -> each cell combined with its right, lower and lower-right
+    neighbours (edge cells with themselves)."""
+    across = cells.clone()
+    combine(cells[..., :-1], cells[..., 1:], out=across[..., :-1])
+    both = across.clone()
+    combine(across[..., :-1, :], across[..., 1:, :], out=both[..., :-1, :])
+    return both
 
 
 def _first_last(sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,6 +131,9 @@ class FrameBounds:
     columns), so an upsampled pixel is above a threshold if all four source values
     are, and only if one of them is. Counting frame pixels per source cell gives lower
     and upper bounds of every pixel count (stability score) and of every box.
+
+    Every method takes logits of shape (..., 256, 256) (any leading dimensions, any
+    strides) and keeps the leading dimensions.
     """
 
     def __init__(self, hw: tuple[int, int], device: torch.device) -> None:
@@ -129,9 +147,14 @@ class FrameBounds:
         self.first_col, self.last_col = _first_last(self.cols)
         self.row_lambda = self._first_lambda(hw[0], self.first_row)  # (256,) weight of the next row
         self.col_lambda = self._first_lambda(hw[1], self.first_col)
+        self.has_row, self.has_col = self.row_count > 0, self.col_count > 0
         # source rows / columns read by some frame pixel (a cell reads itself and the next)
-        self.read_rows = (self.row_count > 0) | torch.cat([self.row_count[:1] * 0, self.row_count[:-1]]).bool()
-        self.read_cols = (self.col_count > 0) | torch.cat([self.col_count[:1] * 0, self.col_count[:-1]]).bool()
+        self.read_rows = self.has_row | torch.cat([self.has_row[:1] & False, self.has_row[:-1]])
+        self.read_cols = self.has_col | torch.cat([self.has_col[:1] & False, self.has_col[:-1]])
+        # decided once, so that the per-batch bounds need no host synchronisation
+        self._row_keep = None if bool(self.read_rows.all()) else self.read_rows
+        self._col_keep = None if bool(self.read_cols.all()) else self.read_cols
+        self._all_cells = bool(self.has_row.all() and self.has_col.all())
 
     @staticmethod
     def _first_lambda(size: int, first: torch.Tensor) -> torch.Tensor:
@@ -146,66 +169,67 @@ class FrameBounds:
         return src.floor().long().clamp(max=LOW_RES - 1)
 
     @staticmethod
-    def pad(logits: torch.Tensor) -> torch.Tensor:
-        """(N, 256, 256) -> (N, 257, 257): the last row and column repeated, so that the
-        2x2 sources of every cell are the four shifted 256x256 views (edge cells read
-        themselves, as the bilinear kernel clamps)."""
-        return F.pad(logits[:, None], (0, 1, 0, 1), mode="replicate")[:, 0]
-
-    @staticmethod
-    def cells_above(padded: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 257, 257) padded logits -> (all, any), (N, 256, 256) bool: whether all /
-        any of each cell's 2x2 sources are above ``threshold`` (then every / some
-        upsampled pixel of the cell may be)."""
-        p = padded > threshold
-        a, b, c, d = p[:, :-1, :-1], p[:, :-1, 1:], p[:, 1:, :-1], p[:, 1:, 1:]
-        return a & b & c & d, a | b | c | d
-
-    def samples(self, padded: torch.Tensor) -> torch.Tensor:
-        """(N, 257, 257) padded logits -> (N, 256, 256): the upsampled logits at the
-        first frame pixel of each cell (the bilinear kernel's formula; equal to PyTorch's
-        up to float rounding). Meaningful only where the cell has frame pixels."""
-        top = torch.lerp(padded[:, :-1, :-1], padded[:, :-1, 1:], self.col_lambda[None, :])
-        bottom = torch.lerp(padded[:, 1:, :-1], padded[:, 1:, 1:], self.col_lambda[None, :])
-        return torch.lerp(top, bottom, self.row_lambda[:, None])
+    def cells_above(logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., 256, 256) logits -> (all, any), (..., 256, 256) bool: whether all / any
+        of each cell's 2x2 sources (the cell, its right, lower and lower-right
+        neighbours; the last row and column read themselves, as the bilinear kernel
+        clamps) are above ``threshold``: then every / some upsampled pixel of the cell is."""
+        above = logits > threshold
+        return _over_2x2(above, torch.logical_and), _over_2x2(above, torch.logical_or)
 
     def count(self, cells: torch.Tensor) -> torch.Tensor:
-        """(N, 256, 256) bool cells -> (N,) frame pixels in them."""
-        return (cells.to(torch.int32) * self.weight).flatten(1).sum(1)
+        """(..., 256, 256) bool cells -> (...,) int64 frame pixels in them."""
+        return (cells.to(torch.int32) * self.weight).sum((-2, -1))
 
     def _extent(self, rows: torch.Tensor, cols: torch.Tensor, far_row, far_col) -> torch.Tensor:
-        """(N, 4) float XYXY frame box from (N, 256) cell rows / columns that hold mask
-        pixels: from the first pixel of the first cell to ``far_*`` of the last cell
-        ((0, 0, 0, 0) when none)."""
+        """(..., 4) float XYXY frame box from (..., 256) cell rows / columns that hold
+        mask pixels: from the first pixel of the first cell to ``far_*`` of the last
+        cell ((0, 0, 0, 0) when none)."""
         r = torch.arange(LOW_RES, device=rows.device)
-        r0 = torch.where(rows, r, LOW_RES - 1).amin(1)
-        r1 = torch.where(rows, r, 0).amax(1)
-        c0 = torch.where(cols, r, LOW_RES - 1).amin(1)
-        c1 = torch.where(cols, r, 0).amax(1)
-        box = torch.stack([self.first_col[c0], self.first_row[r0], far_col[c1], far_row[r1]], 1).float()
-        return torch.where(rows.any(1)[:, None], box, torch.zeros_like(box))
+        r0 = torch.where(rows, r, LOW_RES - 1).amin(-1)
+        r1 = torch.where(rows, r, 0).amax(-1)
+        c0 = torch.where(cols, r, LOW_RES - 1).amin(-1)
+        c1 = torch.where(cols, r, 0).amax(-1)
+        box = torch.stack([self.first_col[c0], self.first_row[r0], far_col[c1], far_row[r1]], -1).float()
+        return torch.where(rows.any(-1, keepdim=True), box, torch.zeros_like(box))
 
     def outer_box(self, logits: torch.Tensor) -> torch.Tensor:
-        """(N, 256, 256) logits -> (N, 4) float XYXY frame box (inclusive max pixel)
+        """(..., 256, 256) logits -> (..., 4) float XYXY frame box (inclusive max pixel)
         that contains every upsampled pixel above 0: the pixels of cells one of whose
         2x2 sources is positive."""
         # a cell row can hold positive pixels if a source row it reads is positive in
         # a source column that some cell with pixels reads (likewise for columns)
-        row_max = _masked_max(logits, self.read_cols, 2)  # (N, 256)
-        col_max = _masked_max(logits, self.read_rows, 1)
-        rows = (torch.maximum(row_max, torch.cat([row_max[:, 1:], row_max[:, -1:]], 1)) > 0) & (self.row_count > 0)
-        cols = (torch.maximum(col_max, torch.cat([col_max[:, 1:], col_max[:, -1:]], 1)) > 0) & (self.col_count > 0)
+        row_max = _masked_max(logits, self._col_keep, -1)  # (..., 256)
+        col_max = _masked_max(logits, self._row_keep, -2)
+        rows = (torch.maximum(row_max, torch.cat([row_max[..., 1:], row_max[..., -1:]], -1)) > 0) & self.has_row
+        cols = (torch.maximum(col_max, torch.cat([col_max[..., 1:], col_max[..., -1:]], -1)) > 0) & self.has_col
         return self._extent(rows, cols, self.last_row, self.last_col)
 
-    def inner_box(self, padded: torch.Tensor) -> torch.Tensor:
-        """(N, 257, 257) padded logits -> (N, 4) float XYXY box of pixels known to be in
-        the mask (each cell's first pixel whose upsampled value is clearly positive):
-        it lies inside the exact box; (0, 0, 0, 0) when none is."""
-        sampled = self.samples(padded)
-        has_r, has_c = self.row_count > 0, self.col_count > 0
-        rows = (_masked_max(sampled, has_c, 2) > SAMPLE_MARGIN) & has_r
-        cols = (_masked_max(sampled, has_r, 1) > SAMPLE_MARGIN) & has_c
-        return self._extent(rows, cols, self.first_row, self.first_col)
+    def inner_box(self, logits: torch.Tensor) -> torch.Tensor:
+        """(..., 256, 256) logits -> (..., 4) float XYXY box of pixels known to be in the
+        mask: each cell's first frame pixel whose upsampled value (the bilinear formula,
+        equal to PyTorch's up to float rounding) is clearly positive. It lies inside the
+        exact box; (0, 0, 0, 0) when no such pixel is known."""
+        x = logits
+        # values at the first pixels of the cells: across columns, then down rows; the
+        # last row and column read themselves, so they need one interpolation or none
+        across = torch.lerp(x[..., :-1], x[..., 1:], self.col_lambda[:-1])  # (..., 256, 255)
+        inside = torch.lerp(across[..., :-1, :], across[..., 1:, :], self.row_lambda[:-1, None])  # (..., 255, 255)
+        last_row = across[..., -1, :]  # (..., 255): row 255, columns 0..254
+        last_col = torch.lerp(x[..., :-1, -1], x[..., 1:, -1], self.row_lambda[:-1])  # (..., 255): column 255
+        corner = x[..., -1, -1:].clone()  # (..., 1)
+        if not self._all_cells:  # cells without frame pixels know nothing
+            gone = ~(self.has_row[:, None] & self.has_col[None, :])
+            for part, where in ((inside, gone[:-1, :-1]), (last_row, gone[-1, :-1]), (last_col, gone[:-1, -1])):
+                part.masked_fill_(where, -torch.inf)
+            corner.masked_fill_(gone[-1, -1:], -torch.inf)
+        row_max = torch.cat(
+            [torch.maximum(inside.amax(-1), last_col), torch.maximum(last_row.amax(-1, True), corner)], -1
+        )
+        col_max = torch.cat(
+            [torch.maximum(inside.amax(-2), last_row), torch.maximum(last_col.amax(-1, True), corner)], -1
+        )
+        return self._extent(row_max > SAMPLE_MARGIN, col_max > SAMPLE_MARGIN, self.first_row, self.first_col)
 
 
 def _box_area(boxes: torch.Tensor) -> torch.Tensor:
@@ -297,12 +321,64 @@ class Candidates:
     def _fields(self) -> tuple[torch.Tensor, ...]:
         return self.logits, self.iou, self.points, self.inner, self.outer
 
-    @staticmethod
-    def cat(parts: list[Candidates]) -> Candidates:
-        return Candidates(*(torch.cat(ts) for ts in zip(*(p._fields() for p in parts), strict=True)))
-
     def __len__(self) -> int:
         return int(self.iou.shape[0])
+
+
+class _CandidatePool:
+    """The candidates of one image while its point batches run.
+
+    Low-res logits go straight from the decoder into one float16 buffer (one copy,
+    which is also the conversion); every ``COMPACT_EVERY`` batches the ones that fail
+    the filters are squeezed out in place, with one host synchronisation per group.
+    The buffer starts at two groups and doubles when more candidates pass.
+    """
+
+    def __init__(self, total: int, group: int, device: torch.device) -> None:
+        capacity = max(1, min(total, 2 * group))
+        self.logits = torch.empty(capacity, LOW_RES, LOW_RES, dtype=torch.half, device=device)
+        self.done = 0  # leading rows that passed the filters
+        self.size = 0  # rows written
+        self.kept: list[tuple[torch.Tensor, ...]] = []  # (iou, points, inner, outer) that passed
+        self.pending: list[tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]] = []
+
+    def add(self, logits: torch.Tensor, fields: tuple[torch.Tensor, ...], passes, unsure) -> None:
+        """One batch: (b, m, 256, 256) logits, per-candidate fields and filter verdicts."""
+        n = logits.shape[0] * logits.shape[1]
+        if self.size + n > len(self.logits):
+            grown = self.logits.new_empty(max(self.size + n, 2 * len(self.logits)), LOW_RES, LOW_RES)
+            grown[: self.size] = self.logits[: self.size]
+            self.logits = grown
+        self.logits[self.size : self.size + n].view(logits.shape).copy_(logits)
+        self.size += n
+        self.pending.append((fields, passes, unsure))
+
+    def compact(self, stability: Callable[[torch.Tensor], torch.Tensor], threshold: float) -> int:
+        """Keep the pending candidates that pass; decide the unsure ones on exact
+        stability scores (``stability(logits)``). Returns how many were decided so."""
+        if not self.pending:
+            return 0
+        passes = torch.cat([p for _, p, _ in self.pending])
+        unsure = torch.cat([u for _, _, u in self.pending]).nonzero()[:, 0]
+        if len(unsure):
+            passes[unsure] = stability(self.logits[self.done + unsure]) >= threshold
+        index = passes.nonzero()[:, 0]
+        fields = [torch.cat(ts)[index] for ts in zip(*(f for f, _, _ in self.pending), strict=True)]
+        if len(index) < self.size - self.done:  # squeeze out the failures (no copy when all pass)
+            self.logits[self.done : self.done + len(index)] = self.logits[self.done + index]
+        self.kept.append(tuple(fields))
+        self.done += len(index)
+        self.size = self.done
+        self.pending = []
+        return len(unsure)
+
+    def result(self) -> Candidates:
+        device = self.logits.device
+        if not self.kept:
+            z = torch.zeros(0, 4, device=device)
+            return Candidates(self.logits[:0], z[:, 0], z[:, :2], z, z.clone())
+        iou, points, inner, outer = (torch.cat(ts) for ts in zip(*self.kept, strict=True))
+        return Candidates(self.logits[: self.done], iou, points, inner, outer)
 
 
 class MaskGenerator:
@@ -415,18 +491,17 @@ class MaskGenerator:
         bounds = FrameBounds(frame_hw, device)
         points = torch.as_tensor(point_grid(self.points_per_side) * np.array([w, h]), dtype=torch.float32)
         points = points.to(device)  # (P, 2) XY pixels of the image
-        gathered: list[Candidates] = []
-        pending: list[tuple[Candidates, torch.Tensor, torch.Tensor]] = []
+        per_point = 3 if self.multimask_output else 1
+        pool = _CandidatePool(len(points) * per_point, COMPACT_EVERY * self.points_per_batch * per_point, device)
         batches = range(0, len(points), self.points_per_batch)
         for number, start in enumerate(batches, start=1):
-            batch = points[start : start + self.points_per_batch]
-            pending.append(self._batch(predictor, batch, (h, w), bounds))
-            if len(pending) == COMPACT_EVERY or number == len(batches):
-                gathered.append(self._compact(pending, frame_hw))
-                pending = []
+            self._batch(predictor, points[start : start + self.points_per_batch], (h, w), bounds, pool)
+            if number % COMPACT_EVERY == 0 or number == len(batches):
+                self.refined += pool.compact(lambda x: self._stability(x, frame_hw), self.stability_score_thresh)
             if progress:
                 progress(number, len(batches))
-        found = Candidates.cat(gathered) if gathered else self._empty(device)
+        found = pool.result()
+        del pool
         boxes, refined = boxes_for_nms(
             found.inner, found.outer, found.iou, self.box_nms_thresh, lambda i: exact_boxes(found.logits[i], frame_hw)
         )
@@ -437,10 +512,15 @@ class MaskGenerator:
     # ------------------------------------------------------------------ internals
 
     def _batch(
-        self, predictor: CachingPredictor, points: torch.Tensor, hw: tuple[int, int], bounds: FrameBounds
-    ) -> tuple[Candidates, torch.Tensor, torch.Tensor]:
-        """One point batch through SAM-2: its candidates, and for each whether it passes
-        the filters (True / False) or needs the exact stability score (``unsure``)."""
+        self,
+        predictor: CachingPredictor,
+        points: torch.Tensor,
+        hw: tuple[int, int],
+        bounds: FrameBounds,
+        pool: _CandidatePool,
+    ) -> None:
+        """One point batch through SAM-2; its candidates go into ``pool`` with whether
+        each passes the filters (True / False) or needs its exact stability score."""
         h, w = hw
         resolution = predictor._transforms.resolution
         coords = (points / torch.tensor([w, h], device=points.device) * resolution)[:, None, :]  # (b, 1, 2)
@@ -456,55 +536,35 @@ class MaskGenerator:
             repeat_image=coords.shape[0] > 1,
             high_res_features=[level[-1:] for level in features["high_res_feats"]],
         )
-        per_point = low_res.shape[1]
-        logits = low_res.flatten(0, 1).float()  # (b*m, 256, 256)
+        logits = low_res.float()  # (b, m, 256, 256); a strided view of the decoder's output
         if self.min_mask_region_area > 0:
-            logits = _remove_small_regions(logits, self.min_mask_region_area)
+            logits = _remove_small_regions(logits.flatten(0, 1), self.min_mask_region_area).view(logits.shape)
         iou = iou.flatten().float()
-        padded = bounds.pad(logits)  # (b*m, 257, 257)
         passes = torch.ones_like(iou, dtype=torch.bool)
         unsure = torch.zeros_like(passes)
         if self.pred_iou_thresh > 0:
             passes &= iou > self.pred_iou_thresh
         if self.stability_score_thresh > 0:
             off = self.stability_score_offset
-            (in_all, in_any), (out_all, out_any) = bounds.cells_above(padded, off), bounds.cells_above(padded, -off)
-            inner_lo, inner_hi = bounds.count(in_all), bounds.count(in_any)
-            outer_lo, outer_hi = bounds.count(out_all), bounds.count(out_any)
+            (in_all, in_any), (out_all, out_any) = bounds.cells_above(logits, off), bounds.cells_above(logits, -off)
+            inner_lo, inner_hi = bounds.count(in_all).flatten(), bounds.count(in_any).flatten()
+            outer_lo, outer_hi = bounds.count(out_all).flatten(), bounds.count(out_any).flatten()
             s_lo = inner_lo / outer_hi.clamp(min=1)
             s_hi = torch.where(outer_lo > 0, inner_hi / outer_lo.clamp(min=1), torch.ones_like(s_lo))
             unsure = passes & (s_lo < self.stability_score_thresh) & (s_hi >= self.stability_score_thresh)
             passes &= s_lo >= self.stability_score_thresh
-        found = Candidates(
-            logits.half(),
+        fields = (
             iou,
-            points.repeat_interleave(per_point, 0),
-            bounds.inner_box(padded),
-            bounds.outer_box(logits),
+            points.repeat_interleave(logits.shape[1], 0),
+            bounds.inner_box(logits).flatten(0, 1),
+            bounds.outer_box(logits).flatten(0, 1),
         )
-        return found, passes, unsure
-
-    def _compact(self, pending: list[tuple[Candidates, torch.Tensor, torch.Tensor]], frame_hw) -> Candidates:
-        """Keep the candidates that pass; decide the unsure ones on exact scores."""
-        found = Candidates.cat([c for c, _, _ in pending])
-        passes = torch.cat([p for _, p, _ in pending])
-        unsure = torch.cat([u for _, _, u in pending]).nonzero()[:, 0]
-        if len(unsure):
-            self.refined += len(unsure)
-            exact = self._stability(found.logits[unsure], frame_hw)
-            passes[unsure] = exact >= self.stability_score_thresh
-        return found.select(passes.nonzero()[:, 0])
+        pool.add(logits, fields, passes, unsure)
 
     def _stability(self, logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """Exact stability scores of low-res logits upsampled to ``hw``."""
         scores = [stability_scores(up, self.stability_score_offset) for _, up in upsampled_chunks(logits, hw)]
         return torch.cat(scores) if scores else logits.new_zeros(0, dtype=torch.float32)
-
-    @staticmethod
-    def _empty(device: torch.device) -> Candidates:
-        z = torch.zeros(0, 4, device=device)
-        logits = torch.zeros(0, LOW_RES, LOW_RES, dtype=torch.half, device=device)
-        return Candidates(logits, z[:, 0], z[:, :2], z, z.clone())
 
 
 @dataclass
