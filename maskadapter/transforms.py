@@ -12,7 +12,9 @@ setting), normalise with CLIP's mean/std, zero-pad bottom/right to a multiple of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import numbers
+import reprlib
 from dataclasses import dataclass
 
 import cv2
@@ -28,6 +30,9 @@ CLIP_PIXEL_STD = (68.5005327, 66.6321579, 70.32316305)
 SIZE_DIVISOR = 32
 MIN_IMAGE_SIDE = 8
 MAX_IMAGE_PIXELS = 40_000_000
+MAX_POINTS = 64  # point prompts per request (SAM-2 takes any number; more is a mistake)
+POINTS_FORMAT = "[x, y, label] triples (XY pixels of the original image; label 1 positive, 0 negative)"
+BOX_FORMAT = "[x0, y0, x1, y1] (two opposite corners, XY pixels of the original image)"
 
 
 def check_image(image: object) -> np.ndarray:
@@ -60,51 +65,134 @@ def check_image(image: object) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, :3])
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 2, 4, 4, 2
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother = 24, 24, 24
+
+
+def _show(value: object) -> str:
+    """A short, safe rendering of any input for an error message."""
+    try:
+        return _REPR.repr(value)
+    except (ValueError, RecursionError):  # ints beyond the int-to-text limit, deep nesting
+        return f"an object of type {type(value).__name__}"
+
+
+def _number(value: object, what: str) -> float:
+    """``value`` as a finite float; booleans, text, None and containers are refused."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise InputError(f"{what} must be a number, got {_show(value)}")
+    try:
+        number = float(value)
+    except (OverflowError, ValueError, TypeError):  # e.g. an int beyond the float range
+        raise InputError(f"{what} must be a finite number, got {_show(value)}") from None
+    if not math.isfinite(number):
+        raise InputError(f"{what} must be a finite number, got {number}")
+    return number
+
+
+def point_list(points: object) -> list[list[float]]:
+    """Validate the form of ``[[x, y, label], ...]`` without an image: a list (or tuple,
+    or (P, 3) array) of at most ``MAX_POINTS`` triples of finite numbers, XY pixels of
+    the original image, label 1 (positive) or 0 (negative).
+
+    Booleans are refused everywhere (``true`` is not a label: write 1). An empty list
+    is returned as is; ``check_points`` decides whether points are required. Returns
+    ``[[x, y, label], ...]`` with float x, y and int label.
+    """
+    if isinstance(points, np.ndarray):
+        if points.size == 0:
+            return []
+        if points.ndim != 2 or points.shape[1] != 3:
+            raise InputError(f"points must be [x, y, label] triples, got an array of shape {points.shape}")
+        points = points.tolist()
+    if not isinstance(points, list | tuple):
+        raise InputError(f"points must be a list of {POINTS_FORMAT}, got {_show(points)}")
+    if len(points) > MAX_POINTS:
+        raise InputError(f"too many points ({len(points)}): at most {MAX_POINTS}")
+    out = []
+    for i, point in enumerate(points, 1):
+        if isinstance(point, np.ndarray):
+            point = point.tolist()
+        if not isinstance(point, list | tuple) or len(point) != 3:
+            raise InputError(f"points must be [x, y, label] triples like [[120, 80, 1]]; point {i} is {_show(point)}")
+        x = _number(point[0], f"x of point {i}")
+        y = _number(point[1], f"y of point {i}")
+        label = point[2]
+        if isinstance(label, bool | np.bool_) or not isinstance(label, numbers.Real) or label not in (0, 1):
+            raise InputError(f"the label of point {i} must be 1 (positive) or 0 (negative), got {_show(label)}")
+        out.append([x, y, int(label)])
+    return out
+
+
+def check_point(x: object, y: object, image_hw: tuple[int, int], name: str = "the point") -> tuple[float, float]:
+    """Validate one XY pixel position inside an image of size ``image_hw`` (H, W): finite
+    numbers with 0 <= x <= W and 0 <= y <= H (the right and bottom edges included).
+    ``name`` says which point, for the message. Returns (x, y) as floats."""
+    h, w = image_hw
+    fx, fy = _number(x, f"x of {name}"), _number(y, f"y of {name}")
+    if not (0 <= fx <= w and 0 <= fy <= h):
+        raise InputError(f"{name} ({fx:g}, {fy:g}) lies outside the {w}x{h} image (x from 0 to {w}, y from 0 to {h})")
+    return fx, fy
+
+
 def check_points(
-    points: Sequence[Sequence[float]], image_hw: tuple[int, int], require_positive: bool = True
+    points: object, image_hw: tuple[int, int], require_positive: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Validate ``[[x, y, label], ...]`` (label 1 positive, 0 negative) inside the image.
+    """Validate ``[[x, y, label], ...]`` (XY pixels of the original image, label 1
+    positive, 0 negative; at most ``MAX_POINTS``) inside an image of size ``image_hw``.
 
     Returns (coords (P, 2) float32 XY pixels, labels (P,) int32). Unless
     ``require_positive`` is False (a box is given too), one point must be positive.
     """
-    h, w = image_hw
-    try:
-        arr = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError("points must be a list of [x, y, label] triples") from None
-    if arr.ndim != 2 or arr.shape[1] != 3 or len(arr) == 0:
-        raise InputError("points must be a non-empty list of [x, y, label] triples")
-    if not np.isfinite(arr).all():
-        raise InputError("point coordinates must be finite numbers")
-    labels = arr[:, 2]
-    if not np.isin(labels, (0, 1)).all():
-        raise InputError("point labels must be 1 (positive) or 0 (negative)")
-    xy = arr[:, :2]
-    outside = (xy[:, 0] < 0) | (xy[:, 0] > w) | (xy[:, 1] < 0) | (xy[:, 1] > h)
-    if outside.any():
-        x, y = xy[outside][0]
-        raise InputError(f"point ({x:g}, {y:g}) lies outside the {w}x{h} image")
-    if require_positive and not (labels == 1).any():
+    items = point_list(points)
+    if not items:
+        raise InputError(f"no points: give a non-empty list of {POINTS_FORMAT}")
+    for i, (x, y, _) in enumerate(items, 1):
+        check_point(x, y, image_hw, f"point {i} of {len(items)}")
+    if require_positive and not any(label == 1 for _, _, label in items):
         raise InputError("add at least one positive point (label 1) on the object")
-    return xy.astype(np.float32), labels.astype(np.int32)
+    arr = np.array(items, dtype=np.float64)
+    return arr[:, :2].astype(np.float32), arr[:, 2].astype(np.int32)
 
 
-def check_box(box: Sequence[float] | None, image_hw: tuple[int, int]) -> np.ndarray | None:
-    """Validate an XYXY pixel box inside the image; returns (4,) float32 or None."""
+def box_corners(box: object) -> list[float]:
+    """Validate the form of a box without an image: four finite numbers, two opposite
+    corners ``[x0, y0, x1, y1]`` in XY pixels in any order, at least 1 pixel wide and
+    tall. Returns the XYXY box with x0 < x1, y0 < y1 as floats."""
+    if isinstance(box, np.ndarray):
+        box = box.tolist() if box.ndim == 1 else box
+    if not isinstance(box, list | tuple) or len(box) != 4:
+        raise InputError(f"a box must be four numbers {BOX_FORMAT}, got {_show(box)}")
+    a = [_number(v, f"{name} of the box") for v, name in zip(box, ("x0", "y0", "x1", "y1"), strict=True)]
+    (x0, x1), (y0, y1) = sorted((a[0], a[2])), sorted((a[1], a[3]))
+    if not (x1 - x0 >= 1 and y1 - y0 >= 1):
+        raise InputError(
+            f"the box [{x0:g}, {y0:g}, {x1:g}, {y1:g}] is {x1 - x0:g}x{y1 - y0:g} pixels: "
+            "it must be at least 1 pixel wide and 1 pixel tall"
+        )
+    return [x0, y0, x1, y1]
+
+
+def box_in_image(box: object, image_hw: tuple[int, int]) -> list[float]:
+    """``box_corners`` plus the image: the box must lie inside the (H, W) image
+    (edges included); a box reaching outside is refused, not clipped."""
+    x0, y0, x1, y1 = box_corners(box)
+    h, w = image_hw
+    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+        raise InputError(
+            f"the box [{x0:g}, {y0:g}, {x1:g}, {y1:g}] must lie inside the {w}x{h} image "
+            f"(x from 0 to {w}, y from 0 to {h})"
+        )
+    return [x0, y0, x1, y1]
+
+
+def check_box(box: object, image_hw: tuple[int, int]) -> np.ndarray | None:
+    """Validate an XYXY pixel box (corners in any order) inside the (H, W) image; returns
+    the normalised box (4,) float32 (x0 < x1, y0 < y1) or None when ``box`` is None."""
     if box is None:
         return None
-    h, w = image_hw
-    try:
-        arr = np.asarray(box, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise InputError("a box must be [x0, y0, x1, y1]") from None
-    if arr.shape != (4,) or not np.isfinite(arr).all():
-        raise InputError("a box must be four numbers [x0, y0, x1, y1]")
-    x0, y0, x1, y1 = min(arr[0], arr[2]), min(arr[1], arr[3]), max(arr[0], arr[2]), max(arr[1], arr[3])
-    if x0 < 0 or y0 < 0 or x1 > w or y1 > h or x1 - x0 < 1 or y1 - y0 < 1:
-        raise InputError(f"the box must lie inside the {w}x{h} image and be at least 1 pixel wide")
-    return np.array([x0, y0, x1, y1], dtype=np.float32)
+    return np.array(box_in_image(box, image_hw), dtype=np.float32)
 
 
 @dataclass(frozen=True)
