@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from maskadapter.render import draw_points, overlay
 from maskadapter.segmenter import SegmentationResult, Segmenter
 from maskadapter.session import ImageSession
 from maskadapter.settings import SAM2_SIZES, Settings
-from maskadapter.transforms import check_box
+from maskadapter.transforms import box_corners, box_in_image, check_point, check_points, point_list
 from maskadapter.vocabulary import Vocabulary, build_vocabulary
 from maskadapter.weights import build_sam2_model, resolve_sam2_file, sam2_config_for
 
@@ -39,17 +40,39 @@ log = logging.getLogger(__name__)
 Report = Callable[[float, str], None]
 OUTPUT_TTL_S = 3600
 TABLE_HEADERS = ["label", "score", "area %", "alternatives (top 3)"]
+MAX_PROMPT_CHARS = 100_000  # points or box JSON text longer than this is refused unread
 
 
 def _quiet(fraction: float, message: str) -> None:
     log.info("%.0f%% %s", 100 * fraction, message)
 
 
+CLICK_KINDS = ("positive", "negative", "box")
+MAX_UNDO_STEPS = 256  # undo records kept per user; the oldest are dropped first
+
+
+class PromptSnapshot(NamedTuple):
+    """An immutable copy of a point state's prompts, kept for undo."""
+
+    points: tuple[tuple[float, float, int], ...]
+    box: tuple[float, ...] | None
+    corner: tuple[float, ...] | None
+
+
 @dataclass
 class PointState:
     """One user's point-prompt tab: a key into the segmenter's session store, the
     image's size and an on-disk copy of it (to recompute an evicted session), the
-    points and an optional box."""
+    points and an optional box.
+
+    Conventions: XY pixels of the original image (0 <= x <= W, 0 <= y <= H); ``points``
+    holds ``[x, y, label]`` with label 1 positive, 0 negative (at most ``MAX_POINTS``);
+    ``box`` is XYXY with x0 < x1, y0 < y1; ``corner`` is the first click of a box being
+    drawn. Every change (a point, a box corner, a clear) pushes a snapshot of the
+    prompts before it onto ``history``; ``undo`` pops one, so undoing in any order gives
+    back exactly the earlier points, box and pending corner. A refused click changes
+    nothing, not even the history.
+    """
 
     key: str | None = None
     hw: tuple[int, int] | None = None
@@ -57,47 +80,67 @@ class PointState:
     points: list[list[float]] = field(default_factory=list)  # [x, y, label]
     box: list[float] | None = None  # XYXY
     corner: list[float] | None = None  # first corner of a box being drawn
-    actions: list[str] = field(default_factory=list)  # "point" | "corner" | "box", for undo
+    history: list[PromptSnapshot] = field(default_factory=list)  # the prompts before each change, for undo
 
     def add(self, x: float, y: float, kind: str) -> None:
-        """``kind``: "positive", "negative" or "box" (two clicks make a box)."""
+        """Add a click at (x, y), XY pixels of the original image. ``kind``: "positive"
+        (label 1), "negative" (label 0) or "box": the first box click sets ``corner``,
+        the second makes ``box`` from the two opposite corners (in any order), replacing
+        an earlier box. Raises ``InputError`` and changes nothing when the click is
+        refused (no image, unknown kind, not finite, outside the image, a box under
+        1 pixel, more than ``MAX_POINTS`` points)."""
         if self.hw is None:
             raise InputError("upload an image first, then click on it")
-        h, w = self.hw
-        if not (0 <= x <= w and 0 <= y <= h):
-            raise InputError(f"the click ({x:g}, {y:g}) lies outside the {w}x{h} image")
-        if kind == "box":
-            if self.corner is None:
-                self.corner = [x, y]
-                self.actions.append("corner")
-            else:
-                x0, y0 = self.corner
-                self.box = check_box([x0, y0, x, y], self.hw).tolist()
-                self.corner = None
-                self.actions[-1] = "box"
-        elif kind in ("positive", "negative"):
-            self.points.append([float(x), float(y), 1 if kind == "positive" else 0])
-            self.actions.append("point")
+        if kind not in CLICK_KINDS:
+            raise InputError(f"unknown click kind {kind!r}: expected one of {', '.join(CLICK_KINDS)}")
+        x, y = check_point(x, y, self.hw, "the click")
+        points, box, corner = self.points, self.box, self.corner
+        if kind == "box" and corner is None:
+            corner = [x, y]
+        elif kind == "box":
+            box, corner = box_in_image([*corner, x, y], self.hw), None
         else:
-            raise InputError(f"unknown click kind {kind!r}")
+            points = [*points, [x, y, 1 if kind == "positive" else 0]]
+            check_points(points, self.hw, require_positive=False)  # the count limit
+        self._push()
+        self.points, self.box, self.corner = points, box, corner
+
+    def snapshot(self) -> PromptSnapshot:
+        """The current points, box and pending corner, as immutable tuples."""
+        return PromptSnapshot(
+            tuple((float(x), float(y), int(label)) for x, y, label in self.points),
+            None if self.box is None else tuple(self.box),
+            None if self.corner is None else tuple(self.corner),
+        )
+
+    def _push(self) -> None:
+        self.history.append(self.snapshot())
+        del self.history[:-MAX_UNDO_STEPS]
 
     def copy(self) -> PointState:
-        """A copy to change, so that a failed event leaves the user's state as it was."""
-        return dataclasses.replace(self, points=list(self.points), actions=list(self.actions))
+        """A copy to change, so that a failed event leaves the user's state as it was
+        (the prompt lists are copied; history entries are immutable)."""
+        return dataclasses.replace(
+            self,
+            points=[list(p) for p in self.points],
+            box=None if self.box is None else list(self.box),
+            corner=None if self.corner is None else list(self.corner),
+            history=list(self.history),
+        )
 
     def undo(self) -> None:
-        if not self.actions:
-            return
-        last = self.actions.pop()
-        if last == "point":
-            self.points.pop()
-        elif last == "corner":
-            self.corner = None
-        else:
-            self.box = None
+        """Go back to the prompts before the last change (nothing happens without one)."""
+        if self.history:
+            points, box, corner = self.history.pop()
+            self.points = [list(p) for p in points]
+            self.box = None if box is None else list(box)
+            self.corner = None if corner is None else list(corner)
 
     def clear(self) -> None:
-        self.points, self.box, self.corner, self.actions = [], None, None, []
+        """Remove the points, the box and a pending corner; undo brings them back."""
+        if self.points or self.box is not None or self.corner is not None:
+            self._push()
+            self.points, self.box, self.corner = [], None, None
 
     @property
     def ready(self) -> bool:
@@ -120,32 +163,52 @@ class Output:
     message: str
 
 
+def _decode(text: str, what: str, example: str) -> object:
+    """JSON ``text`` -> Python value; ``InputError`` for text over ``MAX_PROMPT_CHARS``
+    or not JSON. (``NaN`` and ``Infinity``, which ``json`` reads, are refused later as
+    numbers that are not finite.)"""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InputError(f"the {what} text is too long ({len(text):,} characters): at most {MAX_PROMPT_CHARS:,}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{what} must be JSON like {example}; {err.msg} at character {err.pos}") from None
+    except (ValueError, RecursionError):  # integers of over 4300 digits, very deep nesting
+        raise InputError(
+            f"{what} must be JSON like {example}; this text nests too deeply or has too long a number"
+        ) from None
+
+
 def parse_points(text: str | Sequence | None) -> list[list[float]]:
-    """``'[[x, y, label], ...]'`` (or the list itself) -> list; validation follows later."""
-    if text is None or (isinstance(text, str) and not text.strip()):
-        return []
+    """``'[[x, y, label], ...]'`` (JSON text, or the list itself) -> ``[[x, y, label], ...]``
+    with float XY pixels of the original image and int labels (1 positive, 0 negative).
+
+    None, blank text and JSON ``null`` give ``[]``. The form is checked here (see
+    ``maskadapter.transforms.point_list``: at most ``MAX_POINTS``, finite numbers, no
+    booleans); the image bounds and the need for a positive point are checked by
+    ``check_points`` when the points are used. Raises ``InputError``.
+    """
+    data = text
     if isinstance(text, str):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            raise InputError("points must be JSON like [[x, y, 1], [x, y, 0]]") from None
-    else:
-        data = text
-    if not isinstance(data, list) or not all(isinstance(p, list | tuple) and len(p) == 3 for p in data):
-        raise InputError("points must be a list of [x, y, label] triples (label 1 positive, 0 negative)")
-    return [list(p) for p in data]
+        data = None if not text.strip() else _decode(text, "points", "[[x, y, 1], [x, y, 0]]")
+    return [] if data is None else point_list(data)
 
 
 def parse_box(text: str | Sequence | None) -> list[float] | None:
-    if text is None or (isinstance(text, str) and not text.strip()):
+    """``'[x0, y0, x1, y1]'`` (JSON text, or the list itself; two opposite corners in
+    XY pixels, in any order) -> the XYXY box with x0 < x1, y0 < y1, or None for no box.
+
+    None, blank text, JSON ``null`` and an empty list mean no box. Four finite numbers
+    at least 1 pixel apart on both axes are required here (``box_corners``); the box
+    must lie inside the image, checked by ``check_box`` when it is used (a box reaching
+    outside is refused, not clipped). Raises ``InputError``.
+    """
+    data = text
+    if isinstance(text, str):
+        data = None if not text.strip() else _decode(text, "a box", "[x0, y0, x1, y1]")
+    if data is None or (isinstance(data, list | tuple) and len(data) == 0):
         return None
-    try:
-        data = json.loads(text) if isinstance(text, str) else list(text)
-    except json.JSONDecodeError:
-        raise InputError("a box must be JSON like [x0, y0, x1, y1]") from None
-    if not isinstance(data, list) or len(data) != 4:
-        raise InputError("a box must be four numbers [x0, y0, x1, y1]")
-    return data
+    return box_corners(data)
 
 
 class SegmentationService:

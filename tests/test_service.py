@@ -74,9 +74,11 @@ def test_point_state_clicks_undo_clear(service, image):
     out = service.points(state, "cat, wall", [])
     assert len(out.segments["segments"]) <= 1 and out.picture.shape == image.shape
     assert json.loads(state.points_json()) == [[20, 30, 0], [80, 50, 1]]
-    state.undo()
-    assert state.box is None and len(state.points) == 2
+    state.undo()  # back to the first corner
+    assert state.box is None and state.corner == [10, 10] and len(state.points) == 2
     state.add(5, 5, "box")
+    assert state.box == [5, 5, 10, 10]
+    state.undo()
     state.undo()
     assert state.corner is None and state.box is None
     state.undo()
@@ -85,7 +87,9 @@ def test_point_state_clicks_undo_clear(service, image):
     copy.add(40, 40, "positive")
     assert state.points == [[20.0, 30.0, 0]] and copy.key == state.key  # the original is untouched
     state.clear()
-    assert state.points == [] and not state.actions
+    assert state.points == [] and state.box is None
+    state.undo()  # a clear is undone too
+    assert state.points == [[20.0, 30.0, 0]]
     with pytest.raises(InputError, match="upload an image"):
         PointState().add(1, 1, "positive")
 
