@@ -24,45 +24,19 @@ import torch.nn.functional as F
 from PIL import Image
 
 from maskadapter.errors import InputError
+from maskadapter.images import (  # noqa: F401 - re-exported: images are checked in maskadapter.images
+    MAX_ASPECT_RATIO,
+    MAX_IMAGE_PIXELS,
+    MIN_IMAGE_SIDE,
+    check_image,
+)
 
 CLIP_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
 CLIP_PIXEL_STD = (68.5005327, 66.6321579, 70.32316305)
 SIZE_DIVISOR = 32
-MIN_IMAGE_SIDE = 8
-MAX_IMAGE_PIXELS = 40_000_000
 MAX_POINTS = 64  # point prompts per request (SAM-2 takes any number; more is a mistake)
 POINTS_FORMAT = "[x, y, label] triples (XY pixels of the original image; label 1 positive, 0 negative)"
 BOX_FORMAT = "[x0, y0, x1, y1] (two opposite corners, XY pixels of the original image)"
-
-
-def check_image(image: object) -> np.ndarray:
-    """Validate an image and return it as a contiguous (H, W, 3) uint8 RGB array.
-
-    Accepts HWC uint8 RGB, grayscale (H, W) and RGBA (alpha dropped) arrays and PIL
-    images. Raises ``InputError`` otherwise.
-    """
-    if image is None:
-        raise InputError("no image: upload a photo (JPEG or PNG) first")
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if not isinstance(image, np.ndarray):
-        raise InputError(f"expected an image as an HxWx3 uint8 array, got {type(image).__name__}")
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise InputError(f"expected an HxWx3 RGB image, got an array of shape {image.shape}")
-    if image.dtype != np.uint8:
-        if image.dtype == bool or not np.issubdtype(image.dtype, np.number):
-            raise InputError(f"expected uint8 pixel values, got dtype {image.dtype}")
-        if np.issubdtype(image.dtype, np.floating) and image.size and image.max() <= 1.0:
-            image = image * 255.0
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    h, w = image.shape[:2]
-    if min(h, w) < MIN_IMAGE_SIDE:
-        raise InputError(f"the image is too small ({w}x{h}); both sides need {MIN_IMAGE_SIDE}+ pixels")
-    if h * w > MAX_IMAGE_PIXELS:
-        raise InputError(f"the image is too large ({w}x{h}); at most {MAX_IMAGE_PIXELS // 1_000_000} MP")
-    return np.ascontiguousarray(image[:, :, :3])
 
 
 _REPR = reprlib.Repr()
@@ -204,12 +178,14 @@ class ImageTransform:
     divisor: int = SIZE_DIVISOR
 
     def resized_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
-        """(h, w) after resizing, before padding (detectron2 ResizeShortestEdge rounding)."""
+        """(h, w) after resizing, before padding (detectron2 ResizeShortestEdge rounding),
+        each side at least 1 pixel."""
         h, w = hw
         scale = self.short_side / min(h, w)
         if max(h, w) * scale > self.max_size:
             scale = self.max_size / max(h, w)
-        return int(h * scale + 0.5), int(w * scale + 0.5)
+        # never below 1 pixel: a very elongated image scaled by its long side
+        return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
     def padded_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
         rh, rw = self.resized_hw(hw)

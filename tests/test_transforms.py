@@ -31,6 +31,15 @@ def test_default_sizes(hw, resized, padded):
     assert t.padded_hw(hw) == padded
 
 
+@pytest.mark.parametrize("hw", [(8, 800), (800, 8), (8, 30000), (1, 100000)])
+def test_resized_sides_never_vanish(hw):
+    t = ImageTransform()
+    rh, rw = t.resized_hw(hw)
+    assert rh >= 1 and rw >= 1 and max(rh, rw) <= t.max_size
+    ph, pw = t.padded_hw(hw)
+    assert ph % 32 == 0 and pw % 32 == 0 and ph >= rh and pw >= rw
+
+
 def test_image_tensor_is_normalised_and_zero_padded():
     t = ImageTransform(short_side=64, max_size=100)
     image = np.zeros((30, 45, 3), np.uint8)
@@ -77,7 +86,8 @@ def test_check_image_accepts_common_forms():
     "bad,match",
     [
         (None, "no image"),
-        ("picture.png", "expected an image"),
+        ("picture.png", "not an image file"),  # a path: read by load_image, missing here
+        (12, "expected an image"),
         (np.zeros((20, 30, 2), np.uint8), "HxWx3"),
         (np.zeros((4, 30, 3), np.uint8), "too small"),
         (np.zeros((20, 30, 3), bool), "uint8"),
