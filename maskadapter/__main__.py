@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from maskadapter.errors import MaskAdapterError
+from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.export import save_label_map, save_segments_json
+from maskadapter.images import load_image
 from maskadapter.masks import add_mask_arguments, mask_settings_from_args
 from maskadapter.render import overlay
 from maskadapter.segmenter import MODES, Segmenter
@@ -66,11 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB pixels of an image file, EXIF orientation applied."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as err:
-        raise MaskAdapterError(f"cannot read image {path}: {err}") from None
+        return load_image(path)
+    except InputError as err:
+        raise InputError(f"cannot read image {path}: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,11 +27,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from maskadapter.errors import MaskAdapterError
 from maskadapter.export import save_label_map, segments_to_dict
 from maskadapter.generator import MaskGenerator
+from maskadapter.images import load_image
 from maskadapter.masks import add_mask_arguments, encode_image, mask_settings_from_args
 from maskadapter.render import overlay
 from maskadapter.segmenter import Segmenter, resolve_device
@@ -148,12 +148,11 @@ def _segmenter(args: argparse.Namespace) -> Segmenter:
 
 def run(args: argparse.Namespace) -> dict:
     """Run every measurement once; returns the figures (seconds, bytes)."""
+    photo = load_image(args.image)  # first: a bad file fails before the models load
     segmenter = _segmenter(args)
     device = segmenter.device
     clock = Clock(device)
     sam2 = segmenter.models.sam2
-    with Image.open(args.image) as im:
-        photo = np.asarray(im.convert("RGB"))
     image = cv2.resize(photo, (args.width, args.height), interpolation=cv2.INTER_AREA)
     settings = mask_settings_from_args(args)
     vocabulary = build_vocabulary(VOCABULARY)

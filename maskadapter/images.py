@@ -100,7 +100,7 @@ def _float_to_uint8(values: np.ndarray) -> np.ndarray:
         raise InputError("pixel values must be finite numbers (the image holds NaN or infinity)")
     values = values.astype(np.float32 if values.dtype.itemsize <= 4 else np.float64, copy=False)
     if values.size and values.max() <= 1.0:
-        values = values * 255.0
+        return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
     return np.rint(np.clip(values, 0.0, 255.0)).astype(np.uint8)
 
 
@@ -159,6 +159,7 @@ def _decode(im: Image.Image, what: str) -> np.ndarray:
     check_image_size(*im.size)
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # decoders' notes on damaged data: refused or read anyway
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -186,6 +187,7 @@ def _open_and_decode(fp: IO[bytes], what: str) -> np.ndarray:
     """Identify the format of a binary file object, check the size, decode."""
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # decoders' notes on damaged data: refused or read anyway
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(fp, formats=IMAGE_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -102,3 +102,29 @@ def test_cli_help_and_errors(tmp_path):
         [str(ROOT / "examples" / "chelsea.png"), "--vocab", " , ", "--out", str(tmp_path), "--tiny-random"], tmp_path
     )
     assert empty.returncode == 2 and "vocabulary is empty" in empty.stderr
+
+
+def test_cli_applies_exif_orientation_and_refuses_non_images(tmp_path, capsys):
+    from maskadapter.__main__ import main
+
+    stored = np.zeros((32, 64, 3), np.uint8)  # 64 wide, 32 high as stored
+    stored[:, 32:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown a quarter turn clockwise: 32 wide, 64 high
+    photo = tmp_path / "turned.jpg"
+    Image.fromarray(stored).save(photo, exif=exif)
+    out = tmp_path / "out"
+    common = ["--tiny-random", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    small = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+    code = main([str(photo), "--vocab", "cat", "--out", str(out), *common, *small, "--short-side", "64"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    with Image.open(out / "turned_labels.png") as labels:
+        assert labels.size == (32, 64)
+    assert json.loads((out / "turned_segments.json").read_text())["image"]["width"] == 32
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a picture")
+    capsys.readouterr()
+    assert main([str(text), "--vocab", "cat", "--out", str(out), *common]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read image {text}: not an image file (could not read 'notes.txt': unknown format" in err
