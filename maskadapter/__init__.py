@@ -6,7 +6,8 @@ The contract (names and signatures that stay fixed)::
 
 ``MaskGenerator`` (SAM-2 automatic masks without sam2's per-mask overheads), and
 the pieces built on it: ``Segmenter`` (models + session store; image -> segments),
-``build_vocabulary``, ``Settings``, rendering and export helpers.
+``build_vocabulary``, ``Settings``, ``load_image``/``check_image`` (any image in ->
+HWC uint8 RGB or ``InputError``), rendering and export helpers.
 """
 
 from maskadapter.clip_features import VILD_TEMPLATES, encode_vocabulary, mask_logits
@@ -18,6 +19,7 @@ from maskadapter.errors import (
     WeightsNotFoundError,
 )
 from maskadapter.generator import MaskGenerator
+from maskadapter.images import check_image, load_image
 from maskadapter.masks import AutoMaskSettings
 from maskadapter.modeling import MaskAdapterHead
 from maskadapter.segmenter import Segment, SegmentationResult, Segmenter
@@ -44,7 +46,9 @@ __all__ = [
     "VocabularyError",
     "WeightsNotFoundError",
     "build_vocabulary",
+    "check_image",
     "encode_vocabulary",
+    "load_image",
     "mask_logits",
     "parse_vocabulary",
 ]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from typing import IO
 
@@ -53,6 +54,7 @@ EMPTY = "empty file"
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray
 
+_OPEN_LOCK = threading.Lock()
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -158,10 +160,8 @@ def _decode(im: Image.Image, what: str) -> np.ndarray:
     data becomes ``InputError``."""
     check_image_size(*im.size)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # decoders' notes on damaged data: refused or read anyway
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im.load()
+        # no bomb warning here: PIL warns past 89 MP, refused above from the header
+        im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _too_large_unknown_size() from None
     except MemoryError:
@@ -186,8 +186,9 @@ def _decode(im: Image.Image, what: str) -> np.ndarray:
 def _open_and_decode(fp: IO[bytes], what: str) -> np.ndarray:
     """Identify the format of a binary file object, check the size, decode."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # decoders' notes on damaged data: refused or read anyway
+        # PIL's bomb warning (past 89 MP) raised as an error, caught below; the warning
+        # filters are process-wide, so the header parse (no decoding) holds a lock
+        with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(fp, formats=IMAGE_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -446,6 +446,7 @@ def damaged(draw) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL's notes on damaged TIFF and PNG data
 @FAST
 @given(st.one_of(st.binary(max_size=600), damaged()))
 def test_load_image_is_total_on_bytes(data):
