@@ -10,7 +10,7 @@ masks are (B, N, H, W) floats in [0, 1] at image resolution.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ VILD_TEMPLATES: tuple[str, ...] = (
 
 # masks per adapter call: bounds memory at (chunk * num_output_maps) feature maps
 MASK_CHUNK = 16
-# texts per text-encoder call
+# prompts (class name in a template) per text-encoder call
 TEXT_CHUNK = 256
 
 
@@ -176,6 +176,9 @@ def encode_vocabulary(
     tokenizer,
     classes: Sequence[str | Sequence[str]],
     templates: Sequence[str] = VILD_TEMPLATES,
+    *,
+    batch_size: int = TEXT_CHUNK,
+    progress: Callable[[float, str], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Text embeddings of classes and their synonyms, averaged over prompt templates.
 
@@ -184,12 +187,20 @@ def encode_vocabulary(
         tokenizer: the model's open_clip tokenizer (list[str] -> (n, L) LongTensor).
         classes: each item a class name or a list of its synonyms.
         templates: format strings with one ``{}``.
+        batch_size: prompts (name in a template) per text-encoder call; bounds memory,
+            the result does not depend on it.
+        progress: called after each call with (fraction of prompts done in (0, 1],
+            "encoding class names: i of n").
     Returns:
         embeddings: (K, D) float32, L2-normalised, one row per synonym in input order.
         class_index: (K,) long, the class (position in ``classes``) of each row.
     """
     if not classes:
         raise ValueError("classes is empty: give at least one class name")
+    if not templates:
+        raise ValueError("templates is empty: give at least one prompt template with '{}'")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     names: list[str] = []
     owners: list[int] = []
     for i, item in enumerate(classes):
@@ -201,9 +212,12 @@ def encode_vocabulary(
     device = clip_model.logit_scale.device
     texts = [t.format(name) for name in names for t in templates]
     rows = []
-    for start in range(0, len(texts), TEXT_CHUNK):
-        tokens = tokenizer(texts[start : start + TEXT_CHUNK]).to(device)
+    for start in range(0, len(texts), batch_size):
+        end = min(len(texts), start + batch_size)
+        tokens = tokenizer(texts[start:end]).to(device)
         rows.append(F.normalize(clip_model.encode_text(tokens).float(), dim=-1))
+        if progress is not None:
+            progress(end / len(texts), f"encoding class names: {end // len(templates)} of {len(names)}")
     per_text = torch.cat(rows).reshape(len(names), len(templates), -1)  # (K, T, D)
     embeddings = F.normalize(per_text.mean(dim=1), dim=-1)
     return embeddings, torch.tensor(owners, dtype=torch.long, device=device)
