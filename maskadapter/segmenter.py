@@ -44,7 +44,7 @@ from maskadapter.painting import class_presence, per_mask_label_map, semantic_la
 from maskadapter.session import ImageSession, SessionStore
 from maskadapter.settings import Settings
 from maskadapter.transforms import ImageTransform, WorkingFrame, check_box, check_points
-from maskadapter.vocabulary import TextEmbeddingCache, Vocabulary, build_vocabulary
+from maskadapter.vocabulary import TextEmbeddingCache, Vocabulary, build_vocabulary, context_notes
 from maskadapter.weights import Models, build_models, build_tiny_random, resolve_model_files
 
 MODES = ("per_mask", "semantic")
@@ -56,6 +56,11 @@ Progress = Callable[[float, str], None]
 
 def _silent(fraction: float, message: str) -> None:
     return None
+
+
+def _text_progress(progress: Progress) -> Progress:
+    """Text encoding's progress mapped to the first 5 % of a request."""
+    return lambda fraction, message: progress(0.05 * fraction, message)
 
 
 @dataclass(eq=False)
@@ -204,12 +209,23 @@ class Segmenter:
         return WorkingFrame(session.hw, self.mask_side)
 
     def vocabulary(self, text: str = "", predefined: Sequence[str] = ()) -> Vocabulary:
-        return build_vocabulary(text, predefined)
+        """``build_vocabulary`` with ``vocabulary_notes`` as its notes."""
+        vocabulary = build_vocabulary(text, predefined)
+        return dataclasses.replace(vocabulary, notes=self.vocabulary_notes(vocabulary))
 
-    def text_embeddings(self, vocabulary: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, D) text rows and (K,) class index, cached per synonym."""
+    def vocabulary_notes(self, vocabulary: Vocabulary) -> tuple[str, ...]:
+        """What to tell the user about the vocabulary: its own notes (names cut) and
+        names too long for this CLIP's text context (``context_notes``)."""
+        extra = context_notes(vocabulary, self.models.tokenizer, self.text_cache.templates)
+        return tuple(dict.fromkeys(vocabulary.notes + extra))
+
+    def text_embeddings(
+        self, vocabulary: Vocabulary, progress: Progress | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, D) text rows and (K,) class index, cached per synonym; ``progress`` as
+        in ``TextEmbeddingCache.embed``."""
         with self.lock:
-            return self.text_cache.embed(vocabulary)
+            return self.text_cache.embed(vocabulary, progress)
 
     # ------------------------------------------------------------------ what an image costs
 
@@ -352,7 +368,8 @@ class Segmenter:
                 raise InputError(f"{name} must be between 0 and 1, got {value}")
         settings = mask_settings or AutoMaskSettings()
         session = self._as_session(image)
-        self.text_embeddings(vocabulary)  # fail on the text side before the slow part
+        # fail on the text side before the slow part
+        self.text_embeddings(vocabulary, _text_progress(progress))
         found = self.automatic_masks(session, settings, progress)
         probs = self._probabilities(session, self._mask_key(settings), found.masks, vocabulary, progress)
         progress(0.92, "painting")
@@ -382,7 +399,7 @@ class Segmenter:
             coords = labels = None  # a box alone
         else:
             coords, labels = check_points(points, session.hw, require_positive=box_arr is None)
-        self.text_embeddings(vocabulary)
+        self.text_embeddings(vocabulary, _text_progress(progress))
         self.encode(session, progress)
         frame = self.frame(session)
         with self.lock, self.autocast():

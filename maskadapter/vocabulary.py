@@ -6,8 +6,16 @@ commas or new lines, synonyms of one class by ``|``::
     tree | bush, sky
     person | people
 
-Whitespace around names is trimmed, empty names are ignored, a repeated synonym in a
-class and a class whose label (its first synonym) was already given are dropped.
+The full-width and ideographic commas (``，`` ``、``), the Arabic comma (``،``) and
+Unicode line breaks separate classes too; the full-width bar (``｜``) separates synonyms.
+
+Every name is cleaned (``normalize_name``): Unicode NFC, control, format and zero-width
+characters removed (a zero-width joiner inside an emoji sequence is kept), whitespace
+collapsed to single spaces and trimmed. Names are otherwise kept as typed: markup such
+as ``<b>x</b>`` or ``$x^2$`` is plain text. A name longer than ``MAX_NAME_CHARS`` is cut
+to that length (the vocabulary's ``notes`` say so). Empty names are ignored; a repeated
+synonym in a class and a class whose label (its first synonym) was already given are
+dropped, comparing names case-insensitively (``casefold``) after cleaning.
 """
 
 from __future__ import annotations
@@ -20,15 +28,16 @@ import re
 import tempfile
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from maskadapter.clip_features import VILD_TEMPLATES, encode_vocabulary
+from maskadapter.clip_features import TEXT_CHUNK, VILD_TEMPLATES, encode_vocabulary
 from maskadapter.errors import VocabularyError
 
 log = logging.getLogger(__name__)
@@ -41,15 +50,31 @@ PREDEFINED: dict[str, tuple[str, str]] = {
     "pascal_context": ("Pascal Context 59", "pascal_context.txt"),
     "pascal_voc": ("Pascal VOC 20", "pascal_voc.txt"),
 }
-MAX_CLASSES = 1000
-MAX_NAME_CHARS = 100
+# at most this many classes, synonyms in all, and characters per name (longer names are
+# cut): 200 characters of English are about 45 CLIP tokens, which with a prompt
+# template's ~10 still fit CLIP's 77-token context
+MAX_CLASSES = 3000
+MAX_NAMES = 4 * MAX_CLASSES
+MAX_NAME_CHARS = 200
+
+_CLASS_SEPARATORS = re.compile("[,\n\r\v\f\x1c-\x1e\x85\u2028\u2029\u060c\u3001\uff0c]")
+_SYNONYM_SEPARATORS = re.compile("[|\uff5c]")
+_ZWJ = "\u200d"
+# invisible letters that render as blank space
+_FILLERS = frozenset("\u115f\u1160\u3164\uffa0")
 
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """An ordered set of classes; each class is a tuple of synonyms, the first is its label."""
+    """An ordered set of classes; each class is a tuple of synonyms, the first is its label.
+
+    ``notes`` are short sentences for the user about what was changed in the input (names
+    cut to ``MAX_NAME_CHARS``, see also ``context_notes``). They are not part of equality
+    or the hash: vocabularies are cache keys.
+    """
 
     classes: tuple[tuple[str, ...], ...]
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def labels(self) -> list[str]:
@@ -63,40 +88,105 @@ class Vocabulary:
         return "\n".join(" | ".join(synonyms) for synonyms in self.classes)
 
 
+def _keep_joiner(text: str, i: int) -> bool:
+    """Whether the zero-width joiner at ``text[i]`` joins two emoji: after a symbol, a
+    skin-tone modifier or emoji presentation selector, and before a symbol."""
+    if i == 0 or i + 1 == len(text):
+        return False
+    before, after = text[i - 1], text[i + 1]
+    return (unicodedata.category(before) in ("So", "Sk") or before == "\ufe0f") and unicodedata.category(after) == "So"
+
+
+def _clean_once(name: str) -> str:
+    name = unicodedata.normalize("NFC", name)
+    kept = []
+    for i, ch in enumerate(name):
+        category = unicodedata.category(ch)
+        if category == "Cc":
+            kept.append(" " if ch.isspace() else "")
+        elif category == "Cs" or ch in _FILLERS or (category == "Cf" and not (ch == _ZWJ and _keep_joiner(name, i))):
+            continue  # lone surrogates, invisible fillers, format and zero-width characters
+        else:
+            kept.append(ch)
+    return " ".join(unicodedata.normalize("NFC", "".join(kept)).split())
+
+
+def normalize_name(name: str) -> str:
+    """A class name cleaned as the module docstring says (not cut to length); may be empty.
+
+    Idempotent: ``normalize_name(normalize_name(x)) == normalize_name(x)``.
+    """
+    if name.isascii() and name.isprintable():  # the common case: only spaces to collapse
+        return " ".join(name.split())
+    for _ in range(8):  # removing a character can let NFC compose its neighbours: repeat
+        cleaned = _clean_once(name)
+        if cleaned == name:
+            break
+        name = cleaned
+    return name
+
+
+def _name_key(name: str) -> str:
+    """What duplicates are compared by."""
+    return unicodedata.normalize("NFC", name.casefold())
+
+
+def _cut(name: str) -> str:
+    """A clean name cut to at most ``MAX_NAME_CHARS`` characters, still clean."""
+    cut = MAX_NAME_CHARS
+    short = normalize_name(name[:cut])
+    while len(short) > MAX_NAME_CHARS and cut > 0:  # NFC can lengthen a few characters
+        cut -= 1
+        short = normalize_name(name[:cut])
+    return short
+
+
 def _split_classes(text: str) -> Iterable[list[str]]:
-    for item in re.split(r"[,\n]", text):
-        yield [name.strip() for name in item.split("|")]
+    for item in _CLASS_SEPARATORS.split(text):
+        yield _SYNONYM_SEPARATORS.split(item)
 
 
-def _dedupe(classes: Iterable[Sequence[str]]) -> list[tuple[str, ...]]:
+def _dedupe(classes: Iterable[Sequence[str]]) -> tuple[list[tuple[str, ...]], int]:
+    """Cleaned, cut and deduplicated classes, and how many kept names were cut."""
     seen_labels: set[str] = set()
     result = []
+    cut_names = 0
     for names in classes:
         synonyms: list[str] = []
         seen: set[str] = set()
+        cut_here = 0
         for name in names:
-            name = " ".join(name.split())
-            if not name or name.casefold() in seen:
+            name = normalize_name(name)
+            was_cut = len(name) > MAX_NAME_CHARS
+            if was_cut:
+                name = _cut(name)
+            key = _name_key(name)
+            if not name or key in seen:
                 continue
-            if len(name) > MAX_NAME_CHARS:
-                raise VocabularyError(f"class names are at most {MAX_NAME_CHARS} characters; got {name[:30]!r}...")
-            seen.add(name.casefold())
+            seen.add(key)
             synonyms.append(name)
-        if synonyms and synonyms[0].casefold() not in seen_labels:
-            seen_labels.add(synonyms[0].casefold())
+            cut_here += was_cut
+        if synonyms and _name_key(synonyms[0]) not in seen_labels:
+            seen_labels.add(_name_key(synonyms[0]))
             result.append(tuple(synonyms))
-    return result
+            cut_names += cut_here
+    return result, cut_names
 
 
 def parse_vocabulary(text: str) -> list[tuple[str, ...]]:
-    """Classes (tuples of synonyms) from text like ``"tree | bush, sky"``; may be empty."""
+    """Classes (tuples of synonyms) from text like ``"tree | bush, sky"``; may be empty.
+
+    Names are cleaned and cut to ``MAX_NAME_CHARS`` (see the module docstring).
+    """
     if not isinstance(text, str):
         raise VocabularyError(f"vocabulary must be text, got {type(text).__name__}")
-    return _dedupe(_split_classes(text))
+    return _dedupe(_split_classes(text))[0]
 
 
 def load_predefined(name: str) -> list[tuple[str, ...]]:
     """The classes of a predefined vocabulary by name (see ``PREDEFINED``)."""
+    if not isinstance(name, str):
+        raise VocabularyError(f"a predefined vocabulary is named by text, got {type(name).__name__}")
     key = name.strip().lower().replace("-", "_").replace(" ", "_")
     titles = {title.lower(): k for k, (title, _) in PREDEFINED.items()}
     key = titles.get(name.strip().lower(), key)
@@ -110,20 +200,87 @@ def load_predefined(name: str) -> list[tuple[str, ...]]:
 def build_vocabulary(text: str = "", predefined: Sequence[str] = ()) -> Vocabulary:
     """Custom classes from ``text`` followed by the named predefined vocabularies.
 
-    Raises ``VocabularyError`` when the result is empty or too large.
+    Args:
+        text: classes in the syntax of the module docstring (None counts as empty).
+        predefined: names or titles of ``PREDEFINED`` vocabularies (a single name is
+            accepted as well).
+    Returns:
+        the vocabulary; its ``notes`` say how many names were cut to ``MAX_NAME_CHARS``.
+    Raises:
+        VocabularyError: text that is not text, an unknown predefined name, no class
+            name at all, more than ``MAX_CLASSES`` classes or ``MAX_NAMES`` names.
     """
-    classes = parse_vocabulary(text or "")
+    if text is not None and not isinstance(text, str):
+        raise VocabularyError(f"vocabulary must be text, got {type(text).__name__}")
+    if isinstance(predefined, str):
+        predefined = [predefined]
+    classes: list[Sequence[str]] = list(_split_classes(text or ""))
     for name in predefined or ():
         classes.extend(load_predefined(name))
-    classes = _dedupe(classes)
-    if not classes:
+    kept, cut_names = _dedupe(classes)
+    if not kept:
         raise VocabularyError(
             "the vocabulary is empty: type class names separated by commas, "
             "e.g. 'car, road, tree | bush', or pick a predefined vocabulary"
         )
-    if len(classes) > MAX_CLASSES:
-        raise VocabularyError(f"at most {MAX_CLASSES} classes, got {len(classes)}")
-    return Vocabulary(tuple(classes))
+    if len(kept) > MAX_CLASSES:
+        raise VocabularyError(
+            f"a vocabulary has at most {MAX_CLASSES} classes, got {len(kept)}: "
+            "remove some class names or pick fewer predefined vocabularies"
+        )
+    names = sum(len(synonyms) for synonyms in kept)
+    if names > MAX_NAMES:
+        raise VocabularyError(
+            f"a vocabulary has at most {MAX_NAMES} names, synonyms included, got {names}: remove some synonyms"
+        )
+    notes = []
+    if cut_names:
+        were = "name was" if cut_names == 1 else "names were"
+        notes.append(f"{cut_names} class {were} cut to {MAX_NAME_CHARS} characters")
+    return Vocabulary(tuple(kept), tuple(notes))
+
+
+def _token_counter(tokenizer) -> Callable[[str], int] | None:
+    """Tokens (special ones included) of one text for open_clip's tokenizers, else None."""
+    encode = getattr(tokenizer, "encode", None)
+    if callable(encode):  # open_clip.tokenizer.SimpleTokenizer: BPE ids without start/end
+        return lambda text: len(encode(text)) + 2
+    inner = getattr(tokenizer, "tokenizer", None)
+    if callable(inner):  # open_clip.tokenizer.HFTokenizer: a Hugging Face tokenizer inside
+        return lambda text: len(inner(text)["input_ids"])
+    return None
+
+
+def context_notes(vocabulary: Vocabulary, tokenizer, templates: Sequence[str] = VILD_TEMPLATES) -> tuple[str, ...]:
+    """A note when names are too long for CLIP's text context once put in the templates.
+
+    open_clip's tokenizer cuts such prompts silently (to ``tokenizer.context_length``
+    tokens, 77 for CLIP), so only the start of those names is read. Returns () when all
+    fit or when the tokenizer cannot count tokens.
+    """
+    context = getattr(tokenizer, "context_length", None)
+    count = _token_counter(tokenizer)
+    if not isinstance(context, int) or count is None or not templates:
+        return ()
+    template_tokens = max(count(t.format("")) for t in templates)
+    too_long = []
+    for name in dict.fromkeys(name for synonyms in vocabulary.classes for name in synonyms):
+        # byte-level BPE makes at most one token per UTF-8 byte: most names need no count;
+        # then the name alone (joins with a template's punctuation can change it by one)
+        if template_tokens + len(name.encode("utf-8")) <= context:
+            continue
+        if template_tokens + count(name) - 2 <= context - 2:
+            continue
+        if max(count(t.format(name)) for t in templates) > context:
+            too_long.append(name)
+    if not too_long:
+        return ()
+    example = too_long[0] if len(too_long[0]) <= 40 else too_long[0][:39] + "…"
+    are = "name is" if len(too_long) == 1 else "names are"
+    return (
+        f"{len(too_long)} class {are} longer than CLIP reads ({context} tokens with the prompt); "
+        f"only the start is used, e.g. {example!r}",
+    )
 
 
 def _sha1(text: str) -> str:
@@ -139,7 +296,8 @@ class TextEmbeddingCache:
     float32 row per file. Both levels are bounded: at most ``memory_entries`` rows in
     memory (least recently used dropped first) and ``disk_bytes`` of ``.npy`` files on
     disk (oldest modification time removed first; a read refreshes it). Disk errors are
-    logged once and otherwise ignored. ``encoder_calls`` counts calls into the text encoder.
+    logged once and otherwise ignored. ``encoder_calls`` counts ``embed`` calls that had
+    names to encode (each encodes them ``batch_size`` prompts per text-encoder call).
     """
 
     def __init__(
@@ -151,6 +309,7 @@ class TextEmbeddingCache:
         templates: Sequence[str] = VILD_TEMPLATES,
         memory_entries: int = 20000,
         disk_bytes: int = 256 * 2**20,
+        batch_size: int = TEXT_CHUNK,
     ) -> None:
         self.clip_model = clip_model
         self.tokenizer = tokenizer
@@ -159,6 +318,7 @@ class TextEmbeddingCache:
         self.directory = Path(cache_dir).expanduser() / "text_embeddings" / self.namespace if cache_dir else None
         self.memory_entries = max(0, int(memory_entries))
         self.disk_bytes = max(0, int(disk_bytes))
+        self.batch_size = batch_size  # prompts per text-encoder call
         self._model_key = model_key
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()  # name -> (D,), oldest first
         self._lock = threading.Lock()
@@ -233,8 +393,25 @@ class TextEmbeddingCache:
                 os.unlink(self.directory / filename)
             total -= size
 
-    def embed(self, vocabulary: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, D) float32 L2-normalised rows (one per synonym) and (K,) class index."""
+    def embed(
+        self,
+        vocabulary: Vocabulary,
+        progress: Callable[[float, str], None] | None = None,
+        *,
+        batch_size: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text rows of the vocabulary's names; only names not cached are encoded.
+
+        Args:
+            vocabulary: the classes; K = number of synonyms in all.
+            progress: called with (fraction in (0, 1], "encoding class names: i of n")
+                after each text-encoder call, n = names not cached; not called when
+                every name is cached.
+            batch_size: prompts per text-encoder call (default ``self.batch_size``).
+        Returns:
+            (K, D) float32 L2-normalised rows in the vocabulary's order, (K,) long class
+            index, both on the CLIP model's device.
+        """
         names = [name for synonyms in vocabulary.classes for name in synonyms]
         owners = [i for i, synonyms in enumerate(vocabulary.classes) for _ in synonyms]
         with self._lock:
@@ -250,7 +427,14 @@ class TextEmbeddingCache:
                     found[name] = row
             if missing:
                 self.encoder_calls += 1
-                rows, _ = encode_vocabulary(self.clip_model, self.tokenizer, missing, self.templates)
+                rows, _ = encode_vocabulary(
+                    self.clip_model,
+                    self.tokenizer,
+                    missing,
+                    self.templates,
+                    batch_size=self.batch_size if batch_size is None else batch_size,
+                    progress=progress,
+                )
                 rows = rows.float().cpu()
                 found.update(zip(missing, [row.clone() for row in rows], strict=True))  # own storage each
                 self._store(missing, rows)
