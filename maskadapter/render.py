@@ -1,22 +1,38 @@
 """Drawing results: coloured masks, contours, one label per class, a legend.
 
-All functions take and return (H, W, 3) uint8 RGB arrays.
+All functions take and return (H, W, 3) uint8 RGB arrays. Class names are drawn as
+plain text with PIL and a TrueType font (DejaVu Sans Bold, shipped with matplotlib):
+any Unicode the font covers, markup such as ``$x^2$`` or ``<b>x</b>`` literally. A name
+with characters DejaVu lacks (CJK, for instance) is drawn with an installed font that
+has them, when there is one; otherwise those characters show as boxes.
 """
 
 from __future__ import annotations
 
+import logging
+import struct
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
+from pathlib import Path
 
 import cv2
+import matplotlib
 import numpy as np
+from fontTools.ttLib import TTFont, TTLibError
 from matplotlib import colormaps, font_manager
 from matplotlib.colors import hsv_to_rgb
 from PIL import Image, ImageDraw, ImageFont
 
 from maskadapter.segmenter import SegmentationResult
 
+log = logging.getLogger(__name__)
+
 UNLABELLED = -1
+FONT_PATH = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans-Bold.ttf"
+# at most this many characters of a class name in the picture (the JSON has them all)
+MAX_LABEL_CHARS = 40
+# installed fonts looked through for characters DejaVu lacks
+MAX_FALLBACK_FONTS = 200
 
 
 def class_colors(num_classes: int) -> np.ndarray:
@@ -33,19 +49,81 @@ def class_colors(num_classes: int) -> np.ndarray:
     return (rgb * 255).round().astype(np.uint8)
 
 
-@lru_cache(maxsize=16)
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans", weight="bold"))
-    return ImageFont.truetype(path, size)
+@lru_cache(maxsize=64)
+def _font_file(path: str, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The TrueType font at ``path`` in ``size`` pixels; PIL's default font if unusable."""
+    try:
+        return ImageFont.truetype(path, size)
+    except OSError as err:
+        log.warning("font %s not usable, drawing labels with PIL's default font: %s", path, err)
+        return ImageFont.load_default(size)
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return _font_file(str(FONT_PATH), size)
+
+
+@cache
+def _coverage(path: str) -> frozenset[int]:
+    """Code points the font file has glyphs for (empty when it cannot be read)."""
+    try:
+        with TTFont(path, lazy=True, fontNumber=0) as font:
+            return frozenset(font.getBestCmap() or ())
+    except (OSError, TTLibError, AssertionError, KeyError, ValueError, struct.error) as err:
+        log.debug("font %s not readable: %s", path, err)
+        return frozenset()
+
+
+def _fallback_paths() -> list[str]:
+    """Installed font files, sans-serif bold first (as matplotlib lists them)."""
+    entries = [
+        e
+        for e in font_manager.fontManager.ttflist
+        if Path(e.fname).suffix.lower() in (".ttf", ".otf", ".ttc")
+        and "last resort" not in e.name.lower()  # placeholder glyphs for every code point
+    ]
+
+    def rank(entry) -> tuple[bool, bool, bool]:
+        name = entry.name.lower()
+        bold = entry.weight in ("bold", 700) or (isinstance(entry.weight, int) and entry.weight >= 600)
+        return ("sans" not in name or "mono" in name, entry.style != "normal", not bold)
+
+    return [e.fname for e in sorted(entries, key=rank)][:MAX_FALLBACK_FONTS]
+
+
+@lru_cache(maxsize=4096)
+def _font_path_for(text: str) -> str:
+    """DejaVu Sans Bold when it has every character of ``text``, else the installed
+    font with the most of them (DejaVu on ties)."""
+    needed = {ord(ch) for ch in text if not ch.isspace()}
+    best, best_missing = str(FONT_PATH), len(needed - _coverage(str(FONT_PATH)))
+    if best_missing == 0 or not FONT_PATH.exists():
+        return best
+    for path in _fallback_paths():
+        missing = len(needed - _coverage(path))
+        if missing < best_missing:
+            best, best_missing = path, missing
+            if missing == 0:
+                break
+    return best
+
+
+def _font_for(text: str, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return _font_file(_font_path_for(text), size)
+
+
+def _shorten(text: str, limit: int = MAX_LABEL_CHARS) -> str:
+    """``text`` with at most ``limit`` characters, an ellipsis marking a cut."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def _font_size(hw: tuple[int, int]) -> int:
     return int(np.clip(min(hw) / 40, 11, 28))
 
 
-def _text_size(text: str, font: ImageFont.FreeTypeFont) -> tuple[int, int]:
+def _text_size(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> tuple[int, int]:
     x0, y0, x1, y1 = font.getbbox(text)
-    return x1 - x0, y1 - y0
+    return int(x1 - x0), int(y1 - y0)
 
 
 def _label_anchor(region: np.ndarray, text_wh: tuple[int, int]) -> tuple[int, int] | None:
@@ -111,7 +189,7 @@ def overlay(
             cv2.drawContours(out, found, -1, color, 1, lineType=cv2.LINE_AA)
     pil = Image.fromarray(out)
     draw = ImageDraw.Draw(pil)
-    font = _font(_font_size(result.image_size))
+    size = _font_size(result.image_size)
     if labels:
         for class_id in _present_classes(result):
             region = working == class_id
@@ -119,7 +197,8 @@ def overlay(
             if count < 2:
                 continue
             largest = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
-            text = result.labels[class_id]
+            text = _shorten(result.labels[class_id])
+            font = _font_for(text, size)
             tw, th = _text_size(text, font)
             anchor = _label_anchor(components == largest, (int(np.ceil(tw / sx)), int(np.ceil(th / sy))))
             if anchor is not None:
@@ -127,7 +206,7 @@ def overlay(
     if box is not None:
         x0, y0, x1, y1 = (float(v) for v in box)
         draw.rectangle((x0, y0, x1, y1), outline=(255, 215, 0), width=3)
-    radius = max(4, _font_size(result.image_size) // 2)
+    radius = max(4, size // 2)
     for x, y, lab in points:
         color = (40, 220, 60) if int(lab) == 1 else (230, 40, 40)
         draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=color, outline=(255, 255, 255), width=2)
@@ -152,17 +231,18 @@ def legend_panel(result: SegmentationResult, width: int) -> np.ndarray:
     """(h, width, 3) uint8 strip listing the visible classes with their colours and
     share of the image, or a line saying nothing was labelled."""
     colors = class_colors(len(result.labels))
-    font = _font(_font_size(result.image_size))
+    size = _font_size(result.image_size)
+    font = _font(size)
     total = max(1, result.label_map.size)
     counts = _class_pixels(result)
-    items = [(f"{result.labels[c]} {100.0 * counts[c] / total:.1f}%", c) for c in _present_classes(result)] or [
-        ("no segment labelled", None)
-    ]
+    items = [
+        (f"{_shorten(result.labels[c])} {100.0 * counts[c] / total:.1f}%", c) for c in _present_classes(result)
+    ] or [("no segment labelled", None)]
     line_h = _text_size("Ag", font)[1] + 12
     swatch = line_h - 10
     rows, row, x = [], [], 8
     for text, c in items:
-        item_w = swatch + 6 + _text_size(text, font)[0] + 18
+        item_w = swatch + 6 + _text_size(text, _font_for(text, size))[0] + 18
         if row and x + item_w > width - 8:
             rows.append(row)
             row, x = [], 8
@@ -178,7 +258,9 @@ def legend_panel(result: SegmentationResult, width: int) -> np.ndarray:
                 draw.rectangle(
                     (x, y + 5, x + swatch, y + 5 + swatch), fill=tuple(int(v) for v in colors[c]), outline=(60, 60, 60)
                 )
-            draw.text((x + swatch + 6, y + line_h // 2), text, font=font, fill=(20, 20, 20), anchor="lm")
+            draw.text(
+                (x + swatch + 6, y + line_h // 2), text, font=_font_for(text, size), fill=(20, 20, 20), anchor="lm"
+            )
     return np.asarray(panel)
 
 
