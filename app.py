@@ -9,14 +9,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import html
 import logging
 import sys
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import gradio as gr
 
-from maskadapter.errors import MaskAdapterError
-from maskadapter.service import TABLE_HEADERS, PointState, SegmentationService, parse_box, parse_points
+from maskadapter.errors import InputError, MaskAdapterError
+from maskadapter.images import load_image
+from maskadapter.service import TABLE_HEADERS, PointState, SegmentationService, parse_box, parse_points, plain
 from maskadapter.settings import Settings, add_arguments, settings_from_args
 from maskadapter.vocabulary import PREDEFINED
 
@@ -44,35 +49,347 @@ CLICK_KINDS = [("positive point (+)", "positive"), ("negative point (-)", "negat
 MODES = [("label per mask", "per_mask"), ("semantic map", "semantic")]
 VOCAB_HINT = "Commas or new lines between classes, `|` between synonyms: `tree | bush, sky, person | people`."
 CSS = "#banner {font-size: 0.95em} .gradio-container {max-width: 1400px !important}"
+START = "Upload a photo, then click on an object."
+
+
+class Photo(gr.Image):
+    """``gr.Image`` whose uploads the package decodes (EXIF orientation, every pixel
+    format, its own message for a file that is not an image). A file that fails to
+    decode reaches the handler as its ``InputError``, so that the handler reports it
+    like any other bad input."""
+
+    is_template = True  # the browser side is gr.Image's
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        try:
+            return load_image(payload.path)
+        except InputError as err:
+            return err
+
+
+def pixels(value: Any) -> Any:
+    """A ``Photo`` value as an (H, W, 3) uint8 array (or None); raises its decoding error."""
+    if isinstance(value, InputError):
+        raise value
+    return value
+
+
+def user_message(err: Exception, where: str) -> str:
+    """What a user is told about ``err``: the package's own short message, or, for an
+    unexpected error, a generic line with an id under which the traceback is logged."""
+    if isinstance(err, gr.Error):
+        return str(err.message)
+    if isinstance(err, MaskAdapterError):
+        return str(err)
+    ref = uuid.uuid4().hex[:8]
+    log.error("error %s in %s", ref, where, exc_info=err)
+    return f"Something went wrong on the server (error id {ref}). Please try again; if it keeps failing, report the id."
 
 
 def friendly(fn):
-    """Show package errors as short messages (gr.Error), never tracebacks; user state
-    is untouched because a failed event updates no output."""
+    """For API endpoints: any failure becomes a short ``gr.Error``, never a traceback
+    or internal text."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except MaskAdapterError as err:
-            raise gr.Error(str(err), print_exception=False) from None
         except Exception as err:
-            log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"Something went wrong ({type(err).__name__}: {err}).", print_exception=False) from None
+            raise gr.Error(html.escape(user_message(err, fn.__name__)), print_exception=False) from None
 
     return wrapper
+
+
+def gentle(outputs: int, message: int, restore: Callable[..., dict[int, Any]] | None = None):
+    """For UI events: a failure shows a warning and goes into the tab's message box
+    (output ``message``); every other output (photo, points, previous result) and the
+    user's state stay as they were, except what ``restore(*args)`` gives back."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:
+                text = user_message(err, fn.__name__)
+            gr.Warning(html.escape(text))
+            result: list[Any] = [gr.skip()] * outputs
+            result[message] = "⚠️ " + plain(text)
+            if restore is not None:
+                try:
+                    for index, value in restore(*args).items():
+                        result[index] = value
+                except Exception:  # keep the photo as the browser shows it
+                    log.warning("could not restore the previous view", exc_info=True)
+            return tuple(result)
+
+        return wrapper
+
+    return decorate
 
 
 def reporter(progress: gr.Progress):
     return lambda fraction, message: progress(fraction, desc=message)
 
 
-def build_demo(service: SegmentationService) -> gr.Blocks:
-    defaults = service.default_mask_settings()
-    predefined_choices = [(title, key) for key, (title, _) in PREDEFINED.items()]
+class Shared(NamedTuple):
+    """Inputs both tabs read."""
 
+    vocabulary: gr.Textbox
+    predefined: gr.Dropdown
+    sam_size: gr.Dropdown
+    alpha: gr.Slider
+
+
+def automatic_tab(service: SegmentationService, vocabulary: gr.Textbox, predefined: gr.Dropdown) -> Shared:
+    """The "segment everything" tab and its ``/segment_automatic`` endpoint."""
+    defaults = service.default_mask_settings()
+    limit = service.settings.concurrency
+    with gr.Tab("Automatic", id="automatic"):
+        auto_session = gr.State(None, time_to_live=3600)
+        with gr.Row():
+            with gr.Column():
+                auto_image = Photo(type="numpy", label="Photo", sources=["upload", "clipboard"], elem_id="auto-image")
+                segment_button = gr.Button("Segment", variant="primary", elem_id="segment")
+                with gr.Accordion("Advanced", open=False):
+                    sam_size = gr.Dropdown(
+                        service.sam_sizes,
+                        value=service.default_sam_size,
+                        label="SAM-2 size",
+                        info="Other sizes download on first use.",
+                    )
+                    points_per_side = gr.Slider(
+                        4,
+                        64,
+                        defaults.points_per_side,
+                        step=1,
+                        label="Points per side",
+                        info="SAM-2 prompt grid; more finds smaller things, slower.",
+                    )
+                    pred_iou_thresh = gr.Slider(
+                        0,
+                        1,
+                        defaults.pred_iou_thresh,
+                        step=0.01,
+                        label="Pred IoU thresh",
+                        info="SAM-2's own mask quality filter.",
+                    )
+                    stability_score_thresh = gr.Slider(
+                        0, 1, defaults.stability_score_thresh, step=0.01, label="Stability score thresh"
+                    )
+                    mode = gr.Radio(
+                        MODES,
+                        value="per_mask",
+                        label="Mode",
+                        info="One label per SAM-2 mask, or a semantic map merging masks per class.",
+                    )
+                    score_threshold = gr.Slider(
+                        0,
+                        1,
+                        0.0,
+                        step=0.01,
+                        label="Score threshold",
+                        info="Drop segments whose class probability is lower.",
+                    )
+                    granularity = gr.Slider(
+                        0,
+                        1,
+                        0.8,
+                        step=0.01,
+                        label="Granularity",
+                        info="Semantic map: keep masks scoring >= this x the class's best.",
+                    )
+                    alpha = gr.Slider(0, 1, 0.5, step=0.05, label="Overlay alpha")
+            with gr.Column():
+                auto_output = gr.Image(label="Overlay", interactive=False, format="png", elem_id="auto-output")
+                auto_message = gr.Markdown(label="Message", elem_id="auto-message")
+                auto_table = gr.Dataframe(
+                    headers=TABLE_HEADERS,
+                    label="Segment table",
+                    interactive=False,
+                    elem_id="auto-table",
+                    max_height=320,
+                )
+                auto_files = gr.File(
+                    label="Downloads (label map PNG, segments JSON)", file_count="multiple", interactive=False
+                )
+                auto_json = gr.JSON(label="Segments JSON", visible=False)
+        gr.Examples(EXAMPLES, inputs=[auto_image, vocabulary], label="Examples (photo and vocabulary)")
+        api_button = gr.Button("segment automatic", visible=False)
+
+    def segment_automatic(
+        image,
+        vocabulary,
+        predefined,
+        sam_size,
+        points_per_side,
+        pred_iou_thresh,
+        stability_score_thresh,
+        mode,
+        score_threshold,
+        granularity,
+        alpha,
+        session,
+        progress=gr.Progress(),
+    ):
+        mask_settings = dataclasses.replace(
+            defaults,
+            points_per_side=int(points_per_side),
+            pred_iou_thresh=float(pred_iou_thresh),
+            stability_score_thresh=float(stability_score_thresh),
+        )
+        out, session = service.automatic(
+            pixels(image),
+            vocabulary,
+            predefined,
+            session,
+            sam_size,
+            mask_settings,
+            mode,
+            float(score_threshold),
+            float(granularity),
+            float(alpha),
+            reporter(progress),
+        )
+        files = [str(out.label_map_path), str(out.json_path)] if out.json_path else None
+        return out.picture, out.message, out.rows, files, out.segments, session
+
+    inputs = [
+        auto_image,
+        vocabulary,
+        predefined,
+        sam_size,
+        points_per_side,
+        pred_iou_thresh,
+        stability_score_thresh,
+        mode,
+        score_threshold,
+        granularity,
+        alpha,
+        auto_session,
+    ]
+    outputs = [auto_output, auto_message, auto_table, auto_files, auto_json, auto_session]
+    common = dict(inputs=inputs, outputs=outputs, concurrency_id="automatic", concurrency_limit=limit)
+    api_button.click(friendly(gpu(segment_automatic)), api_name="segment_automatic", **common)
+    ui = gentle(len(outputs), 1)(gpu(segment_automatic))
+    segment_button.click(ui, api_name="segment_automatic_ui", api_visibility="private", **common)
+    return Shared(vocabulary, predefined, sam_size, alpha)
+
+
+def point_tab(service: SegmentationService, shared: Shared) -> None:
+    """The click-on-an-object tab and its ``/segment_points`` endpoint."""
+    limit = service.settings.concurrency
+
+    def new_photo(image, state):
+        if image is None:  # the photo was removed
+            return None, START, [], None, None, "[]", PointState()
+        state = service.open_point_image(pixels(image))
+        picture = service.point_picture(state)  # as decoded: EXIF orientation applied
+        return picture, "Click on an object to add a point.", [], None, None, "[]", state
+
+    # a photo that fails to decode puts the previous one back
+    upload = gentle(7, 1, restore=lambda image, state: {0: service.point_picture(state)})(new_photo)
+
+    with gr.Tab("Point prompt", id="points"):
+        point_state = gr.State(PointState(), time_to_live=3600)
+        with gr.Row():
+            with gr.Column():
+                point_image = Photo(
+                    type="numpy",
+                    label="Click on an object",
+                    sources=["upload", "clipboard"],
+                    format="png",
+                    elem_id="point-image",
+                )
+                click_kind = gr.Radio(CLICK_KINDS, value="positive", label="A click adds", elem_id="click-kind")
+                with gr.Row():
+                    undo_button = gr.Button("Undo", elem_id="undo")
+                    clear_button = gr.Button("Clear", elem_id="clear")
+                    relabel_button = gr.Button("Label again", elem_id="relabel")
+                points_text = gr.Textbox(
+                    "[]", label="Points [x, y, label] (original pixels)", interactive=False, elem_id="points-text"
+                )
+            with gr.Column():
+                point_message = gr.Markdown(START, elem_id="point-message")
+                point_table = gr.Dataframe(
+                    headers=TABLE_HEADERS, label="Segment", interactive=False, elem_id="point-table"
+                )
+                point_files = gr.File(label="Downloads", file_count="multiple", interactive=False)
+                point_json = gr.JSON(label="Segment JSON", visible=False)
+        outputs = [point_image, point_message, point_table, point_files, point_json, points_text, point_state]
+        gr.Examples(
+            [[row[0]] for row in EXAMPLES],
+            inputs=[point_image],
+            outputs=outputs,
+            fn=gentle(7, 1)(lambda image: new_photo(image, None)),
+            label="Examples",
+            run_on_click=True,
+            cache_examples=False,
+            api_visibility="private",
+        )
+        with gr.Group(visible=False):  # inputs and outputs of the /segment_points API endpoint
+            api_image = Photo(type="numpy", label="image")
+            api_points = gr.Textbox("[]", label="points")
+            api_box = gr.Textbox("", label="box")
+            api_state = gr.State(None, time_to_live=600)
+            api_overlay = gr.Image(label="overlay", format="png")
+            api_segments = gr.JSON(label="segments")
+            api_button = gr.Button("segment points")
+
+    settings = [shared.vocabulary, shared.predefined, shared.sam_size, shared.alpha]
+    common = dict(outputs=outputs, api_visibility="private", concurrency_id="points", concurrency_limit=limit)
+    for event in (point_image.upload, point_image.clear):
+        event(upload, inputs=[point_image, point_state], **common)
+
+    def result(out, state):
+        files = [str(out.label_map_path), str(out.json_path)] if out.json_path else None
+        return out.picture, out.message, out.rows, files, out.segments or None, state.points_json(), state
+
+    def click(kind, vocabulary, predefined, sam_size, alpha, state, evt: gr.SelectData, progress=gr.Progress()):
+        state = state.copy()
+        index = evt.index if isinstance(evt.index, list | tuple) and len(evt.index) == 2 else (None, None)
+        state.add(index[0], index[1], kind)
+        return result(service.points(state, vocabulary, predefined, sam_size, alpha, reporter(progress)), state)
+
+    point_image.select(gentle(7, 1)(gpu(click)), inputs=[click_kind, *settings, point_state], **common)
+
+    def edit(operation):
+        def handler(vocabulary, predefined, sam_size, alpha, state, progress=gr.Progress()):
+            state = state.copy()
+            operation(state)
+            if state.key is None:
+                raise InputError("upload a photo first")
+            return result(service.points(state, vocabulary, predefined, sam_size, alpha, reporter(progress)), state)
+
+        return gentle(7, 1)(gpu(handler))
+
+    for button, operation in (
+        (undo_button, PointState.undo),
+        (clear_button, PointState.clear),
+        (relabel_button, lambda state: None),
+    ):
+        button.click(edit(operation), inputs=[*settings, point_state], **common)
+
+    def segment_points(image, points, vocabulary, predefined, box, sam_size, alpha, session, progress=gr.Progress()):
+        state = service.prompt_state(pixels(image), parse_points(points), parse_box(box))
+        out = service.points(state, vocabulary, predefined, sam_size, alpha, reporter(progress))
+        return out.picture, out.segments, state.key
+
+    api_inputs = [api_image, api_points, *settings[:2], api_box, *settings[2:], api_state]
+    api_button.click(
+        friendly(gpu(segment_points)),
+        inputs=api_inputs,
+        outputs=[api_overlay, api_segments, api_state],
+        api_name="segment_points",
+        concurrency_id="points",
+        concurrency_limit=limit,
+    )
+
+
+def build_demo(service: SegmentationService) -> gr.Blocks:
+    predefined_choices = [(title, key) for key, (title, _) in PREDEFINED.items()]
     with gr.Blocks(
         title="Mask-Adapter + SAM-2: open-vocabulary segmentation", delete_cache=(3600, 3600), analytics_enabled=False
     ) as demo:
@@ -97,280 +414,14 @@ def build_demo(service: SegmentationService) -> gr.Blocks:
                 info="Added to the classes you type.",
                 elem_id="predefined",
             )
-
-        with gr.Tab("Automatic", id="automatic"):
-            auto_session = gr.State(None, time_to_live=3600)
-            with gr.Row():
-                with gr.Column():
-                    auto_image = gr.Image(
-                        type="numpy", label="Photo", sources=["upload", "clipboard"], elem_id="auto-image"
-                    )
-                    segment_button = gr.Button("Segment", variant="primary", elem_id="segment")
-                    with gr.Accordion("Advanced", open=False):
-                        sam_size = gr.Dropdown(
-                            service.sam_sizes,
-                            value=service.default_sam_size,
-                            label="SAM-2 size",
-                            info="Other sizes download on first use.",
-                        )
-                        points_per_side = gr.Slider(
-                            4,
-                            64,
-                            defaults.points_per_side,
-                            step=1,
-                            label="Points per side",
-                            info="SAM-2 prompt grid; more finds smaller things, slower.",
-                        )
-                        pred_iou_thresh = gr.Slider(
-                            0,
-                            1,
-                            defaults.pred_iou_thresh,
-                            step=0.01,
-                            label="Pred IoU thresh",
-                            info="SAM-2's own mask quality filter.",
-                        )
-                        stability_score_thresh = gr.Slider(
-                            0, 1, defaults.stability_score_thresh, step=0.01, label="Stability score thresh"
-                        )
-                        mode = gr.Radio(
-                            MODES,
-                            value="per_mask",
-                            label="Mode",
-                            info="One label per SAM-2 mask, or a semantic map merging masks per class.",
-                        )
-                        score_threshold = gr.Slider(
-                            0,
-                            1,
-                            0.0,
-                            step=0.01,
-                            label="Score threshold",
-                            info="Drop segments whose class probability is lower.",
-                        )
-                        granularity = gr.Slider(
-                            0,
-                            1,
-                            0.8,
-                            step=0.01,
-                            label="Granularity",
-                            info="Semantic map: keep masks scoring >= this x the class's best.",
-                        )
-                        alpha = gr.Slider(0, 1, 0.5, step=0.05, label="Overlay alpha")
-                with gr.Column():
-                    auto_output = gr.Image(label="Overlay", interactive=False, format="png", elem_id="auto-output")
-                    auto_message = gr.Markdown(label="Message", elem_id="auto-message")
-                    auto_table = gr.Dataframe(
-                        headers=TABLE_HEADERS,
-                        label="Segment table",
-                        interactive=False,
-                        elem_id="auto-table",
-                        max_height=320,
-                    )
-                    auto_files = gr.File(
-                        label="Downloads (label map PNG, segments JSON)", file_count="multiple", interactive=False
-                    )
-                    auto_json = gr.JSON(label="Segments JSON", visible=False)
-            gr.Examples(EXAMPLES, inputs=[auto_image, vocabulary], label="Examples (photo and vocabulary)")
-
-        with gr.Tab("Point prompt", id="points") as point_tab:
-            point_state = gr.State(PointState(), time_to_live=3600)
-            with gr.Row():
-                with gr.Column():
-                    point_image = gr.Image(
-                        type="numpy",
-                        label="Click on an object",
-                        sources=["upload", "clipboard"],
-                        format="png",
-                        elem_id="point-image",
-                    )
-                    click_kind = gr.Radio(CLICK_KINDS, value="positive", label="A click adds", elem_id="click-kind")
-                    with gr.Row():
-                        undo_button = gr.Button("Undo", elem_id="undo")
-                        clear_button = gr.Button("Clear", elem_id="clear")
-                        relabel_button = gr.Button("Label again", elem_id="relabel")
-                    points_text = gr.Textbox(
-                        "[]", label="Points [x, y, label] (original pixels)", interactive=False, elem_id="points-text"
-                    )
-                with gr.Column():
-                    point_message = gr.Markdown("Upload a photo, then click on an object.", elem_id="point-message")
-                    point_table = gr.Dataframe(
-                        headers=TABLE_HEADERS, label="Segment", interactive=False, elem_id="point-table"
-                    )
-                    point_files = gr.File(label="Downloads", file_count="multiple", interactive=False)
-                    point_json = gr.JSON(label="Segment JSON", visible=False)
-            point_examples = [[row[0]] for row in EXAMPLES]
-
-        with gr.Group(visible=False):  # inputs and outputs of the /segment_points API endpoint
-            api_image = gr.Image(type="numpy", label="image")
-            api_points = gr.Textbox("[]", label="points")
-            api_box = gr.Textbox("", label="box")
-            api_state = gr.State(None, time_to_live=600)
-            api_overlay = gr.Image(label="overlay", format="png")
-            api_segments = gr.JSON(label="segments")
-            api_button = gr.Button("segment points")
-
-        # ---------------------------------------------------------------- events
+        shared = automatic_tab(service, vocabulary, predefined)
+        point_tab(service, shared)
 
         def refresh_banner():
             return service.status_markdown(), gr.Timer(active=service.loading)
 
         demo.load(refresh_banner, outputs=[banner, timer], api_visibility="private")
         timer.tick(refresh_banner, outputs=[banner, timer], api_visibility="private")
-
-        @friendly
-        @gpu
-        def segment_automatic(
-            image,
-            vocabulary,
-            predefined,
-            sam_size,
-            points_per_side,
-            pred_iou_thresh,
-            stability_score_thresh,
-            mode,
-            score_threshold,
-            granularity,
-            alpha,
-            session,
-            progress=gr.Progress(),
-        ):
-            mask_settings = dataclasses.replace(
-                defaults,
-                points_per_side=int(points_per_side),
-                pred_iou_thresh=float(pred_iou_thresh),
-                stability_score_thresh=float(stability_score_thresh),
-            )
-            out, session = service.automatic(
-                image,
-                vocabulary,
-                predefined,
-                session,
-                sam_size,
-                mask_settings,
-                mode,
-                float(score_threshold),
-                float(granularity),
-                float(alpha),
-                reporter(progress),
-            )
-            files = [str(out.label_map_path), str(out.json_path)]
-            return out.picture, out.message, out.rows, files, out.segments, session
-
-        segment_button.click(
-            segment_automatic,
-            inputs=[
-                auto_image,
-                vocabulary,
-                predefined,
-                sam_size,
-                points_per_side,
-                pred_iou_thresh,
-                stability_score_thresh,
-                mode,
-                score_threshold,
-                granularity,
-                alpha,
-                auto_session,
-            ],
-            outputs=[auto_output, auto_message, auto_table, auto_files, auto_json, auto_session],
-            api_name="segment_automatic",
-        )
-
-        point_outputs = [point_image, point_message, point_table, point_files, point_json, points_text, point_state]
-
-        def point_result(out, state):
-            files = [str(out.label_map_path), str(out.json_path)] if out.json_path else None
-            return out.picture, out.message, out.rows, files, out.segments or None, state.points_json(), state
-
-        @friendly
-        def new_point_image(image):
-            if image is None:
-                return PointState(), "Upload a photo, then click on an object.", "[]", None, None
-            state = service.open_point_image(image)
-            return state, "Click on an object to add a point.", "[]", [], None
-
-        for event in (point_image.upload, point_image.clear):
-            event(
-                new_point_image,
-                inputs=[point_image],
-                outputs=[point_state, point_message, points_text, point_table, point_json],
-                api_visibility="private",
-            )
-        with point_tab:
-            gr.Examples(
-                point_examples,
-                inputs=[point_image],
-                label="Examples",
-                fn=new_point_image,
-                outputs=[point_state, point_message, points_text, point_table, point_json],
-                run_on_click=True,
-                cache_examples=False,
-                api_visibility="private",
-            )
-
-        @friendly
-        @gpu
-        def click(kind, vocabulary, predefined, sam_size, alpha, state, evt: gr.SelectData, progress=gr.Progress()):
-            state = state.copy()
-            x, y = evt.index
-            state.add(float(x), float(y), kind)
-            return point_result(
-                service.points(state, vocabulary, predefined, sam_size, alpha, reporter(progress)), state
-            )
-
-        point_image.select(
-            click,
-            inputs=[click_kind, vocabulary, predefined, sam_size, alpha, point_state],
-            outputs=point_outputs,
-            api_visibility="private",
-        )
-
-        def edit(operation):
-            @friendly
-            @gpu
-            def handler(vocabulary, predefined, sam_size, alpha, state, progress=gr.Progress()):
-                state = state.copy()
-                operation(state)
-                if state.key is None:
-                    raise gr.Error("Upload a photo first.", print_exception=False)
-                out = service.points(state, vocabulary, predefined, sam_size, alpha, reporter(progress))
-                return point_result(out, state)
-
-            return handler
-
-        for button, operation in (
-            (undo_button, PointState.undo),
-            (clear_button, PointState.clear),
-            (relabel_button, lambda state: None),
-        ):
-            button.click(
-                edit(operation),
-                inputs=[vocabulary, predefined, sam_size, alpha, point_state],
-                outputs=point_outputs,
-                api_visibility="private",
-            )
-
-        @friendly
-        @gpu
-        def segment_points(
-            image, points, vocabulary, predefined, box, sam_size, alpha, session, progress=gr.Progress()
-        ):
-            state = service.open_point_image(image)
-            state.points = parse_points(points)
-            state.box = parse_box(box)
-            state.actions = ["point"] * len(state.points)
-            if not state.ready:
-                raise gr.Error(
-                    "points need at least one positive point [x, y, 1], or give a box", print_exception=False
-                )
-            out = service.points(state, vocabulary, predefined, sam_size, alpha, reporter(progress))
-            return out.picture, out.segments, state.key
-
-        api_button.click(
-            segment_points,
-            inputs=[api_image, api_points, vocabulary, predefined, api_box, sam_size, alpha, api_state],
-            outputs=[api_overlay, api_segments, api_state],
-            api_name="segment_points",
-        )
     return demo
 
 
@@ -392,14 +443,15 @@ def main(argv: list[str] | None = None) -> int:
     service = SegmentationService(settings)
     service.start(background=spaces is None)  # ZeroGPU wants the models built at start-up
     demo = build_demo(service)
-    demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
     demo.launch(
         server_name=settings.host,
         server_port=settings.port,
         share=settings.share,
         css=CSS,
         allowed_paths=[str(HERE / "examples")],
-        show_error=True,
+        show_error=False,  # only our own short messages reach users (gr.Error)
+        max_file_size=f"{settings.max_upload_mb}mb",
     )
     return 0
 

@@ -24,3 +24,7 @@ class WeightsNotFoundError(MaskAdapterError, FileNotFoundError):
 
 class CheckpointError(MaskAdapterError, RuntimeError):
     """A checkpoint file exists but does not fit the model (missing or extra keys, bad format)."""
+
+
+class ResourceError(MaskAdapterError, RuntimeError):
+    """The device ran out of memory even with the smallest batches."""

@@ -23,10 +23,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ from maskadapter.clip_features import (
     clip_image_features,
     mask_embeddings_from_features,
 )
-from maskadapter.errors import InputError
+from maskadapter.errors import InputError, ResourceError
 from maskadapter.generator import MaskGenerator
 from maskadapter.masks import AutoMaskSettings, encode_image, prompt_mask, sam_cache_key
 from maskadapter.painting import class_presence, per_mask_label_map, semantic_label_map
@@ -52,6 +54,26 @@ TOP_K = 5
 
 # progress of one request: (fraction done in [0, 1], what is being done)
 Progress = Callable[[float, str], None]
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def halving_on_oom(run: Callable[[int], T], size: int, what: str) -> T:
+    """``run(size)``; when the device runs out of memory, its cache is freed and ``run``
+    is retried with half the size, down to 1; then ``ResourceError``."""
+    while True:
+        try:
+            return run(size)
+        except torch.OutOfMemoryError:
+            if size <= 1:
+                raise ResourceError(
+                    f"the device ran out of memory {what}, even one at a time; "
+                    "try a smaller image, fewer points per side or fewer classes"
+                ) from None
+            size //= 2
+            log.warning("out of device memory %s; retrying %d at a time", what, size)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 def _silent(fraction: float, message: str) -> None:
@@ -287,8 +309,12 @@ class Segmenter:
         def batch_done(done: int, total: int) -> None:
             progress(0.1 + 0.6 * done / total, f"SAM-2 masks: point batch {done} of {total}")
 
+        def generate(points_per_batch: int):
+            generator.points_per_batch = points_per_batch
+            return generator.generate_masks(session.image, frame.work_hw, session.sam_cache, batch_done)
+
         with self.lock, torch.inference_mode(), self.autocast():
-            found = generator.generate_masks(session.image, frame.work_hw, session.sam_cache, batch_done)
+            found = halving_on_oom(generate, generator.points_per_batch, "on SAM-2's point batches")
             areas = frame.areas(found.masks)
             order = torch.sort(areas, descending=True, stable=True).indices
             result = MaskSet(
@@ -317,18 +343,21 @@ class Segmenter:
             raise InputError(f"masks must be (N, {session.hw[0]}, {session.hw[1]}), got {tuple(masks.shape)}")
         embeddings, class_index = self.text_embeddings(vocabulary)
         raw, dense = self.clip_features(session)
-        chunks = []
-        with self.lock, torch.inference_mode(), self.autocast():
-            for start in range(0, len(masks), MASK_CHUNK):
-                m = self.transform.masks_to_tensor(masks[start : start + MASK_CHUNK], self.device, session.hw)
+
+        def classify(chunk: int) -> torch.Tensor:
+            logits = []
+            for start in range(0, len(masks), chunk):
+                m = self.transform.masks_to_tensor(masks[start : start + chunk], self.device, session.hw)
                 emb = mask_embeddings_from_features(self.models.clip, self.models.adapter, raw, dense, m)
-                chunks.append(classify_embeddings(self.models.clip, emb, embeddings, class_index)[0].float())
-                done = min(len(masks), start + MASK_CHUNK)
+                logits.append(classify_embeddings(self.models.clip, emb, embeddings, class_index)[0].float())
+                done = min(len(masks), start + chunk)
                 progress(0.7 + 0.2 * done / len(masks), f"Mask-Adapter: {done} of {len(masks)} masks classified")
+            return torch.cat(logits) if logits else torch.zeros(0, len(vocabulary), device=self.device)
+
+        with self.lock, torch.inference_mode(), self.autocast():
+            logits = halving_on_oom(classify, MASK_CHUNK, "in Mask-Adapter")
         self.stats["adapter_runs"] += 1
-        if not chunks:
-            return torch.zeros(0, len(vocabulary), device=self.device)
-        return torch.cat(chunks).softmax(-1)
+        return logits.softmax(-1)
 
     def _probabilities(
         self, session: ImageSession, mask_key: tuple, masks: torch.Tensor, vocabulary: Vocabulary, progress: Progress

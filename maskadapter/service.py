@@ -10,9 +10,12 @@ UI-free: ``app.py`` wires it to Gradio.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import html
 import json
 import logging
+import re
 import tempfile
 import threading
 import time
@@ -45,6 +48,21 @@ MAX_PROMPT_CHARS = 100_000  # points or box JSON text longer than this is refuse
 
 def _quiet(fraction: float, message: str) -> None:
     log.info("%.0f%% %s", 100 * fraction, message)
+
+
+def _sweep(directory: Path) -> None:
+    """Remove the files in ``directory`` older than ``OUTPUT_TTL_S``."""
+    now = time.time()
+    for old in directory.iterdir():
+        with contextlib.suppress(OSError):
+            if old.is_file() and now - old.stat().st_mtime > OUTPUT_TTL_S:
+                old.unlink()
+
+
+def plain(text: str) -> str:
+    """``text`` escaped for Gradio's Markdown (and the HTML it allows): user text such
+    as class names always shows literally."""
+    return re.sub(r"([\\`*_{}\[\]()#+!|~$-])", r"\\\1", html.escape(str(text), quote=False))
 
 
 CLICK_KINDS = ("positive", "negative", "box")
@@ -221,6 +239,7 @@ class SegmentationService:
         self._error: MaskAdapterError | None = None
         self._ready = threading.Event()
         self._load_lock = threading.Lock()
+        self._size_locks: dict[str, threading.Lock] = {}
         self._started = False
         self._status = "loading models..."
         self.output_dir = Path(tempfile.gettempdir()) / "maskadapter-outputs"
@@ -299,7 +318,14 @@ class SegmentationService:
         size = size or self.default_sam_size
         if size not in self.sam_sizes:
             raise InputError(f"SAM-2 size must be one of {', '.join(self.sam_sizes)}, got {size!r}")
+        found = self._by_size.get(size)
+        if found is not None:
+            return found
+        # one lock per size: loading (or downloading) one size never holds up requests
+        # for sizes already loaded, and two requests for the same size load it once
         with self._load_lock:
+            lock = self._size_locks.setdefault(size, threading.Lock())
+        with lock:
             if size not in self._by_size:
                 report(0.05, f"loading SAM-2.1 {size}")
                 path = resolve_sam2_file(self.settings, size, lambda msg: report(0.05, msg))
@@ -331,12 +357,37 @@ class SegmentationService:
         """A fresh point state for an uploaded image: its session is opened in the
         store, and a copy of the pixels is kept on disk to recompute it if evicted."""
         session = self.wait().session(image)
-        uploads = self.output_dir / "uploads"
-        uploads.mkdir(parents=True, exist_ok=True)
-        source = uploads / f"{session.key}.npy"
-        if not source.exists():
-            np.save(source, session.image)
-        return PointState(key=session.key, hw=session.hw, source=str(source))
+        source: Path | None = self.output_dir / "uploads" / f"{session.key}.npy"
+        try:
+            source.parent.mkdir(parents=True, exist_ok=True)
+            _sweep(source.parent)
+            if not source.exists():
+                np.save(source, session.image)
+        except OSError as err:  # the session works; only its recomputation after eviction won't
+            log.warning("could not keep a copy of the photo in %s: %s", source.parent, err)
+            source = None
+        return PointState(key=session.key, hw=session.hw, source=None if source is None else str(source))
+
+    def prompt_state(self, image: object, points: Sequence[Sequence[float]], box: Sequence[float] | None) -> PointState:
+        """A point state for an image with given prompts (the API's one-shot request);
+        the prompts are validated when they are used."""
+        state = self.open_point_image(image)
+        state.points, state.box = [list(p) for p in points], None if box is None else list(box)
+        if not state.ready:
+            raise InputError("give at least one positive point [x, y, 1], or a box [x0, y0, x1, y1]")
+        return state
+
+    def point_picture(self, state: PointState) -> np.ndarray | None:
+        """The state's photo (H, W, 3) uint8 with its prompts drawn; None without a photo."""
+        if state.key is None:
+            return None
+        image = self._point_session(self.wait(), state).image
+        return draw_points(image, self._shown(state), state.box)
+
+    @staticmethod
+    def _shown(state: PointState) -> list[list[float]]:
+        """The points to draw: the state's points and a pending box corner."""
+        return list(state.points) + ([[*state.corner, 1]] if state.corner else [])
 
     @staticmethod
     def _point_session(segmenter: Segmenter, state: PointState) -> ImageSession:
@@ -345,6 +396,8 @@ class SegmentationService:
         if session is not None:
             return session
         try:
+            if state.source is None:
+                raise OSError("no copy kept")
             return segmenter.session(np.load(state.source, allow_pickle=False))
         except (OSError, ValueError, TypeError):
             raise InputError("this photo is no longer on the server; upload it again") from None
@@ -353,20 +406,20 @@ class SegmentationService:
     def vocabulary(text: str | None, predefined: Sequence[str] | None) -> Vocabulary:
         return build_vocabulary(text or "", list(predefined or []))
 
-    def _files(self, result: SegmentationResult, segments: dict, name: str) -> tuple[Path, Path]:
-        """Write the label map and ``segments`` (the result's JSON) for download."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        now = time.time()
-        for old in self.output_dir.iterdir():
-            try:
-                if now - old.stat().st_mtime > OUTPUT_TTL_S:
-                    old.unlink()
-            except OSError:
-                pass
-        tag = uuid.uuid4().hex[:8]
-        labels = save_label_map(result, self.output_dir / f"{name}-labels-{tag}.png")
-        json_path = write_segments_json(segments, self.output_dir / f"{name}-segments-{tag}.json")
-        return labels, json_path
+    def _files(self, result: SegmentationResult, segments: dict, name: str) -> tuple[Path | None, Path | None]:
+        """Write the label map and ``segments`` (the result's JSON) for download; (None,
+        None) when the output directory can't be written (read-only, disk full): the
+        result is still shown, and the failure is logged."""
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            _sweep(self.output_dir)
+            tag = uuid.uuid4().hex[:8]
+            labels = save_label_map(result, self.output_dir / f"{name}-labels-{tag}.png")
+            json_path = write_segments_json(segments, self.output_dir / f"{name}-segments-{tag}.json")
+            return labels, json_path
+        except OSError as err:
+            log.warning("could not write the downloads to %s: %s", self.output_dir, err)
+            return None, None
 
     @staticmethod
     def rows(result: SegmentationResult) -> list[list]:
@@ -417,12 +470,13 @@ class SegmentationService:
         segments = segments_to_dict(result)
         label_path, json_path = self._files(result, segments, "automatic")
         count = len(result.segments)
-        message = f"{count} segment{'' if count == 1 else 's'}"
+        message = f"{count} segment{'' if count == 1 else 's'}."
         if not count:
             message = (
                 "No segment: SAM-2 found no mask that passes its thresholds, or every mask scored "
                 "below the score threshold. Lower them under Advanced."
             )
+        message = self._message(message, segmenter.vocabulary_notes(vocabulary), json_path is not None)
         return Output(picture, self.rows(result), segments, label_path, json_path, message), session.key
 
     def points(
@@ -437,7 +491,7 @@ class SegmentationService:
         """Label the object at the state's points (and box); draws the prompts."""
         if state.key is None:
             raise InputError("upload an image first, then click on the object")
-        shown = list(state.points) + ([[*state.corner, 1]] if state.corner else [])
+        shown = self._shown(state)
         segmenter = self.segmenter(sam_size, report)
         session = self._point_session(segmenter, state)
         image = session.image
@@ -456,8 +510,18 @@ class SegmentationService:
         label_path, json_path = self._files(result, segments, "points")
         if result.segments:
             seg = result.segments[0]
-            alternatives = ", ".join(f"{label} {score:.2f}" for label, score in seg.top5[1:4])
-            message = f"**{seg.label}** ({seg.score:.2f}); alternatives: {alternatives}"
+            alternatives = ", ".join(f"{plain(label)} {score:.2f}" for label, score in seg.top5[1:4])
+            message = f"**{plain(seg.label)}** ({seg.score:.2f}); alternatives: {alternatives}"
         else:
             message = "SAM-2 returned an empty mask for these points; try another click."
+        message = self._message(message, segmenter.vocabulary_notes(vocabulary), json_path is not None)
         return Output(picture, self.rows(result), segments, label_path, json_path, message)
+
+    @staticmethod
+    def _message(message: str, notes: Sequence[str], downloads: bool) -> str:
+        """The result's message (Markdown) with notices about the vocabulary and a word
+        on missing downloads."""
+        extra = [plain(note) + "." for note in notes]
+        if not downloads:
+            extra.append("Downloads are unavailable: the server could not write its output files.")
+        return " ".join([message, *extra])

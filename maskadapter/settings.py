@@ -66,6 +66,11 @@ class Settings:
     host: str | None = _opt(None, "address to serve on (default: Gradio's)", app_only=True)
     port: int | None = _opt(None, "port to serve on (default: Gradio's, 7860)", app_only=True)
     share: bool = _opt(False, "create a public Gradio share link", app_only=True)
+    concurrency: int = _opt(
+        2, "requests the app runs at once per event (model work itself takes turns on one lock)", app_only=True
+    )
+    queue_size: int = _opt(64, "requests that may wait in the app's queue; more are turned away", app_only=True)
+    max_upload_mb: int = _opt(50, "largest file the app accepts as an upload, MB", app_only=True)
 
     def __post_init__(self) -> None:
         if self.sam_size not in SAM2_SIZES:
@@ -76,6 +81,9 @@ class Settings:
             raise InputError(f"session_cache_mb must be at least 1, got {self.session_cache_mb}")
         if self.short_side < 32 or self.max_size < self.short_side:
             raise InputError(f"expected 32 <= short_side <= max_size, got {self.short_side} and {self.max_size}")
+        for name in ("concurrency", "queue_size", "max_upload_mb"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.text_cache_entries < 0 or self.text_cache_mb < 0:
             got = f"{self.text_cache_entries} and {self.text_cache_mb}"
             raise InputError(f"text_cache_entries and text_cache_mb must be >= 0, got {got}")

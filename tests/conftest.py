@@ -3,6 +3,7 @@ real builders, a small example photo, and a synthetic SAM-2 decoder for varied m
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -102,3 +103,61 @@ class SyntheticSAM:
 def synthetic_sam(tiny_models):
     with SyntheticSAM(tiny_models.sam2) as synthetic:
         yield synthetic
+
+
+class AppProcess:
+    """`python app.py --tiny-random` as a separate process, as a user starts it, with
+    extra environment variables; ``url``, ``pid`` and the ``log`` text once stopped."""
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/"
+        self.log_path = workdir / "app.log"
+        self.env = {
+            **os.environ,
+            "MASKADAPTER_CACHE_DIR": str(workdir / "cache"),
+            "MASKADAPTER_SHORT_SIDE": "320",
+            "MASKADAPTER_MAX_SIZE": "480",
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            **(env or {}),
+        }
+        self.command = [sys.executable, "app.py", "--tiny-random", "--port", str(port)]
+
+    def __enter__(self) -> AppProcess:
+        import subprocess
+        import time
+        import urllib.request
+
+        with open(self.log_path, "w") as out:
+            self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.__exit__()
+                    raise RuntimeError(f"the app did not start:\n{self.log[-3000:]}") from None
+                time.sleep(0.5)
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def rss(self) -> int:
+        """The app process's resident memory in bytes."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")

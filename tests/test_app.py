@@ -273,6 +273,74 @@ def test_two_sessions_do_not_share_state(app_server, browser, tmp_path):
     second.close()
 
 
+def _no_error_badge(page, selector: str) -> None:
+    """The component is shown normally: no error status in place of its content."""
+    text = page.locator(selector).inner_text()
+    assert "Error" not in text, (selector, text)
+    assert page.locator(f"{selector} .error").count() == 0, selector
+
+
+def test_errors_keep_the_photo_points_and_result(app_server, browser, tmp_path):
+    url, _ = app_server
+    view = Page(browser, url)
+    page = view.page
+    vocabulary = page.locator("#vocabulary textarea")
+
+    # Automatic: a result, then a failed run (empty vocabulary), then a new run
+    page.locator("#auto-image input[type=file]").set_input_files(str(_small_copy(tmp_path, "chelsea.png", 240)))
+    page.locator("#auto-image img").wait_for()
+    vocabulary.fill("cat, wall")
+    page.locator("#segment").click()
+    page.wait_for_function(f"() => document.querySelectorAll('#auto-table {ROWS}').length > 0")
+    rows = page.locator(f"#auto-table {ROWS}").count()
+    overlay = page.locator("#auto-output img").get_attribute("src")
+    vocabulary.fill(" , | ")
+    page.locator("#segment").click()
+    page.locator("#auto-message").get_by_text("the vocabulary is empty").wait_for()
+    assert page.locator("#auto-image img").is_visible() and page.locator("#auto-output img").is_visible()
+    assert page.locator("#auto-output img").get_attribute("src") == overlay  # the previous result stays
+    assert page.locator(f"#auto-table {ROWS}").count() == rows
+    for selector in ("#auto-image", "#auto-output", "#auto-table"):
+        _no_error_badge(page, selector)
+    view.screenshot("automatic_error.png")
+    vocabulary.fill("cat, wall, floor")
+    page.locator("#segment").click()
+    page.locator("#auto-message").get_by_text("segment").wait_for()
+    page.wait_for_function("() => !document.querySelector('#auto-message').innerText.includes('empty')")
+
+    # Point prompt: a result, then an empty vocabulary and a zero-size box (bad clicks)
+    view.open_point_tab(_small_copy(tmp_path, "coffee.png", 300))
+    view.click_image(0.5, 0.5, "positive point")
+    page.get_by_text("alternatives:").wait_for()
+    page.wait_for_function(f"() => document.querySelectorAll('#point-table {ROWS}').length === 1")
+
+    def click_and_wait_for(fx: float, fy: float, kind: str, message: str) -> None:
+        page.locator("#click-kind").get_by_text(kind).click()
+        img = page.locator("#point-image img")
+        box = img.bounding_box()
+        img.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
+        page.locator("#point-message").get_by_text(message).wait_for()
+
+    vocabulary.fill(" , ")
+    click_and_wait_for(0.3, 0.3, "positive point", "the vocabulary is empty")
+    assert len(json.loads(view.points())) == 1  # the refused click was not added
+    assert page.locator(f"#point-table {ROWS}").count() == 1  # the previous result stays
+    for selector in ("#point-image", "#point-table"):
+        _no_error_badge(page, selector)
+    assert page.locator("#point-image img").is_visible()
+    vocabulary.fill("mug, table")
+    click_and_wait_for(0.2, 0.2, "box corner", "alternatives")  # first corner: added (the message was the error)
+    click_and_wait_for(0.2, 0.2, "box corner", "pixel")  # the same spot again: an empty box
+    assert [p[2] for p in json.loads(view.points())] == [1]
+    _no_error_badge(page, "#point-image")
+    view.screenshot("point_error.png")
+    view.click_image(0.6, 0.6, "positive point")  # clicking still works after the errors
+    page.wait_for_function("() => document.querySelector('#point-message').innerText.includes('alternatives')")
+    assert [p[2] for p in json.loads(view.points())] == [1, 1]
+    assert view.errors == [], view.errors
+    view.close()
+
+
 # ---------------------------------------------------------------------------- the README's way
 
 

@@ -1,0 +1,272 @@
+"""Every kind of bad (and odd but valid) input through the named API of the running app
+(`python app.py --tiny-random`, driven by gradio_client): images, vocabularies,
+points and boxes, and attempts to read server files. Each request returns a result
+or a one-line error without a traceback or internal text, and the app keeps
+answering. The app runs with a cache directory it cannot create, so every
+text-embedding cache write fails on the way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import EXAMPLES, AppProcess
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+FAST = {"points_per_side": 4}  # a 4x4 SAM-2 grid: the checks are about inputs, not masks
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    work = tmp_path_factory.mktemp("app")
+    blocker = work / "not-a-directory"
+    blocker.write_text("a file where the cache directory should be")
+    with AppProcess(work, {"MASKADAPTER_CACHE_DIR": str(blocker / "cache")}) as proc:
+        yield proc
+    # the only tracebacks in the server's log are Gradio's own refusals of forged file
+    # payloads (test_server_files_cannot_be_read); no error of ours is unexpected
+    for block in proc.log.split("Traceback (most recent call last):")[1:]:
+        last = [line for line in block.splitlines() if line and not line.startswith(" ")][0]
+        assert last.startswith(("gradio.exceptions.InvalidPathError", "pydantic_core")), block[-2000:]
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from gradio_client import Client
+
+    return Client(app.url, verbose=False)
+
+
+def _photo(width: int = 120) -> Image.Image:
+    with Image.open(EXAMPLES / "chelsea.png") as im:
+        im = im.convert("RGB")
+        return im.resize((width, round(im.height * width / im.width)))
+
+
+def _clean_error(err: Exception) -> str:
+    """The message of a refused request, checked to be one short line of our own."""
+    text = str(err).strip()
+    assert "\n" not in text and len(text) < 400, text
+    for leak in ("Traceback", 'File "', "Exception", "Could not preprocess", "error id"):
+        assert leak not in text, text
+    return text
+
+
+def _call(client, *args, api_name: str, **kwargs):
+    """(result, None) or (None, message) of one request."""
+    from gradio_client.exceptions import AppError
+
+    try:
+        return client.predict(*args, api_name=api_name, **kwargs), None
+    except AppError as err:
+        return None, _clean_error(err)
+
+
+def _automatic(client, path: Path, vocabulary: str = "cat, wall, floor", **kwargs):
+    from gradio_client import handle_file
+
+    return _call(client, handle_file(str(path)), vocabulary, **{**FAST, **kwargs}, api_name="/segment_automatic")
+
+
+def _points(client, path: Path, points: str, vocabulary: str = "cat, wall", box: str = ""):
+    from gradio_client import handle_file
+
+    return _call(client, handle_file(str(path)), points, vocabulary, box=box, api_name="/segment_points")
+
+
+def _still_answers(client, tmp_path: Path) -> None:
+    path = tmp_path / "check.png"
+    _photo(90).save(path)
+    result, error = _automatic(client, path)
+    assert error is None and result[4]["image"]["width"] == 90
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def _image_files(tmp: Path) -> dict[str, tuple[Path, tuple[int, int] | str]]:
+    """name -> (file, expected (width, height) of the result, or a fragment of the refusal)."""
+    rgb = _photo(120)  # 120 x 80
+    w, h = rgb.size
+    files: dict[str, tuple[Path, tuple[int, int] | str]] = {}
+
+    def save(name: str, im: Image.Image, expect, **kwargs) -> None:
+        path = tmp / name
+        im.save(path, **kwargs)
+        files[name] = (path, expect)
+
+    save("gray.png", rgb.convert("L"), (w, h))
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize((w, h)))
+    save("rgba.png", rgba, (w, h))
+    save("palette.png", rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16), (w, h))
+    gray16 = np.asarray(rgb.convert("L"), dtype=np.uint16) * 257
+    save("gray16.png", Image.fromarray(gray16), (w, h))
+    save("cmyk.jpg", rgb.convert("CMYK"), (w, h), quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees: portrait
+    save("exif6.jpg", rgb, (h, w), exif=exif, quality=90)
+    save("one-pixel.png", Image.new("RGB", (1, 1), (200, 10, 10)), "too small")
+    save("wide.png", rgb.resize((1200, 12)), (1200, 12))
+    save("tall.png", rgb.resize((12, 1200)), (12, 1200))
+    save("needle.png", Image.new("RGB", (30000, 8)), "too elongated")
+    save("large.jpg", rgb.resize((3000, 2000)), (3000, 2000), quality=80)
+    save("too-many-pixels.png", Image.new("L", (9000, 5000)), "too large")
+    (tmp / "text.png").write_text("this is not a picture\n" * 20)
+    files["text.png"] = (tmp / "text.png", "not an image file")
+    (tmp / "empty.jpg").write_bytes(b"")
+    files["empty.jpg"] = (tmp / "empty.jpg", "not an image file")
+    for name, source in (("truncated.png", "gray.png"), ("truncated.jpg", "cmyk.jpg")):
+        data = files[source][0].read_bytes()
+        (tmp / name).write_bytes(data[: len(data) // 3])
+        files[name] = (tmp / name, "not an image file")
+    return files
+
+
+def test_images(client, tmp_path):
+    for name, (path, expect) in _image_files(tmp_path).items():
+        result, error = _automatic(client, path)
+        if isinstance(expect, tuple):
+            assert error is None, (name, error)
+            segments = result[4]
+            assert (segments["image"]["width"], segments["image"]["height"]) == expect, name
+            assert Image.open(result[0]).size[0] == expect[0], name  # the overlay too
+        else:
+            assert result is None and expect in error.lower(), (name, error)
+    # orientation applied in the point endpoint too: (100, 10) exists only when upright
+    path, _ = _image_files(tmp_path)["exif6.jpg"]
+    result, error = _points(client, path, "[[70, 110, 1]]")
+    assert error is None and (result[1]["image"]["width"], result[1]["image"]["height"]) == (80, 120), error
+    _still_answers(client, tmp_path)
+
+
+# ---------------------------------------------------------------------------- vocabularies
+
+
+def test_vocabularies(client, tmp_path):
+    path = tmp_path / "cat.png"
+    _photo(100).save(path)
+    for text in ("", "   ", ", ,\n | ,|", "\u200b, \t"):
+        result, error = _automatic(client, path, text)
+        assert result is None and "vocabulary is empty" in error, (text, error)
+
+    result, error = _automatic(client, path, "cat, Cat, CAT | kitten, cat")
+    assert error is None and result[4]["labels"] == ["cat"]
+
+    names = ["猫", "café", "cafe\u0301", "🐱 cat", "שָׁלוֹם", "<b>bold</b>", "**star**", "$x^2$", "[a](http://x.y)"]
+    result, error = _automatic(client, path, ", ".join(names))
+    assert error is None, error
+    labels = result[4]["labels"]
+    assert labels == [n for n in names if n != "cafe\u0301"]  # the same name composed and decomposed
+    for row in result[2]["data"]:
+        assert row[0] in labels  # the table holds the names as typed
+    assert "<b>" not in result[1] or "&lt;b&gt;" in result[1]  # the message escapes markup
+
+    long_name = "a very long class name " * 30
+    result, error = _automatic(client, path, f"cat, {long_name}")
+    assert error is None, error
+    assert len(result[4]["labels"]) == 2 and len(result[4]["labels"][1]) < len(long_name.strip())
+    assert "cut" in result[1] or "truncat" in result[1], result[1]  # the message says so
+
+    many = ", ".join(f"class number {i}" for i in range(2500))
+    result, error = _automatic(client, path, many)
+    assert error is None and len(result[4]["labels"]) == 2500, error
+    result, error = _automatic(client, path, ", ".join(f"c{i}" for i in range(3001)))
+    assert result is None and "3000" in error
+    _still_answers(client, tmp_path)
+
+
+# ---------------------------------------------------------------------------- points and boxes
+
+
+def test_points_and_boxes(client, tmp_path):
+    path = tmp_path / "cat.png"
+    _photo(120).save(path)  # 120 x 80
+    good = [
+        ("[[60, 40, 1]]", ""),
+        ("[[60, 40, 1], [5, 5, 0]]", ""),
+        ("[]", "[10, 10, 100, 70]"),
+        ("[]", "[100, 70, 10, 10]"),  # corners in any order
+        ("[]", "[100, 10, 10, 70]"),
+        ("[[60, 40, 0]]", "[10, 10, 100, 70]"),  # a negative point with a box
+    ]
+    boxes = []
+    for points, box in good:
+        result, error = _points(client, path, points, box=box)
+        assert error is None, (points, box, error)
+        assert len(result[1]["segments"]) <= 1
+        if box:
+            boxes.append(result[1])
+    assert boxes[0]["segments"] == boxes[1]["segments"] == boxes[2]["segments"]
+    bad = [
+        ("[[500, 10, 1]]", "", "outside"),
+        ("[[-1, 10, 1]]", "", "outside"),
+        ("[[1, 2", "", "json"),
+        ('{"x": 1}', "", "point"),
+        ("[[1, 2]]", "", "point"),
+        ("[[1, 2, 3, 4]]", "", "point"),
+        ("[1, 2, 1]", "", "point"),
+        ('[["a", 2, 1]]', "", "point"),
+        ("[[NaN, 2, 1]]", "", ""),
+        ("[[Infinity, 2, 1]]", "", ""),
+        ("[[10, 20, 0.5]]", "", "label"),
+        ("[]", "", "positive"),
+        ("[[10, 20, 0]]", "", "positive"),
+        (json.dumps([[1 + i % 100, 1 + i % 70, 1] for i in range(65)]), "", "64"),
+        ("[]", "[1, 2, 3]", "box"),
+        ("[]", "[10, 10, 10, 70]", "box"),
+        ("[]", "[10, 10, 500, 70]", "box"),
+        ("[]", "[NaN, 1, 2, 3]", "box"),
+        ("[]", "not json", "box"),
+    ]
+    for points, box, fragment in bad:
+        result, error = _points(client, path, points, box=box)
+        assert result is None and fragment in error.lower(), (points, box, error)
+    _still_answers(client, tmp_path)
+
+
+# ---------------------------------------------------------------------------- safety
+
+
+def _raw_call(url: str, endpoint: str, data: list) -> tuple[str, str]:
+    """One request through Gradio's plain HTTP API (no client-side file handling, so a
+    path is sent as is): (event, data) of the final server-sent event."""
+    import urllib.request
+
+    body = json.dumps({"data": data}).encode()
+    request = urllib.request.Request(
+        f"{url}gradio_api/call/{endpoint}", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        event_id = json.loads(response.read())["event_id"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/{endpoint}/{event_id}", timeout=120) as response:
+        text = response.read().decode()
+    events = re.findall(r"^event: (\w+)\ndata: (.*)$", text, flags=re.MULTILINE)
+    return events[-1]
+
+
+def test_server_files_cannot_be_read(client, app, tmp_path):
+    secret = tmp_path / "secret.png"  # a valid image on the server's disk, outside its uploads
+    _photo(64).save(secret)
+    values = [
+        str(secret),
+        {"path": str(secret), "meta": {"_type": "gradio.FileData"}},
+        {"path": str(secret), "url": None, "orig_name": "x.png", "meta": {"_type": "gradio.FileData"}},
+        {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}},
+        "/etc/passwd",
+    ]
+    for value in values:
+        inputs = [value, "cat", [], "tiny-random", 4, 0.0, 0.0, "per_mask", 0.0, 0.8, 0.5]
+        event, data = _raw_call(app.url, "segment_automatic", inputs)
+        assert event == "error", (value, event, data[:200])  # never decoded, never segmented
+        assert "root:" not in data and "Traceback" not in data
+    # the same file uploaded by the client is fine: it is the client's file
+    result, error = _automatic(client, secret, "cat")
+    assert error is None and result[4]["image"]["width"] == 64
+    _still_answers(client, tmp_path)

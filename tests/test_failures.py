@@ -1,0 +1,122 @@
+"""How failures reach people: the app's error wrappers (short messages, an id for the
+unexpected, user state untouched), out-of-memory retries with smaller chunks, and
+output files that can't be written."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+
+import app
+from maskadapter.errors import InputError, ResourceError
+from maskadapter.masks import AutoMaskSettings
+from maskadapter.service import SegmentationService, plain
+from maskadapter.settings import Settings
+from maskadapter.vocabulary import build_vocabulary
+
+OPEN = AutoMaskSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+
+
+def _broken(*args):
+    raise RuntimeError("secret internal detail at /srv/models/x.pt")
+
+
+def _refused(*args):
+    raise InputError("the vocabulary is empty: type <b>class</b> names")
+
+
+def test_api_errors_are_short_and_unexpected_ones_get_an_id(caplog):
+    with pytest.raises(gr.Error) as err:
+        app.friendly(_refused)()
+    assert err.value.message == "the vocabulary is empty: type &lt;b&gt;class&lt;/b&gt; names"
+
+    with caplog.at_level(logging.ERROR, logger="app"), pytest.raises(gr.Error) as err:
+        app.friendly(_broken)()
+    message = err.value.message
+    assert "secret" not in message and "RuntimeError" not in message and "/srv" not in message
+    ref = re.search(r"error id ([0-9a-f]{8})", message).group(1)
+    logged = [r for r in caplog.records if ref in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None  # the traceback is in the log, under the id
+
+
+def test_ui_errors_leave_every_output_and_state_alone(monkeypatch):
+    warnings = []
+    monkeypatch.setattr(gr, "Warning", lambda message: warnings.append(message))
+    for fn, expected in ((_refused, "the vocabulary is empty"), (_broken, "error id")):
+        result = app.gentle(4, 1)(fn)("photo", "state")
+        assert len(result) == 4
+        assert [r for i, r in enumerate(result) if i != 1] == [gr.skip()] * 3  # nothing else changes
+        assert expected in result[1] and expected in warnings[-1]
+    assert "&lt;b&gt;" in warnings[0] and "<b>" not in result[1]
+    # restore: the previous photo comes back when a new upload fails
+    result = app.gentle(3, 1, restore=lambda image, state: {0: f"picture of {state}"})(_refused)("bad", "old")
+    assert result[0] == "picture of old" and result[2] == gr.skip()
+
+
+def test_plain_shows_markup_literally():
+    for text in ("<b>x</b>", "**bold**", "[a](http://b)", "$x^2$", "a_b_c", "`code`", "# title", "| t |", "\\"):
+        escaped = plain(text)
+        assert "<" not in escaped and ">" not in escaped
+        # every Markdown punctuation character is escaped, so none of it is markup
+        unescaped = re.sub(r"\\(.)", r"\1", escaped)
+        assert unescaped.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&") == text
+
+
+def test_out_of_memory_retries_with_smaller_chunks(segmenter, image, monkeypatch):
+    import maskadapter.generator as generator
+    import maskadapter.segmenter as segmenter_module
+
+    vocabulary = build_vocabulary("cat, wall")
+    expected = segmenter.segment_automatic(image, vocabulary, OPEN)
+    segmenter.store = type(segmenter.store)(segmenter.store.budget_bytes)  # recompute everything
+
+    batch, embed = generator.MaskGenerator._batch, segmenter_module.mask_embeddings_from_features
+    sizes = {"points": [], "masks": []}
+
+    def small_batches(self, predictor, points, *args):
+        sizes["points"].append(len(points))
+        if len(points) > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return batch(self, predictor, points, *args)
+
+    def small_chunks(clip, adapter, raw, dense, masks):
+        sizes["masks"].append(masks.shape[1])
+        if masks.shape[1] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return embed(clip, adapter, raw, dense, masks)
+
+    monkeypatch.setattr(generator.MaskGenerator, "_batch", small_batches)
+    monkeypatch.setattr(segmenter_module, "mask_embeddings_from_features", small_chunks)
+    got = segmenter.segment_automatic(image, vocabulary, OPEN)
+    assert max(sizes["points"]) == 64 and sizes["points"][-1] == 16  # 64 -> 32 -> 16 points per batch
+    assert sizes["masks"][-1] <= 2
+    np.testing.assert_array_equal(got.label_map, expected.label_map)
+    assert [s.label for s in got.segments] == [s.label for s in expected.segments]
+    np.testing.assert_allclose([s.score for s in got.segments], [s.score for s in expected.segments], atol=1e-5)
+
+    def never(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(segmenter_module, "mask_embeddings_from_features", never)
+    with pytest.raises(ResourceError, match="ran out of memory in Mask-Adapter"):
+        segmenter.segment_automatic(image, build_vocabulary("dog"), OPEN)
+
+
+def test_unwritable_output_directory_still_gives_the_result(tiny_files, tmp_path, image):
+    service = SegmentationService(Settings(tiny_random=True, device="cpu", cache_dir=str(tmp_path / "cache")))
+    service.start(background=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    service.output_dir = blocker / "outputs"  # cannot be created, even by root
+    out, _ = service.automatic(image, "cat, wall", mask_settings=OPEN)
+    assert out.label_map_path is None and out.json_path is None
+    assert out.segments["segments"] and "Downloads are unavailable" in out.message
+    state = service.open_point_image(image)  # no on-disk copy, but the session works
+    assert state.source is None
+    state.add(80, 50, "positive")
+    assert service.points(state, "cat, wall").segments["segments"]
