@@ -271,9 +271,10 @@ class SegmentationService:
         except MaskAdapterError as err:
             self._error = err
             log.error("%s", err)
-        except Exception as err:  # keep serving the page; every request reports this
-            self._error = MaskAdapterError(f"the models could not be loaded: {type(err).__name__}: {err}")
-            log.exception("model loading failed")
+        except Exception:  # keep serving the page; every request reports this, without internal text
+            ref = uuid.uuid4().hex[:8]
+            self._error = MaskAdapterError(f"the models could not be loaded (error id {ref}; the server log has it)")
+            log.exception("error %s: model loading failed", ref)
         finally:
             self._ready.set()
 

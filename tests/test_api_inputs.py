@@ -27,7 +27,8 @@ def app(tmp_path_factory):
     work = tmp_path_factory.mktemp("app")
     blocker = work / "not-a-directory"
     blocker.write_text("a file where the cache directory should be")
-    with AppProcess(work, {"MASKADAPTER_CACHE_DIR": str(blocker / "cache")}) as proc:
+    env = {"MASKADAPTER_CACHE_DIR": str(blocker / "cache"), "MASKADAPTER_MAX_UPLOAD_MB": "4"}
+    with AppProcess(work, env) as proc:
         yield proc
     # the only tracebacks in the server's log are Gradio's own refusals of forged file
     # payloads (test_server_files_cannot_be_read); no error of ours is unexpected
@@ -129,7 +130,7 @@ def _image_files(tmp: Path) -> dict[str, tuple[Path, tuple[int, int] | str]]:
     return files
 
 
-def test_images(client, tmp_path):
+def test_images(client, app, tmp_path):
     for name, (path, expect) in _image_files(tmp_path).items():
         result, error = _automatic(client, path)
         if isinstance(expect, tuple):
@@ -139,6 +140,13 @@ def test_images(client, tmp_path):
             assert Image.open(result[0]).size[0] == expect[0], name  # the overlay too
         else:
             assert result is None and expect in error.lower(), (name, error)
+    # an upload over the app's size cap (4 MB here) is refused before anything reads it
+    noise = np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    assert (tmp_path / "noise.png").stat().st_size > 4_500_000
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):  # gradio_client checks first
+        _automatic(client, tmp_path / "noise.png")
+    assert _raw_upload(app.url, tmp_path / "noise.png") >= 400  # and the server refuses it anyway
     # orientation applied in the point endpoint too: (100, 10) exists only when upright
     path, _ = _image_files(tmp_path)["exif6.jpg"]
     result, error = _points(client, path, "[[70, 110, 1]]")
@@ -232,6 +240,30 @@ def test_points_and_boxes(client, tmp_path):
 
 
 # ---------------------------------------------------------------------------- safety
+
+
+def _raw_upload(url: str, path: Path) -> int:
+    """HTTP status of a plain multipart upload of ``path`` to the app."""
+    import urllib.error
+    import urllib.request
+
+    boundary = "maskadapter-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{path.name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + path.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{url}gradio_api/upload", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 def _raw_call(url: str, endpoint: str, data: list) -> tuple[str, str]:

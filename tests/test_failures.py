@@ -4,6 +4,7 @@ output files that can't be written."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
@@ -120,3 +121,56 @@ def test_unwritable_output_directory_still_gives_the_result(tiny_files, tmp_path
     assert state.source is None
     state.add(80, 50, "positive")
     assert service.points(state, "cat, wall").segments["segments"]
+
+
+class _Payload:
+    """Unpickling this would run code: weights_only loading must refuse it."""
+
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path(__import__('os').environ['PWNED']).write_text('ran')",))
+
+
+def test_checkpoints_with_code_are_refused(tiny_files, tmp_path, monkeypatch):
+    from maskadapter.errors import CheckpointError
+    from maskadapter.weights import build_models
+
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("PWNED", str(marker))
+    state = torch.load(tiny_files.adapter_checkpoint, weights_only=True)
+    evil = tmp_path / "adapter.pth"
+    torch.save({**state, "extra": _Payload()}, evil)
+    files = dataclasses.replace(tiny_files, adapter_checkpoint=evil)
+    with pytest.raises(CheckpointError, match="cannot read"):
+        build_models(files, "cpu")
+    assert not marker.exists()
+
+
+def test_a_sam2_size_loading_does_not_block_other_requests(tmp_path, image, monkeypatch):
+    import threading
+
+    import maskadapter.service as service_module
+
+    service = SegmentationService(Settings(tiny_random=True, device="cpu", cache_dir=str(tmp_path / "cache")))
+    service.start(background=False)
+    base = service.wait()
+    monkeypatch.setattr(SegmentationService, "sam_sizes", property(lambda self: ["tiny-random", "small"]))
+    release, started = threading.Event(), threading.Event()
+
+    def slow_download(settings, size, report):
+        started.set()
+        assert release.wait(60), "never released"
+        return "small.pt"
+
+    monkeypatch.setattr(service_module, "resolve_sam2_file", slow_download)
+    monkeypatch.setattr(service_module, "build_sam2_model", lambda path, device, config: base.models.sam2)
+    monkeypatch.setattr(service_module, "sam2_config_for", lambda settings, size: None)
+    loaded = {}
+    loader = threading.Thread(target=lambda: loaded.setdefault("small", service.segmenter("small")))
+    loader.start()
+    assert started.wait(30)
+    # while "small" downloads, a request on the loaded size runs to the end
+    out, _ = service.automatic(image, "cat, wall", mask_settings=OPEN, sam_size="tiny-random")
+    assert out.segments["segments"] and loader.is_alive()
+    release.set()
+    loader.join(30)
+    assert loaded["small"] is service.segmenter("small") and loaded["small"] is not base
