@@ -46,7 +46,7 @@ EXAMPLES = [
     [str(HERE / "examples" / "rocket.jpg"), "rocket, smoke | steam, sky, tower, trees, ground"],
 ]
 CLICK_KINDS = [("positive point (+)", "positive"), ("negative point (-)", "negative"), ("box corner (2 clicks)", "box")]
-MODES = [("label per mask", "per_mask"), ("semantic map", "semantic")]
+MODES = [("semantic map", "semantic"), ("one label per mask", "per_mask")]
 VOCAB_HINT = "Commas or new lines between classes, `|` between synonyms: `tree | bush, sky, person | people`."
 CSS = "#banner {font-size: 0.95em} .gradio-container {max-width: 1400px !important}"
 START = "Upload a photo, then click on an object."
@@ -181,9 +181,9 @@ def automatic_tab(service: SegmentationService, vocabulary: gr.Textbox, predefin
                     )
                     mode = gr.Radio(
                         MODES,
-                        value="per_mask",
+                        value="semantic",
                         label="Mode",
-                        info="One label per SAM-2 mask, or a semantic map merging masks per class.",
+                        info="A semantic map merging masks per class (the method's demo), or one label per SAM-2 mask.",
                     )
                     score_threshold = gr.Slider(
                         0,

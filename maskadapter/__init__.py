@@ -2,7 +2,7 @@
 
 The contract (names and signatures that stay fixed)::
 
-    VILD_TEMPLATES, MaskAdapterHead, encode_vocabulary, mask_logits
+    VILD_TEMPLATES, MaskAdapterHead, encode_vocabulary, mask_logits, semantic_map
 
 ``MaskGenerator`` (SAM-2 automatic masks without sam2's per-mask overheads), and
 the pieces built on it: ``Segmenter`` (models + session store; image -> segments),
@@ -22,6 +22,7 @@ from maskadapter.generator import MaskGenerator
 from maskadapter.images import check_image, load_image
 from maskadapter.masks import AutoMaskSettings
 from maskadapter.modeling import MaskAdapterHead
+from maskadapter.painting import semantic_map
 from maskadapter.segmenter import Segment, SegmentationResult, Segmenter
 from maskadapter.session import ImageSession, SessionStore
 from maskadapter.settings import Settings
@@ -51,4 +52,5 @@ __all__ = [
     "load_image",
     "mask_logits",
     "parse_vocabulary",
+    "semantic_map",
 ]

@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mode",
         choices=MODES,
-        default="per_mask",
-        help="one label per SAM-2 mask, or a semantic map (default: per_mask)",
+        default="semantic",
+        help="semantic: a semantic map merging masks per class, as the Mask-Adapter demo draws it; "
+        "per_mask: one label per SAM-2 mask (default: semantic)",
     )
     parser.add_argument(
         "--score-threshold", type=float, default=0.0, help="drop segments whose class probability is lower (default 0)"

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, default=768)
     parser.add_argument("--image", type=Path, default=EXAMPLE, help="photo to resize (default: an example)")
     add_mask_arguments(parser)
-    parser.add_argument("--mode", default="per_mask", choices=("per_mask", "semantic"))
+    parser.add_argument("--mode", default="semantic", choices=("semantic", "per_mask"))
     parser.add_argument("--no-sam2", action="store_true", help="skip sam2's own generator (slow on CPU)")
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
     add_arguments(parser)

@@ -1,13 +1,17 @@
 """Label maps from classified masks, vectorised, at the working resolution.
 
-Both functions take masks as an (N, h, w) bool tensor (largest first) and loop over
+The functions take masks as an (N, h, w) bool tensor (largest first) and loop over
 chunks of masks, never over single masks, so their cost is one pass over the masks.
-The semantic construction lives in ``semantic_label_map`` alone.
+The semantic construction lives in ``semantic_label_map`` alone (``semantic_map`` is
+its public numpy form).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from maskadapter.errors import InputError
 
 CHUNK = 32  # masks per step: bounds the temporary (CHUNK, h, w) tensors
 
@@ -35,35 +39,76 @@ def per_mask_label_map(masks: torch.Tensor, class_ids: torch.Tensor, chunk: int 
 
 
 def semantic_label_map(
-    masks: torch.Tensor, probs: torch.Tensor, granularity: float, score_threshold: float = 0.0, chunk: int = CHUNK
+    masks: torch.Tensor, probs: torch.Tensor, granularity: float, extra_classes: int = 0, chunk: int = CHUNK
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The semantic map: one label per pixel from the masks kept per class.
+    """The semantic map (OVSeg's SAM visualisation, as the Mask-Adapter demo draws it).
 
-    A (mask, class) pair is kept when its probability is at least ``granularity`` x the
-    class's best over all masks, and at least ``score_threshold``. Each pixel takes
-    the class of the kept pair with the highest probability among the masks covering
-    it (the first such pair on ties); pixels covered by no kept pair stay -1.
+    A mask is kept when, for at least one class c, its probability for c is at least
+    ``granularity`` x the best probability any mask has for c. Every kept mask adds its
+    whole probability row to each pixel it covers; each pixel takes the class with the
+    largest sum (the first on ties); a pixel covered by no kept mask stays -1. The last
+    ``extra_classes`` columns (e.g. "others") take part in the sums but keep no mask,
+    and the pixels they win stay -1.
+
+    Pixels covered by the same set of kept masks share their sums, so the sums are
+    computed once per distinct set (found with ``torch.unique``), not per pixel.
 
     Args:
         masks: (N, h, w) bool; probs: (N, C) float class probabilities.
     Returns:
-        (label_map (h, w) long, keep (N, C) bool: the kept pairs).
+        (label_map (h, w) long, kept (N,) bool).
     """
     n, h, w = masks.shape
-    best = probs.amax(0, keepdim=True)  # (1, C)
-    keep = (probs >= granularity * best) & (probs >= score_threshold)  # (N, C)
-    value = torch.where(keep, probs, -1.0)
-    mask_value, mask_class = value.max(1)  # (N,) each mask's best kept pair (first on ties)
-    top = torch.full((h, w), -1.0, dtype=value.dtype, device=masks.device)
-    labels = torch.full((h, w), -1, dtype=torch.long, device=masks.device)
-    for start in range(0, n, chunk):
-        part = masks[start : start + chunk] & (mask_value[start : start + chunk] >= 0)[:, None, None]
-        values = torch.where(part, mask_value[start : start + chunk, None, None], -1.0)
-        chunk_top, chunk_arg = values.max(0)  # first maximum within the chunk
-        better = chunk_top > top  # strictly: an earlier mask wins ties
-        top = torch.where(better, chunk_top, top)
-        labels = torch.where(better, mask_class[start : start + chunk][chunk_arg], labels)
-    return labels, keep
+    c = probs.shape[1] - extra_classes
+    real = probs[:, :c]
+    kept = (real >= granularity * real.amax(0, keepdim=True)).any(1) if n else torch.zeros(0, dtype=torch.bool)
+    kept = kept.to(masks.device)
+    index = kept.nonzero()[:, 0]
+    labels = torch.full((h * w,), -1, dtype=torch.long, device=masks.device)
+    if not len(index):
+        return labels.view(h, w), kept
+    # a key per pixel that identifies the set of kept masks covering it: 24 masks at a
+    # time as exact float32 bit codes, folded into dense ids with torch.unique
+    key = torch.zeros(h * w, dtype=torch.long, device=masks.device)
+    bits = 2.0 ** torch.arange(24, device=masks.device, dtype=torch.float32)
+    for start in range(0, len(index), 24):
+        part = masks[index[start : start + 24]].flatten(1).to(torch.float32)  # (k, h*w)
+        code = (bits[: len(part)] @ part).long()  # (h*w,) exact below 2**24
+        key = torch.unique(key * (1 << 24) + code, return_inverse=True)[1]
+    first = _first_pixels(key)  # (U,) a pixel of each distinct set
+    members = masks.flatten(1)[:, first][index].to(torch.float64)  # (K, U)
+    sums = members.T @ probs[index].to(torch.float64)  # (U, C + extra)
+    set_labels = sums.argmax(1)
+    set_labels = torch.where((set_labels < c) & (members.sum(0) > 0), set_labels, -1)
+    return set_labels[key].view(h, w), kept
+
+
+def _first_pixels(key: torch.Tensor) -> torch.Tensor:
+    """(U,) the first index of each of the dense ids 0..U-1 in ``key``."""
+    first = torch.full((int(key.max()) + 1,), len(key), dtype=torch.long, device=key.device)
+    return first.scatter_reduce_(0, key, torch.arange(len(key), device=key.device), "amin")
+
+
+def semantic_map(masks: np.ndarray, probs: np.ndarray, granularity: float) -> np.ndarray:
+    """The semantic map of classified masks (see ``semantic_label_map``).
+
+    Args:
+        masks: (N, H, W) bool masks.
+        probs: (N, C) float class probabilities (softmax over classes).
+        granularity: in (0, 1]: a mask is kept when it scores at least this fraction of
+            the best score of some class.
+    Returns:
+        (H, W) int32 label map: the class index of each pixel, -1 where unlabelled.
+    """
+    masks_t = torch.as_tensor(np.asarray(masks, dtype=bool))
+    probs_t = torch.as_tensor(np.asarray(probs, dtype=np.float64))
+    if masks_t.ndim != 3 or probs_t.ndim != 2 or len(masks_t) != len(probs_t):
+        raise InputError(
+            f"expected masks (N, H, W) and probs (N, C) for the same N, got {masks_t.shape} and {probs_t.shape}"
+        )
+    if not 0.0 < granularity <= 1.0:
+        raise InputError(f"granularity must be in (0, 1], got {granularity}")
+    return semantic_label_map(masks_t, probs_t, granularity)[0].to(torch.int32).numpy()
 
 
 def class_presence(masks: torch.Tensor, label_map: torch.Tensor, num_classes: int, chunk: int = CHUNK) -> torch.Tensor:

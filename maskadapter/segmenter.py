@@ -13,9 +13,16 @@ granularity re-runs only painting; neither calls SAM-2 again.
 
 Two ways of turning classified masks into a picture (``mode``):
 
-- ``"per_mask"``: every SAM-2 mask is one segment labelled with its best class
-  (masks below ``score_threshold`` are dropped); smaller masks are drawn over larger.
-- ``"semantic"``: see ``maskadapter.painting.semantic_label_map``; one segment per class.
+- ``"semantic"`` (the default, as the Mask-Adapter demo draws it): the semantic map of
+  ``maskadapter.painting.semantic_label_map`` at ``granularity`` (0.8); one segment
+  per class present, scored by the class's best kept mask.
+- ``"per_mask"``: every SAM-2 mask is one segment labelled with its best class;
+  smaller masks are drawn over larger.
+
+Segments scoring below ``score_threshold`` are dropped (their pixels unlabelled). A
+vocabulary of one class is classified together with an extra class "others" (text
+from the same templates), so that a single class does not win every mask by default;
+"others" keeps no mask, the pixels it wins stay unlabelled, and it appears in no output.
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ from maskadapter.transforms import ImageTransform, WorkingFrame, check_box, chec
 from maskadapter.vocabulary import TextEmbeddingCache, Vocabulary, build_vocabulary, context_notes
 from maskadapter.weights import Models, build_models, build_tiny_random, resolve_model_files
 
-MODES = ("per_mask", "semantic")
+MODES = ("semantic", "per_mask")
+OTHERS = "others"  # the extra class of one-class vocabularies
 TOP_K = 5
 
 # progress of one request: (fraction done in [0, 1], what is being done)
@@ -140,6 +148,14 @@ class MaskSet:
     stability: torch.Tensor
     areas: torch.Tensor
     boxes: torch.Tensor
+
+
+def with_others(vocabulary: Vocabulary) -> Vocabulary:
+    """The vocabulary classified against: a one-class vocabulary gets "others" appended
+    (its last column, dropped from every output)."""
+    if len(vocabulary) != 1 or vocabulary.labels[0].casefold() == OTHERS:
+        return vocabulary
+    return dataclasses.replace(vocabulary, classes=(*vocabulary.classes, (OTHERS,)))
 
 
 def _top(probs: np.ndarray, labels: Sequence[str], k: int = TOP_K) -> list[tuple[str, float]]:
@@ -365,7 +381,7 @@ class Segmenter:
         """``mask_probabilities`` kept in the session per (masks, vocabulary)."""
         key = (mask_key, vocabulary, self._clip_key())
         if key not in session.probs:
-            session.probs[key] = self.mask_probabilities(session, masks, vocabulary, progress)
+            session.probs[key] = self.mask_probabilities(session, masks, with_others(vocabulary), progress)
             self.store.update(session)
         return session.probs[key]
 
@@ -376,7 +392,7 @@ class Segmenter:
         image: ImageSession | np.ndarray,
         vocabulary: Vocabulary,
         mask_settings: AutoMaskSettings | None = None,
-        mode: str = "per_mask",
+        mode: str = "semantic",
         score_threshold: float = 0.0,
         granularity: float = 0.8,
         progress: Progress = _silent,
@@ -385,7 +401,7 @@ class Segmenter:
 
         Args:
             image: an ``ImageSession`` or an (H, W, 3) uint8 RGB array.
-            mode: ``"per_mask"`` or ``"semantic"`` (see the module docstring).
+            mode: ``"semantic"`` (default) or ``"per_mask"`` (see the module docstring).
             score_threshold: minimum class probability of a kept segment, in [0, 1].
             granularity: semantic mode's per-class relative threshold, in [0, 1].
             progress: called with (fraction done, message) as the work advances.
@@ -398,7 +414,7 @@ class Segmenter:
         settings = mask_settings or AutoMaskSettings()
         session = self._as_session(image)
         # fail on the text side before the slow part
-        self.text_embeddings(vocabulary, _text_progress(progress))
+        self.text_embeddings(with_others(vocabulary), _text_progress(progress))
         found = self.automatic_masks(session, settings, progress)
         probs = self._probabilities(session, self._mask_key(settings), found.masks, vocabulary, progress)
         progress(0.92, "painting")
@@ -428,7 +444,7 @@ class Segmenter:
             coords = labels = None  # a box alone
         else:
             coords, labels = check_points(points, session.hw, require_positive=box_arr is None)
-        self.text_embeddings(vocabulary, _text_progress(progress))
+        self.text_embeddings(with_others(vocabulary), _text_progress(progress))
         self.encode(session, progress)
         frame = self.frame(session)
         with self.lock, self.autocast():
@@ -443,7 +459,7 @@ class Segmenter:
             areas=frame.areas(masks).cpu(),
             boxes=frame.boxes(masks),
         )
-        probs = self.mask_probabilities(session, masks, vocabulary, progress)
+        probs = self.mask_probabilities(session, masks, with_others(vocabulary), progress)
         return self._assemble(session, found, probs, vocabulary, "per_mask", 0.0, 0.0)
 
     # ------------------------------------------------------------------ masks -> segments
@@ -458,24 +474,29 @@ class Segmenter:
         score_threshold: float,
         granularity: float,
     ) -> SegmentationResult:
-        """Paint at the working resolution; label map and segments at the original size."""
+        """Paint at the working resolution; label map and segments at the original size.
+        ``probs`` may have extra columns after the vocabulary's ("others"): they win
+        pixels and masks for nobody."""
         labels = vocabulary.labels
+        c = len(labels)
         frame = self.frame(session)
         masks = found.masks
         with torch.inference_mode():
             if mode == "per_mask":
                 score, best = probs.max(1) if len(probs) else (probs.new_zeros(0), probs.new_zeros(0).long())
-                class_ids = torch.where(score >= score_threshold, best, -1)
+                class_ids = torch.where((best < c) & (score >= score_threshold), best, -1)
                 working, _ = per_mask_label_map(masks, class_ids)
             else:
-                working, keep = semantic_label_map(masks, probs, granularity, score_threshold)
-        working_np = working.to(torch.int32).cpu().numpy()
-        label_map = frame.to_original(working_np)
-        probs_np = probs.float().cpu().numpy()
+                working, kept = semantic_label_map(masks, probs, granularity, extra_classes=probs.shape[1] - c)
+        probs_np = probs[:, :c].float().cpu().numpy()
         if mode == "per_mask":
+            working_np = working.to(torch.int32).cpu().numpy()
+            label_map = frame.to_original(working_np)
             segments = self._per_mask_segments(found, probs_np, class_ids.cpu().numpy(), labels, frame)
         else:
-            segments = self._semantic_segments(found, probs_np, keep, working, label_map, labels, frame)
+            segments, working_np, label_map = self._semantic_segments(
+                found, probs_np, kept, working, labels, frame, score_threshold
+            )
         return SegmentationResult(session.hw, labels, segments, label_map, mode, working_np, frame)
 
     @staticmethod
@@ -498,17 +519,29 @@ class Segmenter:
         ]
 
     @staticmethod
-    def _semantic_segments(found: MaskSet, probs, keep, working, label_map, labels, frame) -> list[Segment]:
-        present = class_presence(found.masks, working, len(labels)).cpu().numpy() & keep.cpu().numpy()  # (N, C)
-        areas = np.bincount(label_map[label_map >= 0].ravel(), minlength=len(labels))
-        classes = np.nonzero(areas)[0]
+    def _semantic_segments(
+        found: MaskSet, probs, kept, working, labels, frame, score_threshold: float
+    ) -> tuple[list[Segment], np.ndarray, np.ndarray]:
+        """One segment per class present, scored by the best kept mask that covers the
+        class's pixels; classes scoring below ``score_threshold`` are unlabelled.
+        Returns (segments, working label map, label map at the original size)."""
+        present = class_presence(found.masks, working, len(labels)).cpu().numpy() & kept.cpu().numpy()[:, None]
+        classes = np.nonzero(present.any(0))[0]
+        top = np.where(present[:, classes], probs[:, classes], -1.0).argmax(0)  # (K,) best mask per class
+        scores = probs[top, classes] if len(classes) else np.zeros(0)
+        dropped = classes[scores < score_threshold]
+        if len(dropped):
+            working = torch.where(torch.isin(working, torch.as_tensor(dropped, device=working.device)), -1, working)
+        keep = scores >= score_threshold
+        classes, top = classes[keep], top[keep]
+        working_np = working.to(torch.int32).cpu().numpy()
+        label_map = frame.to_original(working_np)
         if not len(classes):
-            return []
+            return [], working_np, label_map
+        areas = np.bincount(label_map[label_map >= 0].ravel(), minlength=len(labels))
         class_masks = working[None] == torch.as_tensor(classes, device=working.device)[:, None, None]  # (K, h, w)
         boxes = frame.boxes(class_masks)
-        # the class's best kept mask among those covering its pixels
-        top = np.where(present[:, classes], probs[:, classes], -1.0).argmax(0)  # (K,)
-        working_np = class_masks.cpu().numpy()
+        class_masks_np = class_masks.cpu().numpy()
         segments = [
             Segment(
                 labels[c],
@@ -518,13 +551,13 @@ class Segmenter:
                 int(areas[c]),
                 tuple(int(v) for v in boxes[k]),
                 float(found.iou[top[k]]),
-                working_np[k],
+                class_masks_np[k],
                 frame,
             )
             for k, c in enumerate(classes)
         ]
         segments.sort(key=lambda s: -s.area)
-        return segments
+        return segments, working_np, label_map
 
 
 def compile_sam2(sam_model: torch.nn.Module) -> None:

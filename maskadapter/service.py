@@ -445,7 +445,7 @@ class SegmentationService:
         session_key: str | None = None,
         sam_size: str | None = None,
         mask_settings: AutoMaskSettings | None = None,
-        mode: str = "per_mask",
+        mode: str = "semantic",
         score_threshold: float = 0.0,
         granularity: float = 0.8,
         alpha: float = 0.5,

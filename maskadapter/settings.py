@@ -19,6 +19,8 @@ from maskadapter.errors import InputError
 
 ENV_PREFIX = "MASKADAPTER_"
 SAM2_SIZES = ("tiny", "small", "base-plus", "large")
+# CLIP input size presets: (short side, cap on the long side); both pad to a multiple of 32
+INPUT_SIZES = {"detectron2": (800, 1333), "eval896": (896, 896)}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -57,8 +59,14 @@ class Settings:
     cache_dir: str = _opt(_default_cache_dir, "directory for the text-embedding cache")
     text_cache_entries: int = _opt(20000, "text embeddings kept in memory (LRU)")
     text_cache_mb: int = _opt(256, "cap on the on-disk text-embedding cache, MB; oldest files removed")
-    short_side: int = _opt(800, "CLIP input: resize so the short side has this many pixels")
-    max_size: int = _opt(1333, "CLIP input: cap on the long side after resizing")
+    input_size: str = _opt(
+        "detectron2",
+        "CLIP input size preset: detectron2 (short side 800, long side at most 1333: the demo's config) or "
+        "eval896 (long side 896: the published evaluation of the shipped weights)",
+        choices=tuple(INPUT_SIZES),
+    )
+    short_side: int | None = _opt(None, "CLIP input: resize so the short side has this many pixels (default: preset)")
+    max_size: int | None = _opt(None, "CLIP input: cap on the long side after resizing (default: preset)")
     mask_side: int = _opt(1024, "working resolution: long side of masks while they are made, classified and painted")
     session_cache_mb: int = _opt(2048, "byte budget of the image-session store (embeddings, features, masks; CPU+GPU)")
     compile: bool = _opt(False, "torch.compile SAM-2's image encoder and mask decoder (GPU; slow first call)")
@@ -73,6 +81,11 @@ class Settings:
     max_upload_mb: int = _opt(50, "largest file the app accepts as an upload, MB", app_only=True)
 
     def __post_init__(self) -> None:
+        if self.input_size not in INPUT_SIZES:
+            raise InputError(f"input_size must be one of {', '.join(INPUT_SIZES)}, got {self.input_size!r}")
+        preset = INPUT_SIZES[self.input_size]
+        self.short_side = preset[0] if self.short_side is None else self.short_side
+        self.max_size = preset[1] if self.max_size is None else self.max_size
         if self.sam_size not in SAM2_SIZES:
             raise InputError(f"sam_size must be one of {', '.join(SAM2_SIZES)}, got {self.sam_size!r}")
         if self.mask_side < 64:

@@ -30,13 +30,13 @@ class Calls:
 def test_relabel_and_repaint_make_no_sam2_calls(segmenter, image, synthetic_sam):
     sam = segmenter.models.sam2
     session = segmenter.session(image)
-    first = segmenter.segment_automatic(session, build_vocabulary("cat, wall, floor"), GRID)
+    first = segmenter.segment_automatic(session, build_vocabulary("cat, wall, floor"), GRID, "per_mask")
     assert len(first.segments) > 3
     encoder, decoder = Calls(sam.image_encoder), Calls(sam.sam_mask_decoder)
     clip_stem = Calls(segmenter.models.clip.visual.trunk.stem)
     adapter = Calls(segmenter.models.adapter)
     try:
-        relabelled = segmenter.segment_automatic(session, build_vocabulary("dog, sky, grass, table"), GRID)
+        relabelled = segmenter.segment_automatic(session, build_vocabulary("dog, sky, grass, table"), GRID, "per_mask")
         assert encoder.count == 0 and decoder.count == 0 and clip_stem.count == 0
         assert adapter.count > 0  # the adapter runs for the new vocabulary
         assert relabelled.labels == ["dog", "sky", "grass", "table"]
@@ -87,16 +87,18 @@ def _reference_per_mask(masks, class_ids):
     return label
 
 
-def _reference_semantic(masks, probs, granularity, threshold):
-    keep = (probs >= granularity * probs.max(0)) & (probs >= threshold)
+def _reference_semantic(masks, probs, granularity, extra):
+    """Keep masks (a real class scores >= granularity x its best), sum the kept rows per
+    pixel, take the argmax; uncovered pixels and pixels won by an extra class are -1."""
+    probs = probs.astype(np.float64)
+    c = probs.shape[1] - extra
+    kept = [n for n in range(len(masks)) if (probs[n, :c] >= granularity * probs[:, :c].max(0)).any()]
     label = np.full(masks.shape[1:], -1)
-    score = np.full(masks.shape[1:], -1.0)
-    for n in range(len(masks)):
-        for c in range(probs.shape[1]):
-            if keep[n, c]:
-                region = masks[n] & (probs[n, c] > score)
-                score[region] = probs[n, c]
-                label[region] = c
+    for y, x in np.ndindex(*masks.shape[1:]):
+        rows = [probs[n] for n in kept if masks[n, y, x]]
+        if rows:
+            best = int(np.argmax(np.sum(rows, axis=0)))
+            label[y, x] = best if best < c else -1
     return label
 
 
@@ -109,6 +111,6 @@ def test_painting_equals_a_loop_over_masks():
         np.testing.assert_array_equal(labels.numpy(), _reference_per_mask(masks, class_ids))
         probs = rng.dirichlet(np.ones(c), n).astype(np.float32)
         probs[rng.integers(0, n)] = probs[0]  # ties between masks
-        for granularity, threshold in ((0.0, 0.0), (0.8, 0.0), (1.0, 0.0), (0.5, 0.2)):
-            got, _ = semantic_label_map(torch.as_tensor(masks), torch.as_tensor(probs), granularity, threshold, 4)
-            np.testing.assert_array_equal(got.numpy(), _reference_semantic(masks, probs, granularity, threshold))
+        for granularity, extra in ((0.0, 0), (0.8, 0), (1.0, 0), (0.5, 1 if c > 1 else 0)):
+            got, _ = semantic_label_map(torch.as_tensor(masks), torch.as_tensor(probs), granularity, extra)
+            np.testing.assert_array_equal(got.numpy(), _reference_semantic(masks, probs, granularity, extra))

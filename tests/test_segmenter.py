@@ -54,7 +54,7 @@ def test_automatic_end_to_end_with_real_tiny_sam(segmenter, image, tmp_path):
 def test_automatic_varied_masks_per_mask_and_semantic(segmenter, image, synthetic_sam):
     voc = build_vocabulary(VOCAB)
     session = ImageSession.from_image(image)
-    per_mask = segmenter.segment_automatic(session, voc, AutoMaskSettings(points_per_side=8))
+    per_mask = segmenter.segment_automatic(session, voc, AutoMaskSettings(points_per_side=8), mode="per_mask")
     assert len(per_mask.segments) > 5  # the demo's default filters let varied masks through
     _check_segments(per_mask, image, voc)
     # smaller masks are painted over larger ones: every segment's last pixel shows its class
@@ -63,7 +63,8 @@ def test_automatic_varied_masks_per_mask_and_semantic(segmenter, image, syntheti
     smallest = per_mask.segments[-1]
     assert (per_mask.label_map[smallest.mask] == smallest.class_id).all()
 
-    semantic = segmenter.segment_automatic(session, voc, AutoMaskSettings(points_per_side=8), mode="semantic")
+    semantic = segmenter.segment_automatic(session, voc, AutoMaskSettings(points_per_side=8))  # the default
+    assert semantic.mode == "semantic"
     _check_segments(semantic, image, voc)
     assert len({s.class_id for s in semantic.segments}) == len(semantic.segments)  # one per class
     for seg in semantic.segments:
@@ -71,8 +72,11 @@ def test_automatic_varied_masks_per_mask_and_semantic(segmenter, image, syntheti
     union = np.any([s.mask for s in per_mask.segments], axis=0)
     assert ((semantic.label_map >= 0) <= union).all()  # nothing outside the masks is labelled
 
-    strict = segmenter.segment_automatic(session, voc, AutoMaskSettings(points_per_side=8), score_threshold=0.999)
-    assert strict.segments == [] and (strict.label_map == -1).all()
+    for mode in ("semantic", "per_mask"):
+        strict = segmenter.segment_automatic(
+            session, voc, AutoMaskSettings(points_per_side=8), mode, score_threshold=0.999
+        )
+        assert strict.segments == [] and (strict.label_map == -1).all()
     # the image was encoded once by each model for all three runs
     assert segmenter.stats["sam_image_encodings"] == 1
     assert segmenter.stats["clip_image_encodings"] == 1
@@ -127,7 +131,7 @@ def test_bad_input_is_reported(segmenter, image):
 
 def test_exports(segmenter, image, synthetic_sam, tmp_path):
     voc = build_vocabulary(VOCAB)
-    result = segmenter.segment_automatic(image, voc, AutoMaskSettings(points_per_side=8))
+    result = segmenter.segment_automatic(image, voc, AutoMaskSettings(points_per_side=8), mode="per_mask")
     path = save_label_map(result, tmp_path / "labels.png")
     with Image.open(path) as im:
         stored = np.asarray(im)
