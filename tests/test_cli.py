@@ -68,7 +68,9 @@ def test_cli_two_images_three_outputs_each(tmp_path):
         assert overlay.shape[1] == w and overlay.shape[0] >= h and overlay.shape[2] == 3
         assert labels.shape == (h, w)
         assert data["image"] == {"width": w, "height": h, "file": name}
-        assert data["labels"][:2] == ["cat", "cup"] and len(data["labels"]) == 21  # VOC cat dropped
+        # the typed "cat" is dropped for VOC's cat, which keeps its place in the whole VOC list
+        assert data["labels"][:2] == ["cup", "aeroplane"] and len(data["labels"]) == 1 + 20
+        assert data["labels"][1 + 7] == "cat"
         assert len(data["segments"]) >= 1
         for seg in data["segments"]:
             mask = decode_rle(seg["segmentation"])

@@ -51,11 +51,21 @@ def test_too_long_name_is_cut_with_a_note():
     assert voc.labels == ["x" * MAX_NAME_CHARS] and "cut to" in voc.notes[0]
 
 
-@pytest.mark.parametrize("name,count", [("ade20k", 150), ("coco", 133), ("pascal_context", 59), ("pascal_voc", 20)])
-def test_predefined_sizes(name, count):
+@pytest.mark.parametrize(
+    "name,count,unique_labels",
+    [
+        ("ade20k", 150, 150),
+        ("ade20k_847", 847, 837),  # ADE20K-847 repeats 9 labels, "bag" three times
+        ("pascal_context", 59, 59),
+        ("pascal_context_459", 459, 459),
+        ("coco", 133, 133),
+        ("pascal_voc", 20, 20),
+    ],
+)
+def test_predefined_sizes(name, count, unique_labels):
     classes = load_predefined(name)
     assert len(classes) == count
-    assert len({c[0].casefold() for c in classes}) == count
+    assert len({c[0].casefold() for c in classes}) == unique_labels
 
 
 def test_predefined_by_title_and_synonyms():
@@ -68,10 +78,19 @@ def test_predefined_by_title_and_synonyms():
 
 def test_custom_and_predefined_combined_without_duplicates():
     voc = build_vocabulary("rocket, Person | astronaut", ["pascal_voc"])
-    assert voc.labels[:2] == ["rocket", "Person"]
-    assert "person" not in voc.labels  # VOC's person dropped: same label as the custom class
-    assert len(voc) == 2 + 19
-    assert set(PREDEFINED) == {"ade20k", "coco", "pascal_context", "pascal_voc"}
+    # the custom "Person" is dropped: VOC's person class stays whole at its position
+    assert voc.labels[:2] == ["rocket", "aeroplane"]
+    assert voc.labels[1 + 14] == "person" and "astronaut" not in voc.classes[1 + 14]
+    assert len(voc) == 1 + 20
+    assert "'Person' is a class of a chosen predefined vocabulary" in voc.notes[0]
+    assert set(PREDEFINED) == {
+        "ade20k",
+        "ade20k_847",
+        "pascal_context",
+        "pascal_context_459",
+        "coco",
+        "pascal_voc",
+    }
 
 
 def test_to_text_round_trips():

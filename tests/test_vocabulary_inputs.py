@@ -27,7 +27,9 @@ from maskadapter.vocabulary import (
     Vocabulary,
     build_vocabulary,
     context_notes,
+    load_predefined,
     parse_vocabulary,
+    predefined_key,
 )
 
 MARKUP = ["<b>x</b>", "**bold**", "$x^2$", "[link](http://a)", "<script>alert(1)</script>", "{0} %s \\n"]
@@ -340,9 +342,13 @@ PREDEFINED_NAMES = st.lists(
 )
 
 
-def _check_classes(classes):
+def _label_key(label):
+    return unicodedata.normalize("NFC", label.casefold())
+
+
+def _check_classes(classes, unique_labels=True):
     labels = [c[0] for c in classes]
-    assert len({label.casefold() for label in labels}) == len(labels)
+    assert len({label.casefold() for label in labels}) == len(labels) or not unique_labels
     for synonyms in classes:
         assert synonyms and len({s.casefold() for s in synonyms}) == len(synonyms)
         for name in synonyms:
@@ -363,9 +369,17 @@ def test_build_vocabulary_on_any_input(text, predefined):
     except VocabularyError:
         return
     assert 1 <= len(voc) <= MAX_CLASSES
-    _check_classes(voc.classes)
-    assert parse_vocabulary(voc.to_text()) == list(voc.classes)
-    assert build_vocabulary(voc.to_text()) == voc
+    # the typed classes (less those a chosen predefined list has), then each list whole
+    lists = [load_predefined(key) for key in dict.fromkeys(predefined_key(name) for name in predefined)]
+    tail = [synonyms for classes in lists for synonyms in classes]
+    taken = {_label_key(synonyms[0]) for synonyms in tail}
+    typed = [c for c in parse_vocabulary(text) if _label_key(c[0]) not in taken]
+    assert list(voc.classes) == typed + tail
+    _check_classes(typed)
+    _check_classes(tail, unique_labels=False)
+    if not lists:
+        assert parse_vocabulary(voc.to_text()) == list(voc.classes)
+        assert build_vocabulary(voc.to_text()) == voc
 
 
 @settings(max_examples=200, deadline=None)
