@@ -2,7 +2,11 @@
 
 The contract (names and signatures that stay fixed)::
 
-    VILD_TEMPLATES, MaskAdapterHead, encode_vocabulary, mask_logits, semantic_map
+    VILD_TEMPLATES, MaskAdapterHead, encode_vocabulary, mask_logits, mask_pooling_logits,
+    semantic_map
+
+``mask_pooling_logits`` is the plain baseline: CLIP features averaged inside each
+mask, no adapter.
 
 ``MaskGenerator`` (SAM-2 automatic masks without sam2's per-mask overheads), and
 the pieces built on it: ``Segmenter`` (models + session store; image -> segments),
@@ -10,7 +14,13 @@ the pieces built on it: ``Segmenter`` (models + session store; image -> segments
 HWC uint8 RGB or ``InputError``), rendering and export helpers.
 """
 
-from maskadapter.clip_features import VILD_TEMPLATES, encode_vocabulary, mask_logits
+from maskadapter.clip_features import (
+    VILD_TEMPLATES,
+    encode_vocabulary,
+    mask_logits,
+    mask_pooling_logits,
+    pooled_embeddings_from_features,
+)
 from maskadapter.errors import (
     CheckpointError,
     InputError,
@@ -51,6 +61,8 @@ __all__ = [
     "encode_vocabulary",
     "load_image",
     "mask_logits",
+    "mask_pooling_logits",
     "parse_vocabulary",
+    "pooled_embeddings_from_features",
     "semantic_map",
 ]

@@ -46,6 +46,16 @@ def _visual(clip_model: nn.Module) -> nn.Module:
     return visual
 
 
+def clip_raw_features(clip_model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) CLIP-normalised image -> (B, C_trunk, H/32, W/32) raw features:
+    trunk.stem, trunk.stages, trunk.norm_pre."""
+    trunk = _visual(clip_model).trunk
+    x = trunk.stem(image)
+    for stage in trunk.stages:
+        x = stage(x)
+    return trunk.norm_pre(x)  # (B, C, h, w)
+
+
 def clip_image_features(clip_model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw trunk features and dense projected features of a normalised image batch.
 
@@ -59,10 +69,7 @@ def clip_image_features(clip_model: nn.Module, image: torch.Tensor) -> tuple[tor
     """
     visual = _visual(clip_model)
     trunk = visual.trunk
-    x = trunk.stem(image)
-    for stage in trunk.stages:
-        x = stage(x)
-    raw = trunk.norm_pre(x)  # (B, C, h, w)
+    raw = clip_raw_features(clip_model, image)  # (B, C, h, w)
     dense = trunk.head.norm(raw).permute(0, 2, 3, 1)  # (B, h, w, C)
     dense = visual.head(trunk.head.drop(dense)).permute(0, 3, 1, 2)  # (B, D, h, w)
     return raw, dense
@@ -120,22 +127,36 @@ def classify_embeddings(
     embeddings: torch.Tensor,
     class_index: torch.Tensor,
 ) -> torch.Tensor:
-    """Class logits: scaled cosine similarity, maximum over each class's synonyms.
+    """Class logits of mask embeddings: scaled cosine similarity, maximum over each class's synonyms.
+
+    Serves both ways of embedding masks (``mask_embeddings_from_features`` and
+    ``pooled_embeddings_from_features``). Computed in float32, autocast or not.
 
     Args:
-        mask_embeddings: (B, N, D); embeddings: (K, D) L2-normalised text rows;
-        class_index: (K,) class of each row, classes numbered 0..C-1.
+        mask_embeddings: (B, N, D) any float dtype, not necessarily normalised;
+        embeddings: (K, D) L2-normalised text rows; class_index: (K,) long, class of
+            each row, classes numbered 0..C-1.
     Returns:
-        (B, N, C) logits = min(exp(logit_scale), 100) * cos.
+        (B, N, C) float32 logits = min(exp(logit_scale), 100) * cos.
     """
-    scale = clip_model.logit_scale.exp().clamp(max=100).to(mask_embeddings.dtype)
-    emb = F.normalize(mask_embeddings, dim=-1)
-    text = embeddings.to(device=emb.device, dtype=emb.dtype)
-    sims = scale * emb @ text.T  # (B, N, K)
-    index = class_index.to(sims.device).expand_as(sims)
-    num_classes = int(class_index.max()) + 1 if class_index.numel() else 0
-    out = sims.new_full((*sims.shape[:2], num_classes), float("-inf"))
-    return out.scatter_reduce(-1, index, sims, reduce="amax", include_self=True)
+    with torch.autocast(mask_embeddings.device.type, enabled=False):
+        scale = clip_model.logit_scale.float().exp().clamp(max=100).to(mask_embeddings.device)
+        emb = F.normalize(mask_embeddings.float(), dim=-1)  # (B, N, D)
+        text = embeddings.to(device=emb.device, dtype=torch.float32)  # (K, D)
+        sims = scale * emb @ text.T  # (B, N, K)
+        index = class_index.to(sims.device).expand_as(sims)
+        num_classes = int(class_index.max()) + 1 if class_index.numel() else 0
+        out = sims.new_full((*sims.shape[:2], num_classes), float("-inf"))
+        return out.scatter_reduce(-1, index, sims, reduce="amax", include_self=True)  # (B, N, C)
+
+
+def _check_image_and_masks(image: torch.Tensor, masks: torch.Tensor) -> None:
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
+    if image.shape[-1] % 32 or image.shape[-2] % 32:
+        raise ValueError(f"image height and width must be multiples of 32, got {tuple(image.shape[-2:])}")
+    if masks.ndim != 4 or masks.shape[0] != image.shape[0] or masks.shape[-2:] != image.shape[-2:]:
+        raise ValueError(f"masks must be (B, N, H, W) matching the image, got {tuple(masks.shape)}")
 
 
 @torch.no_grad()
@@ -157,16 +178,95 @@ def mask_logits(
         embeddings: (K, D) float, L2-normalised text embeddings (``encode_vocabulary``).
         class_index: (K,) long, class of each embedding row.
     Returns:
-        (B, N, C) float class logits (C = number of classes, max over synonyms, no void).
+        (B, N, C) float32 class logits (C = number of classes, max over synonyms, no void).
     """
-    if image.ndim != 4 or image.shape[1] != 3:
-        raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
-    if image.shape[-1] % 32 or image.shape[-2] % 32:
-        raise ValueError(f"image height and width must be multiples of 32, got {tuple(image.shape[-2:])}")
-    if masks.ndim != 4 or masks.shape[0] != image.shape[0] or masks.shape[-2:] != image.shape[-2:]:
-        raise ValueError(f"masks must be (B, N, H, W) matching the image, got {tuple(masks.shape)}")
+    _check_image_and_masks(image, masks)
     raw, dense = clip_image_features(clip_model, image)
     emb = mask_embeddings_from_features(clip_model, adapter, raw, dense, masks)
+    return classify_embeddings(clip_model, emb, embeddings, class_index)
+
+
+# an empty mask (after binarisation) divides a zero sum by this: its pooled vector is zero
+POOLING_EPS = 1e-8
+
+
+def pooled_embeddings_from_features(
+    clip_model: nn.Module,
+    raw: torch.Tensor,
+    masks: torch.Tensor,
+    chunk: int = MASK_CHUNK,
+) -> torch.Tensor:
+    """Mask pooling (the plain baseline): (B, N, D) mask embeddings from raw features.
+
+    Each mask is resized bilinearly (align_corners False) to the raw features' size
+    and binarised (> 0.5); the raw features are averaged inside it, and the average
+    goes through the trunk's head (as a 1x1 map) and the CLIP projection head.
+
+    A mask that is empty after binarisation (e.g. smaller than one feature cell)
+    pools a zero vector (the sum is divided by count + ``POOLING_EPS``), so every such
+    mask gets the same embedding, the heads' response to zeros, which says nothing
+    about the image (with a bias-free linear projection and a zero norm bias that is the
+    zero vector, whose cosine with every class is taken as 0).
+
+    Sums and averages are taken in float32 whatever the autocast dtype.
+
+    Args:
+        clip_model: open_clip ConvNeXt CLIP.
+        raw: (B, C_trunk, h, w) raw trunk features (``clip_image_features``), any float dtype.
+        masks: (B, N, H, W) float in [0, 1] at image resolution (or any resolution).
+        chunk: masks per step; bounds memory only, the result does not depend on it.
+    Returns:
+        (B, N, D) mask embeddings, not normalised.
+    """
+    visual = _visual(clip_model)
+    B, C, h, w = raw.shape
+    head_param = next(visual.trunk.head.parameters(), None)
+    head_dtype = raw.dtype if head_param is None else head_param.dtype
+    out = []
+    with torch.autocast(raw.device.type, enabled=False):
+        flat = raw.float().reshape(B, C, h * w).transpose(1, 2)  # (B, h*w, C)
+    for start in range(0, masks.shape[1], chunk):
+        part = masks[:, start : start + chunk].to(device=raw.device, dtype=torch.float32)  # (B, n, H, W)
+        n = part.shape[1]
+        with torch.autocast(raw.device.type, enabled=False):
+            small = F.interpolate(part, size=(h, w), mode="bilinear", align_corners=False)  # (B, n, h, w)
+            binary = (small > 0.5).float().reshape(B, n, h * w)  # (B, n, h*w)
+            sums = torch.bmm(binary, flat)  # (B, n, C)
+            pooled = sums / (binary.sum(-1, keepdim=True) + POOLING_EPS)  # (B, n, C)
+        pooled = visual.trunk.head(pooled.to(head_dtype).reshape(B * n, C, 1, 1))  # (B*n, C)
+        out.append(visual.head(pooled).reshape(B, n, -1))  # (B, n, D)
+    if not out:
+        dim = visual.head(visual.trunk.head(raw.new_zeros(1, C, 1, 1).to(head_dtype))).shape[-1]
+        return raw.new_zeros(B, 0, dim)
+    return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def mask_pooling_logits(
+    clip_model: nn.Module,
+    image: torch.Tensor,
+    masks: torch.Tensor,
+    embeddings: torch.Tensor,
+    class_index: torch.Tensor,
+) -> torch.Tensor:
+    """Classify masks by plain mask pooling of CLIP's raw features (no adapter).
+
+    The baseline Mask-Adapter improves on: see ``pooled_embeddings_from_features``
+    (masks binarised at the features' resolution, features averaged inside them;
+    an empty mask pools a zero vector).
+
+    Args:
+        clip_model: open_clip ConvNeXt CLIP.
+        image: (B, 3, H, W) float, CLIP-normalised, H and W multiples of 32.
+        masks: (B, N, H, W) float in [0, 1] at image resolution.
+        embeddings: (K, D) float, L2-normalised text embeddings (``encode_vocabulary``).
+        class_index: (K,) long, class of each embedding row.
+    Returns:
+        (B, N, C) float32 class logits (C = number of classes, max over synonyms, no void).
+    """
+    _check_image_and_masks(image, masks)
+    raw = clip_raw_features(clip_model, image)  # (B, C, h, w)
+    emb = pooled_embeddings_from_features(clip_model, raw, masks)
     return classify_embeddings(clip_model, emb, embeddings, class_index)
 
 

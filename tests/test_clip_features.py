@@ -185,3 +185,123 @@ def test_mask_logits_rejects_bad_shapes(clip_and_tokenizer):
         maskadapter.mask_logits(model, adapter, torch.zeros(1, 3, 100, 96), torch.zeros(1, 1, 100, 96), text, idx)
     with pytest.raises(ValueError, match="masks"):
         maskadapter.mask_logits(model, adapter, torch.zeros(1, 3, 96, 96), torch.zeros(1, 1, 64, 64), text, idx)
+
+
+# ---------------------------------------------------------------------------- plain mask pooling
+
+
+def reference_pooling_logits(model, image, masks, text, owners):
+    """(N, C) mask-pooling logits for one image (3, H, W) and masks (N, H, W), step by step."""
+    visual = model.visual
+    trunk = visual.trunk
+    x = trunk.stem(image[None])
+    for stage in trunk.stages:
+        x = stage(x)
+    raw = trunk.norm_pre(x)[0]  # (Ct, h, w)
+    Ct, h, w = raw.shape
+    head = trunk.head
+    assert isinstance(head.fc, torch.nn.Identity) and isinstance(head.pre_logits, torch.nn.Identity)
+    scale = min(math.exp(model.logit_scale.item()), 100.0)
+    num_classes = max(owners) + 1
+    out = torch.empty(len(masks), num_classes)
+    for n, mask in enumerate(masks):
+        small = F.interpolate(mask[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        inside = small > 0.5
+        count = int(inside.sum())
+        pooled = torch.zeros(Ct)
+        for i in range(h):
+            for j in range(w):
+                if inside[i, j]:
+                    pooled += raw[:, i, j]
+        if count:
+            pooled /= count
+        # trunk.head on a 1x1 map: average pool (a no-op), LayerNorm over channels, dropout (eval), no fc
+        normed = _layernorm_channels(pooled[:, None, None], head.norm.weight, head.norm.bias, head.norm.eps)[:, 0, 0]
+        embedding = visual.head(normed[None])[0]  # (D,)
+        # a zero embedding (an empty mask through a bias-free linear projection) has cosine 0
+        cos = (embedding / max(embedding.norm(), 1e-12)) @ text.T  # (K,)
+        for c in range(num_classes):
+            out[n, c] = scale * max(cos[k] for k in range(len(owners)) if owners[k] == c)
+    return out
+
+
+def _pooling_masks(H=128, W=160):
+    torch.manual_seed(6)
+    yy, xx = torch.meshgrid(torch.arange(float(H)), torch.arange(float(W)), indexing="ij")
+    tiny = torch.zeros(H, W)
+    tiny[2:7, 2:7] = 1.0  # 5x5 pixels between the sampling points of the 32-pixel cells: vanishes
+    return torch.stack(
+        [
+            (torch.rand(H, W) > 0.5).float(),
+            ((xx - 40) ** 2 + (yy - 60) ** 2 < 30**2).float(),
+            (xx > 100).float() * 0.7,  # soft: above 0.5 where it is set
+            (yy < 64).float() * 0.4,  # soft: below 0.5 everywhere, so empty once binarised
+            tiny,
+            torch.zeros(H, W),  # empty
+            torch.ones(H, W),
+        ]
+    )
+
+
+@pytest.mark.parametrize("which", ["tiny_models", "linear_proj"])
+def test_mask_pooling_logits_matches_independent_computation(which, tiny_models):
+    if which == "tiny_models":
+        model, tokenizer = tiny_models.clip, tiny_models.tokenizer
+    else:
+        model, tokenizer = _linear_proj_clip()
+    torch.manual_seed(7)
+    image = torch.randn(1, 3, 128, 160)
+    masks = _pooling_masks()
+    text, class_index = maskadapter.encode_vocabulary(model, tokenizer, SYNONYM_CLASSES)
+    with torch.no_grad():
+        got = maskadapter.mask_pooling_logits(model, image, masks[None], text, class_index)
+        ref_text, owners = reference_text_embeddings(model, tokenizer, SYNONYM_CLASSES, maskadapter.VILD_TEMPLATES)
+        want = reference_pooling_logits(model, image[0], masks, ref_text, owners)
+    assert got.shape == (1, len(masks), len(SYNONYM_CLASSES)) and got.dtype == torch.float32
+    assert torch.isfinite(got).all()
+    assert _rel_err(got[0], want) < 1e-4
+    assert (got[0, 0] - got[0, 1]).abs().max() > 1e-3  # masks are told apart
+    # masks empty after binarisation (soft below 0.5, vanishing, empty) share one embedding
+    torch.testing.assert_close(got[0, 3], got[0, 5])
+    torch.testing.assert_close(got[0, 4], got[0, 5])
+    assert (got[0, 5] - got[0, 1]).abs().max() > 1e-3
+
+
+def test_pooled_embeddings_are_chunk_independent_and_batched(tiny_models):
+    model = tiny_models.clip
+    torch.manual_seed(8)
+    images = torch.randn(2, 3, 96, 128)
+    masks = torch.stack([_pooling_masks(96, 128), _pooling_masks(96, 128).flip(-1)])  # (2, 7, 96, 128)
+    with torch.no_grad():
+        raw, _ = maskadapter.clip_features.clip_image_features(model, images)
+        whole = maskadapter.pooled_embeddings_from_features(model, raw, masks, chunk=100)
+        parts = maskadapter.pooled_embeddings_from_features(model, raw, masks, chunk=3)
+        single = maskadapter.pooled_embeddings_from_features(model, raw[1:], masks[1:, 2:3])
+        none = maskadapter.pooled_embeddings_from_features(model, raw, masks[:, :0])
+    assert whole.shape == (2, 7, 64)
+    torch.testing.assert_close(parts, whole)
+    torch.testing.assert_close(single[0, 0], whole[1, 2])
+    assert none.shape == (2, 0, 64)
+
+
+def test_mask_pooling_under_autocast_accumulates_in_float32(tiny_models):
+    model, tokenizer = tiny_models.clip, tiny_models.tokenizer
+    torch.manual_seed(9)
+    image = torch.randn(1, 3, 128, 160)
+    masks = _pooling_masks()[None]
+    text, class_index = maskadapter.encode_vocabulary(model, tokenizer, SYNONYM_CLASSES)
+    with torch.no_grad():
+        full = maskadapter.mask_pooling_logits(model, image, masks, text, class_index)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = maskadapter.mask_pooling_logits(model, image, masks, text, class_index)
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    assert _rel_err(half, full) < 0.05
+
+
+def test_mask_pooling_logits_rejects_bad_shapes(tiny_models):
+    model, tokenizer = tiny_models.clip, tiny_models.tokenizer
+    text, idx = maskadapter.encode_vocabulary(model, tokenizer, ["a"])
+    with pytest.raises(ValueError, match="multiples of 32"):
+        maskadapter.mask_pooling_logits(model, torch.zeros(1, 3, 100, 96), torch.zeros(1, 1, 100, 96), text, idx)
+    with pytest.raises(ValueError, match="masks"):
+        maskadapter.mask_pooling_logits(model, torch.zeros(1, 3, 96, 96), torch.zeros(1, 1, 64, 64), text, idx)
