@@ -209,9 +209,21 @@ class ImageTransform:
         device: torch.device | str = "cpu",
         image_hw: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """(N, h, w) bool masks -> (1, N, Hp, Wp) float32 in [0, 1], resized like the image
-        (bilinear, antialiased) and zero-padded. ``image_hw`` is the original image's
-        size when the masks are in a working frame of it (default: the masks' size)."""
+        """(N, h, w) bool masks -> (1, N, Hp, Wp) float32 of exact 0s and 1s, resized
+        like the image and zero-padded. ``image_hw`` is the original image's size when
+        the masks are in a working frame of it (default: the masks' size).
+
+        Masks enter the adapter binary (the adapter resizes them itself). A CLIP-frame
+        pixel is set when about half of it or more is covered: the mask is resized with
+        antialiased bilinear filtering (a coverage average over the pixel's footprint when
+        shrinking, plain bilinear when enlarging) and thresholded at 0.5. Unlike nearest-neighbour sampling, which
+        reads one mask pixel per CLIP pixel and so drops thin lines and small blobs that
+        fall between the samples when the CLIP frame is the smaller one, this judges
+        every mask pixel. A non-empty mask that covers less than half of every CLIP
+        pixel it touches (smaller than a CLIP pixel, or a thin line when shrinking)
+        would vanish: it keeps every CLIP pixel it touches instead (max pooling), so a
+        non-empty mask never becomes empty. An empty mask stays empty.
+        """
         m = torch.as_tensor(masks, device=device).to(torch.float32)
         if m.ndim != 3:
             raise InputError(f"masks must be (N, H, W), got shape {tuple(m.shape)}")
@@ -220,8 +232,14 @@ class ImageTransform:
         ph, pw = self.padded_hw(image_hw)
         if m.shape[0] == 0:
             return m.new_zeros(1, 0, ph, pw)
-        m = F.interpolate(m[None], size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
-        return F.pad(m.clamp(0, 1), (0, pw - rw, 0, ph - rh))
+        m = (m > 0.5).to(torch.float32)[None]  # (1, N, h, w) binary
+        coverage = F.interpolate(m, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
+        out = (coverage >= 0.5).to(torch.float32)  # (1, N, rh, rw)
+        lost = (out.flatten(2).amax(-1) == 0) & (m.flatten(2).amax(-1) > 0)  # (1, N)
+        if bool(lost.any()):
+            touched = F.adaptive_max_pool2d(m[:, lost[0]], (rh, rw))  # (1, n_lost, rh, rw)
+            out[:, lost[0]] = (touched > 0).to(torch.float32)
+        return F.pad(out, (0, pw - rw, 0, ph - rh))
 
     def tensor_to_masks(self, x: torch.Tensor, hw: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
         """(1, N, Hp, Wp) maps in the CLIP frame -> (N, H, W) bool at the original size."""

@@ -121,3 +121,56 @@ def test_check_box():
         check_box([0, 0, 40, 10], (20, 30))
     with pytest.raises(InputError, match="four numbers"):
         check_box([1, 2, 3], (20, 30))
+
+
+def _binary(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float32 and bool(((x == 0) | (x == 1)).all())
+
+
+def test_masks_enter_the_clip_frame_binary_and_small_masks_survive():
+    t = ImageTransform()  # (300, 451) -> (800, 1203), padded to (800, 1216)
+    masks = np.zeros((4, 300, 451), bool)
+    masks[0, 100:103, 200:203] = True  # 3x3 pixels
+    masks[1, :, 300] = True  # a 1-pixel-wide vertical line
+    masks[2, 150, :] = True  # a 1-pixel-tall horizontal line
+    masks[3, 0, 450] = True  # one pixel in a corner
+    x = t.masks_to_tensor(masks)
+    assert x.shape == (1, 4, 800, 1216) and _binary(x)
+    rh, rw = t.resized_hw((300, 451))
+    sums = x[0].sum((1, 2))
+    assert (sums > 0).all()
+    assert 36 <= float(sums[0]) <= 100  # about 3 * 800/300 = 8 pixels a side
+    # the lines stay unbroken: every row (column) of the resized image has a pixel of them
+    assert (x[0, 1, :rh].sum(1) >= 1).all() and (x[0, 2, :, :rw].sum(0) >= 1).all()
+    assert x[0, 3, 0, rw - 1] == 1
+    assert (x[0, :, rh:] == 0).all() and (x[0, :, :, rw:] == 0).all()  # padding stays empty
+
+
+def test_masks_below_one_clip_pixel_keep_one_when_shrinking():
+    t = ImageTransform(short_side=100, max_size=200)  # (600, 900) -> (100, 150): 6x smaller
+    masks = np.zeros((5, 600, 900), bool)
+    masks[0, 301, 455] = True  # one pixel: 1/36 of a CLIP pixel
+    masks[1, :, 455] = True  # a 1-pixel line: 1/6 of each CLIP pixel it crosses
+    masks[2, 100:400, 100:400] = True  # a large square: covered pixels only
+    masks[3, 598:600, 0:2] = True  # a corner 2x2
+    x = t.masks_to_tensor(masks)
+    assert x.shape == (1, 5, 128, 160) and _binary(x)
+    assert 1 <= float(x[0, 0].sum()) <= 4
+    assert (x[0, 0, 49:52, 74:77].sum() == x[0, 0].sum()) and x[0, 0, 50, 75] == 1
+    assert (x[0, 1, :100].sum(1) >= 1).all() and x[0, 1].sum() <= 200
+    # rows and columns 100..400 are CLIP pixels 16.7..66.7: the fully covered ones are set,
+    # partly covered edge pixels by their coverage, nothing outside
+    assert x[0, 2, 17:66, 17:66].all() and x[0, 2].sum() == x[0, 2, 16:67, 16:67].sum()
+    assert 49 * 49 <= float(x[0, 2].sum()) <= 51 * 51
+    assert x[0, 3, 99, 0] == 1
+    assert (x[0, 4] == 0).all()  # an empty mask stays empty
+
+
+def test_masks_from_a_working_frame_are_binary():
+    t = ImageTransform(short_side=96, max_size=200)
+    masks = torch.zeros(2, 30, 45, dtype=torch.bool)  # working frame of a (60, 90) image
+    masks[0, 5:20, 10:35] = True
+    masks[1, 29, 44] = True
+    x = t.masks_to_tensor(masks, image_hw=(60, 90))
+    assert x.shape == (1, 2) + t.padded_hw((60, 90)) and _binary(x)
+    assert x[0, 1].sum() >= 1
