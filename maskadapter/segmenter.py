@@ -45,6 +45,7 @@ from maskadapter.clip_features import (
     classify_embeddings,
     clip_image_features,
     mask_embeddings_from_features,
+    pooled_embeddings_from_features,
 )
 from maskadapter.errors import InputError, ResourceError
 from maskadapter.generator import MaskGenerator
@@ -58,6 +59,7 @@ from maskadapter.weights import Models, build_models, build_tiny_random, resolve
 
 MODES = ("semantic", "per_mask")
 OTHERS = "others"  # the extra class of one-class vocabularies
+METHODS = ("adapter", "pooling")  # how masks are classified: Mask-Adapter or plain mask pooling
 TOP_K = 5
 
 # progress of one request: (fraction done in [0, 1], what is being done)
@@ -351,28 +353,40 @@ class Segmenter:
         masks: np.ndarray | torch.Tensor,
         vocabulary: Vocabulary,
         progress: Progress = _silent,
+        method: str = "adapter",
     ) -> torch.Tensor:
         """(N, C) float32 class probabilities (softmax over classes) of (N, h, w) bool
-        masks given in the working frame or at the original size."""
+        masks given in the working frame or at the original size.
+
+        ``method``: ``"adapter"`` (Mask-Adapter) or ``"pooling"`` (the plain baseline:
+        CLIP's raw features averaged inside each mask, ``pooled_embeddings_from_features``).
+        Both use the session's cached CLIP features (one image encoding).
+        """
+        if method not in METHODS:
+            raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         masks = torch.as_tensor(masks, device=self.device)
         if masks.ndim != 3 or tuple(masks.shape[1:]) not in (session.hw, self.frame(session).work_hw):
             raise InputError(f"masks must be (N, {session.hw[0]}, {session.hw[1]}), got {tuple(masks.shape)}")
         embeddings, class_index = self.text_embeddings(vocabulary)
         raw, dense = self.clip_features(session)
+        name = "Mask-Adapter" if method == "adapter" else "mask pooling"
 
         def classify(chunk: int) -> torch.Tensor:
             logits = []
             for start in range(0, len(masks), chunk):
                 m = self.transform.masks_to_tensor(masks[start : start + chunk], self.device, session.hw)
-                emb = mask_embeddings_from_features(self.models.clip, self.models.adapter, raw, dense, m)
+                if method == "adapter":
+                    emb = mask_embeddings_from_features(self.models.clip, self.models.adapter, raw, dense, m)
+                else:
+                    emb = pooled_embeddings_from_features(self.models.clip, raw, m, chunk)
                 logits.append(classify_embeddings(self.models.clip, emb, embeddings, class_index)[0].float())
                 done = min(len(masks), start + chunk)
-                progress(0.7 + 0.2 * done / len(masks), f"Mask-Adapter: {done} of {len(masks)} masks classified")
+                progress(0.7 + 0.2 * done / len(masks), f"{name}: {done} of {len(masks)} masks classified")
             return torch.cat(logits) if logits else torch.zeros(0, len(vocabulary), device=self.device)
 
         with self.lock, torch.inference_mode(), self.autocast():
-            logits = halving_on_oom(classify, MASK_CHUNK, "in Mask-Adapter")
-        self.stats["adapter_runs"] += 1
+            logits = halving_on_oom(classify, MASK_CHUNK, f"in {name}")
+        self.stats["adapter_runs" if method == "adapter" else "pooling_runs"] += 1
         return logits.softmax(-1)
 
     def _probabilities(

@@ -156,3 +156,34 @@ def test_class_colors_are_distinct():
         colors = class_colors(n)
         assert colors.shape == (n, 3) and colors.dtype == np.uint8
         assert len({tuple(c) for c in colors}) == n
+
+
+def test_pooling_probabilities_equal_mask_pooling_logits_from_scratch(segmenter, image):
+    import torch
+
+    import maskadapter
+
+    voc = build_vocabulary(VOCAB)
+    session = segmenter.session(image)
+    h, w = session.hw
+    masks = np.zeros((4, h, w), bool)
+    masks[0, : h // 2] = True
+    masks[1, 20:60, 40:120] = True
+    masks[2, 5:8, 5:8] = True  # vanishes at the features' resolution
+    masks[3, :, w // 3 :] = True
+    adapter = segmenter.mask_probabilities(session, masks, voc)
+    encodings = segmenter.stats["clip_image_encodings"]
+    got = segmenter.mask_probabilities(session, masks, voc, method="pooling")
+    assert segmenter.stats["clip_image_encodings"] == encodings == 1  # the cached features serve both
+    assert segmenter.stats["pooling_runs"] == 1
+    models = segmenter.models
+    with torch.no_grad():
+        x = segmenter.transform.image_to_tensor(image)
+        m = segmenter.transform.masks_to_tensor(masks, image_hw=(h, w))
+        text, class_index = maskadapter.encode_vocabulary(models.clip, models.tokenizer, list(voc.classes))
+        want = maskadapter.mask_pooling_logits(models.clip, x, m, text, class_index)[0].softmax(-1)
+    assert got.shape == (4, len(voc)) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert (got - adapter).abs().max() > 1e-4  # another method, other probabilities
+    with pytest.raises(InputError, match="method"):
+        segmenter.mask_probabilities(session, masks, voc, method="average")
