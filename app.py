@@ -21,6 +21,8 @@ import gradio as gr
 
 from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.images import load_image
+from maskadapter.masks import AutoMaskSettings
+from maskadapter.render import COMPARE_TITLES
 from maskadapter.service import TABLE_HEADERS, PointState, SegmentationService, parse_box, parse_points, plain
 from maskadapter.settings import Settings, add_arguments, settings_from_args
 from maskadapter.vocabulary import PREDEFINED
@@ -135,12 +137,25 @@ def reporter(progress: gr.Progress):
 
 
 class Shared(NamedTuple):
-    """Inputs both tabs read."""
+    """Inputs the tabs share: the vocabulary, and the Automatic tab's Advanced settings
+    (``grid``: points per side, pred IoU and stability thresholds, mode, score threshold,
+    granularity, in that order)."""
 
     vocabulary: gr.Textbox
     predefined: gr.Dropdown
     sam_size: gr.Dropdown
     alpha: gr.Slider
+    grid: list
+
+
+def mask_settings(defaults: AutoMaskSettings, points_per_side, pred_iou_thresh, stability_score_thresh):
+    """The demo's SAM-2 settings with the three the UI shows replaced."""
+    return dataclasses.replace(
+        defaults,
+        points_per_side=int(points_per_side),
+        pred_iou_thresh=float(pred_iou_thresh),
+        stability_score_thresh=float(stability_score_thresh),
+    )
 
 
 def automatic_tab(service: SegmentationService, vocabulary: gr.Textbox, predefined: gr.Dropdown) -> Shared:
@@ -234,19 +249,13 @@ def automatic_tab(service: SegmentationService, vocabulary: gr.Textbox, predefin
         session,
         progress=gr.Progress(),
     ):
-        mask_settings = dataclasses.replace(
-            defaults,
-            points_per_side=int(points_per_side),
-            pred_iou_thresh=float(pred_iou_thresh),
-            stability_score_thresh=float(stability_score_thresh),
-        )
         out, session = service.automatic(
             pixels(image),
             vocabulary,
             predefined,
             session,
             sam_size,
-            mask_settings,
+            mask_settings(defaults, points_per_side, pred_iou_thresh, stability_score_thresh),
             mode,
             float(score_threshold),
             float(granularity),
@@ -275,7 +284,8 @@ def automatic_tab(service: SegmentationService, vocabulary: gr.Textbox, predefin
     api_button.click(friendly(gpu(segment_automatic)), api_name="segment_automatic", **common)
     ui = gentle(len(outputs), 1)(gpu(segment_automatic))
     segment_button.click(ui, api_name="segment_automatic_ui", api_visibility="private", **common)
-    return Shared(vocabulary, predefined, sam_size, alpha)
+    grid = [points_per_side, pred_iou_thresh, stability_score_thresh, mode, score_threshold, granularity]
+    return Shared(vocabulary, predefined, sam_size, alpha, grid)
 
 
 def point_tab(service: SegmentationService, shared: Shared) -> None:
@@ -388,6 +398,76 @@ def point_tab(service: SegmentationService, shared: Shared) -> None:
     )
 
 
+def compare_tab(service: SegmentationService, shared: Shared) -> None:
+    """The same SAM-2 masks named by Mask-Adapter and by plain mask pooling, side by
+    side, and its ``/compare`` endpoint."""
+    defaults = service.default_mask_settings()
+    with gr.Tab("Compare", id="compare"):
+        gr.Markdown(
+            "The same SAM-2 masks named two ways: by **Mask-Adapter**, and by **plain mask pooling** "
+            "(CLIP features averaged inside each mask: the baseline the paper improves on). "
+            "The settings are the Automatic tab's *Advanced* ones."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = Photo(type="numpy", label="Photo", sources=["upload", "clipboard"], elem_id="compare-image")
+                button = gr.Button("Compare", variant="primary", elem_id="compare")
+            message = gr.Markdown(elem_id="compare-message")
+        pictures, tables = [], []
+        with gr.Row():
+            for key, title in zip(("adapter", "pooling"), COMPARE_TITLES, strict=True):
+                with gr.Column():
+                    pictures.append(gr.Image(label=title, interactive=False, format="png", elem_id=f"compare-{key}"))
+                    tables.append(
+                        gr.Dataframe(
+                            headers=TABLE_HEADERS,
+                            label=f"{title}: segments",
+                            interactive=False,
+                            elem_id=f"compare-{key}-table",
+                            max_height=320,
+                        )
+                    )
+        segments = [gr.JSON(label=f"{key} segments", visible=False) for key in ("adapter", "pooling")]
+        gr.Examples(EXAMPLES, inputs=[image, shared.vocabulary], label="Examples (photo and vocabulary)")
+        api_button = gr.Button("compare", visible=False)
+
+    def compare(
+        image,
+        vocabulary,
+        predefined,
+        sam_size,
+        points_per_side,
+        pred_iou_thresh,
+        stability_score_thresh,
+        mode,
+        score_threshold,
+        granularity,
+        alpha,
+        progress=gr.Progress(),
+    ):
+        adapter, pooling, text = service.compare(
+            pixels(image),
+            vocabulary,
+            predefined,
+            sam_size,
+            mask_settings(defaults, points_per_side, pred_iou_thresh, stability_score_thresh),
+            mode,
+            float(score_threshold),
+            float(granularity),
+            float(alpha),
+            reporter(progress),
+        )
+        return adapter.picture, pooling.picture, text, adapter.rows, pooling.rows, adapter.segments, pooling.segments
+
+    inputs = [image, shared.vocabulary, shared.predefined, shared.sam_size, *shared.grid, shared.alpha]
+    outputs = [*pictures, message, *tables, *segments]
+    limit = service.settings.concurrency
+    common = dict(inputs=inputs, outputs=outputs, concurrency_id="automatic", concurrency_limit=limit)
+    api_button.click(friendly(gpu(compare)), api_name="compare", **common)
+    ui = gentle(len(outputs), 2)(gpu(compare))
+    button.click(ui, api_name="compare_ui", api_visibility="private", **common)
+
+
 def build_demo(service: SegmentationService) -> gr.Blocks:
     predefined_choices = [(title, key) for key, (title, _) in PREDEFINED.items()]
     with gr.Blocks(
@@ -416,6 +496,7 @@ def build_demo(service: SegmentationService) -> gr.Blocks:
             )
         shared = automatic_tab(service, vocabulary, predefined)
         point_tab(service, shared)
+        compare_tab(service, shared)
 
         def refresh_banner():
             return service.status_markdown(), gr.Timer(active=service.loading)

@@ -33,7 +33,7 @@ from maskadapter.images import check_image, load_image
 from maskadapter.masks import AutoMaskSettings
 from maskadapter.modeling import MaskAdapterHead
 from maskadapter.painting import semantic_map
-from maskadapter.segmenter import Segment, SegmentationResult, Segmenter
+from maskadapter.segmenter import Comparison, Segment, SegmentationResult, Segmenter
 from maskadapter.session import ImageSession, SessionStore
 from maskadapter.settings import Settings
 from maskadapter.vocabulary import PREDEFINED, Vocabulary, build_vocabulary, parse_vocabulary
@@ -43,6 +43,7 @@ __all__ = [
     "VILD_TEMPLATES",
     "AutoMaskSettings",
     "CheckpointError",
+    "Comparison",
     "ImageSession",
     "InputError",
     "MaskAdapterError",

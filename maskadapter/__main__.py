@@ -20,7 +20,7 @@ from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.export import save_label_map, save_segments_json
 from maskadapter.images import load_image
 from maskadapter.masks import add_mask_arguments, mask_settings_from_args
-from maskadapter.render import overlay
+from maskadapter.render import COMPARE_TITLES, overlay, side_by_side
 from maskadapter.segmenter import MODES, Segmenter
 from maskadapter.settings import add_arguments, settings_from_args
 from maskadapter.vocabulary import PREDEFINED
@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="semantic mode: keep masks scoring >= this x the class's best (default 0.8)",
     )
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="also name the same masks by plain mask pooling (the baseline): writes NAME_compare.png "
+        "(side by side) and NAME_pooling_segments.json, and prints how many masks changed label",
+    )
     add_mask_arguments(parser)
     add_arguments(parser)
     return parser
@@ -88,14 +94,22 @@ def main(argv: list[str] | None = None) -> int:
         vocabulary = segmenter.vocabulary(args.vocab, args.predefined)
         args.out.mkdir(parents=True, exist_ok=True)
         for path, image in images:
-            result = segmenter.segment_automatic(
-                image, vocabulary, mask_settings, args.mode, args.score_threshold, args.granularity
-            )
             stem = args.out / path.stem
+            options = (mask_settings, args.mode, args.score_threshold, args.granularity)
+            if args.compare:
+                found = segmenter.compare(image, vocabulary, *options)
+                result = found.adapter
+                pictures = [overlay(image, r, alpha=args.alpha) for r in (found.adapter, found.pooling)]
+                Image.fromarray(side_by_side(pictures, COMPARE_TITLES)).save(f"{stem}_compare.png")
+                save_segments_json(found.pooling, f"{stem}_pooling_segments.json", file_name=path.name)
+            else:
+                result = segmenter.segment_automatic(image, vocabulary, *options)
             Image.fromarray(overlay(image, result, alpha=args.alpha)).save(f"{stem}_overlay.png")
             save_label_map(result, f"{stem}_labels.png")
             save_segments_json(result, f"{stem}_segments.json", file_name=path.name)
             print(f"{path}: {len(result.segments)} segments -> {stem}_*.png/json")
+            if args.compare:
+                print(f"{path}: {found.changed} of {found.masks} masks changed label with plain mask pooling")
     except MaskAdapterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

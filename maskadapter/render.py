@@ -268,3 +268,23 @@ def draw_points(image: np.ndarray, points: Sequence[Sequence[float]], box: Seque
     """The image with prompt points (and box) marked, nothing else."""
     empty = SegmentationResult(image.shape[:2], [], [], np.full(image.shape[:2], UNLABELLED, np.int32), "per_mask")
     return overlay(image, empty, legend=False, points=points, box=box)
+
+
+COMPARE_TITLES = ("Mask-Adapter", "plain mask pooling (baseline)")
+
+
+def side_by_side(pictures: Sequence[np.ndarray], titles: Sequence[str], gap: int = 12) -> np.ndarray:
+    """(H_i, W_i, 3) uint8 pictures next to each other on white, each under its title
+    (a comparison: the same masks classified two ways)."""
+    size = _font_size(pictures[0].shape[:2])
+    title_h = size + 14
+    height = max(p.shape[0] for p in pictures) + title_h
+    width = sum(p.shape[1] for p in pictures) + gap * (len(pictures) - 1)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for picture, title in zip(pictures, titles, strict=True):
+        draw.text((x + 4, title_h // 2), title, font=_font_for(title, size), fill=(20, 20, 20), anchor="lm")
+        canvas.paste(Image.fromarray(picture), (x, title_h))
+        x += picture.shape[1] + gap
+    return np.asarray(canvas)

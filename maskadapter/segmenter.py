@@ -390,12 +390,18 @@ class Segmenter:
         return logits.softmax(-1)
 
     def _probabilities(
-        self, session: ImageSession, mask_key: tuple, masks: torch.Tensor, vocabulary: Vocabulary, progress: Progress
+        self,
+        session: ImageSession,
+        mask_key: tuple,
+        masks: torch.Tensor,
+        vocabulary: Vocabulary,
+        progress: Progress,
+        method: str = "adapter",
     ) -> torch.Tensor:
-        """``mask_probabilities`` kept in the session per (masks, vocabulary)."""
-        key = (mask_key, vocabulary, self._clip_key())
+        """``mask_probabilities`` kept in the session per (masks, vocabulary, method)."""
+        key = (mask_key, vocabulary, self._clip_key(), method)
         if key not in session.probs:
-            session.probs[key] = self.mask_probabilities(session, masks, with_others(vocabulary), progress)
+            session.probs[key] = self.mask_probabilities(session, masks, with_others(vocabulary), progress, method)
             self.store.update(session)
         return session.probs[key]
 
@@ -410,6 +416,7 @@ class Segmenter:
         score_threshold: float = 0.0,
         granularity: float = 0.8,
         progress: Progress = _silent,
+        method: str = "adapter",
     ) -> SegmentationResult:
         """Segment everything SAM-2 finds and name it with the vocabulary.
 
@@ -419,6 +426,8 @@ class Segmenter:
             score_threshold: minimum class probability of a kept segment, in [0, 1].
             granularity: semantic mode's per-class relative threshold, in [0, 1].
             progress: called with (fraction done, message) as the work advances.
+            method: how masks are classified: ``"adapter"`` (Mask-Adapter) or
+                ``"pooling"`` (plain mask pooling, the baseline the paper improves on).
         """
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -430,9 +439,36 @@ class Segmenter:
         # fail on the text side before the slow part
         self.text_embeddings(with_others(vocabulary), _text_progress(progress))
         found = self.automatic_masks(session, settings, progress)
-        probs = self._probabilities(session, self._mask_key(settings), found.masks, vocabulary, progress)
+        probs = self._probabilities(session, self._mask_key(settings), found.masks, vocabulary, progress, method)
         progress(0.92, "painting")
         return self._assemble(session, found, probs, vocabulary, mode, score_threshold, granularity)
+
+    def compare(
+        self,
+        image: ImageSession | np.ndarray,
+        vocabulary: Vocabulary,
+        mask_settings: AutoMaskSettings | None = None,
+        mode: str = "semantic",
+        score_threshold: float = 0.0,
+        granularity: float = 0.8,
+        progress: Progress = _silent,
+    ) -> Comparison:
+        """The same SAM-2 masks classified by Mask-Adapter and by plain mask pooling (the
+        arguments as in ``segment_automatic``); the masks and the CLIP features are
+        computed once for both."""
+        adapter = self.segment_automatic(
+            image, vocabulary, mask_settings, mode, score_threshold, granularity, progress, "adapter"
+        )
+        session = self._as_session(image)
+        pooling = self.segment_automatic(
+            session, vocabulary, mask_settings, mode, score_threshold, granularity, progress, "pooling"
+        )
+        key = self._mask_key(mask_settings or AutoMaskSettings())
+        c = len(vocabulary)
+        best = [session.probs[(key, vocabulary, self._clip_key(), m)].argmax(1) for m in METHODS]
+        best = [torch.where(b < c, b, -1) for b in best]  # "others" is no label
+        changed = int((best[0] != best[1]).sum()) if len(best[0]) else 0
+        return Comparison(adapter, pooling, changed, len(best[0]))
 
     def segment_points(
         self,
@@ -572,6 +608,18 @@ class Segmenter:
         ]
         segments.sort(key=lambda s: -s.area)
         return segments, working_np, label_map
+
+
+@dataclass
+class Comparison:
+    """One image's masks classified two ways: ``adapter`` (Mask-Adapter) and ``pooling``
+    (plain mask pooling); ``changed`` of the ``masks`` SAM-2 masks have a different
+    best class under the two."""
+
+    adapter: SegmentationResult
+    pooling: SegmentationResult
+    changed: int
+    masks: int
 
 
 def compile_sam2(sam_model: torch.nn.Module) -> None:

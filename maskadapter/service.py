@@ -480,6 +480,47 @@ class SegmentationService:
         message = self._message(message, segmenter.vocabulary_notes(vocabulary), json_path is not None)
         return Output(picture, self.rows(result), segments, label_path, json_path, message), session.key
 
+    def compare(
+        self,
+        image: object,
+        vocabulary_text: str | None,
+        predefined: Sequence[str] | None = (),
+        sam_size: str | None = None,
+        mask_settings: AutoMaskSettings | None = None,
+        mode: str = "semantic",
+        score_threshold: float = 0.0,
+        granularity: float = 0.8,
+        alpha: float = 0.5,
+        report: Report = _quiet,
+    ) -> tuple[Output, Output, str]:
+        """The same SAM-2 masks named by Mask-Adapter and by plain mask pooling: an output
+        for each, and a message saying how many masks changed label."""
+        vocabulary = self.vocabulary(vocabulary_text, predefined)
+        segmenter = self.segmenter(sam_size, report)
+        session = segmenter.session(image)
+        found = segmenter.compare(
+            session,
+            vocabulary,
+            mask_settings or self.default_mask_settings(),
+            mode,
+            score_threshold,
+            granularity,
+            progress=report,
+        )
+        report(0.95, "drawing")
+        outputs = []
+        for name, result in (("adapter", found.adapter), ("pooling", found.pooling)):
+            segments = segments_to_dict(result)
+            label_path, json_path = self._files(result, segments, f"compare-{name}")
+            picture = overlay(session.image, result, alpha=alpha)
+            outputs.append(Output(picture, self.rows(result), segments, label_path, json_path, ""))
+        message = (
+            f"{found.changed} of {found.masks} SAM-2 mask{'' if found.masks == 1 else 's'} changed label "
+            "between Mask-Adapter and plain mask pooling."
+        )
+        downloads = all(out.json_path is not None for out in outputs)
+        return outputs[0], outputs[1], self._message(message, segmenter.vocabulary_notes(vocabulary), downloads)
+
     def points(
         self,
         state: PointState,

@@ -273,6 +273,28 @@ def test_two_sessions_do_not_share_state(app_server, browser, tmp_path):
     second.close()
 
 
+def test_compare_tab_shows_both_methods(app_server, browser, tmp_path):
+    url, _ = app_server
+    view = Page(browser, url)
+    page = view.page
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-image input[type=file]").set_input_files(str(_small_copy(tmp_path, "coffee.png", 240)))
+    page.locator("#compare-image img").wait_for()
+    page.locator("#vocabulary textarea").fill("cup | mug, saucer, table, spoon")
+    page.locator("#compare").click()
+    page.locator("#compare-message").get_by_text("changed label").wait_for()
+    for key in ("adapter", "pooling"):
+        page.locator(f"#compare-{key} img").wait_for()
+        page.wait_for_function(f"() => document.querySelectorAll('#compare-{key}-table {ROWS}').length > 0")
+    sources = {page.locator(f"#compare-{key} img").get_attribute("src") for key in ("adapter", "pooling")}
+    assert len(sources) == 2  # two pictures
+    assert "Mask-Adapter" in page.locator("#compare-adapter").inner_text()
+    assert "mask pooling" in page.locator("#compare-pooling").inner_text()
+    view.screenshot("compare.png")
+    assert view.errors == [], view.errors
+    view.close()
+
+
 def _no_error_badge(page, selector: str) -> None:
     """The component is shown normally: no error status in place of its content."""
     text = page.locator(selector).inner_text()
@@ -379,7 +401,7 @@ def test_api_through_gradio_client(app_process, tmp_path):
 
     client = Client(app_process, verbose=False)
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/segment_automatic", "/segment_points"} <= set(api)
+    assert {"/segment_automatic", "/segment_points", "/compare"} <= set(api)
     params = [p["parameter_name"] for p in api["/segment_automatic"]["parameters"]]
     assert params[:2] == ["image", "vocabulary"]
     assert all(p["parameter_has_default"] for p in api["/segment_automatic"]["parameters"][1:])
@@ -408,6 +430,14 @@ def test_api_through_gradio_client(app_process, tmp_path):
     seg = segments["segments"][0]
     assert seg["label"] in ("cat", "wall") and len(seg["top5"]) == 2
     assert decode_rle(seg["segmentation"]).shape == (h, w)
+
+    adapter, pooling, message, adapter_table, pooling_table, adapter_segments, pooling_segments = client.predict(
+        handle_file(str(photo)), "cat | kitten, wall, floor", points_per_side=6, api_name="/compare"
+    )
+    assert "changed label" in message
+    assert np.asarray(Image.open(adapter)).shape[1] == np.asarray(Image.open(pooling)).shape[1] == w
+    for segments, table in ((adapter_segments, adapter_table), (pooling_segments, pooling_table)):
+        assert segments["labels"] == ["cat", "wall", "floor"] and len(table["data"]) == len(segments["segments"])
 
     with pytest.raises(AppError, match="outside the 225x150 image"):
         client.predict(handle_file(str(photo)), "[[900, 10, 1]]", "cat", api_name="/segment_points")

@@ -82,7 +82,7 @@ def _controlled(segmenter, monkeypatch, probs: list[list[float]]):
     )
     asked = []
 
-    def probabilities(session, m, vocabulary, progress=None, **kwargs):
+    def probabilities(session, m, vocabulary, progress=None, method="adapter"):
         asked.append(vocabulary.labels)
         return torch.tensor(probs, dtype=torch.float32)
 
@@ -120,7 +120,9 @@ def test_one_class_vocabulary_gets_others_that_labels_nothing(segmenter, monkeyp
     # a vocabulary of two classes gets no extra class
     asked.clear()
     monkeypatch.setattr(
-        segmenter, "mask_probabilities", lambda s, m, v, p=None, **k: asked.append(v.labels) or torch.full((3, 2), 0.5)
+        segmenter,
+        "mask_probabilities",
+        lambda s, m, v, p=None, method=None: asked.append(v.labels) or torch.full((3, 2), 0.5),
     )
     segmenter.segment_automatic(image, build_vocabulary("cat, dog"), AutoMaskSettings(), mode=mode)
     assert asked == [["cat", "dog"]]
@@ -149,3 +151,56 @@ def test_default_mode_is_the_semantic_map(tmp_path):
     assert inspect.signature(SegmentationService.automatic).parameters["mode"].default == "semantic"
     args = build_parser().parse_args(["x.png", "--vocab", "cat", "--out", str(tmp_path)])
     assert args.mode == "semantic"
+
+
+# ---------------------------------------------------------------------------- Mask-Adapter vs mask pooling
+
+
+def test_compare_classifies_the_same_masks_two_ways(segmenter, image, synthetic_sam):
+    vocabulary = build_vocabulary("cat, wall, floor, table")
+    settings = AutoMaskSettings(points_per_side=6)
+    found = segmenter.compare(image, vocabulary, settings)
+    assert segmenter.stats["mask_generations"] == 1 and segmenter.stats["clip_image_encodings"] == 1
+    assert found.adapter.mode == found.pooling.mode == "semantic"
+    session = segmenter.session(image)
+    masks = segmenter.automatic_masks(session, settings).masks
+    adapter = segmenter.mask_probabilities(session, masks, vocabulary, method="adapter")
+    pooling = segmenter.mask_probabilities(session, masks, vocabulary, method="pooling")
+    assert found.masks == len(masks) > 3
+    changed = sum(int(a.argmax()) != int(b.argmax()) for a, b in zip(adapter, pooling, strict=True))
+    assert found.changed == changed
+    # each side is what segment_automatic gives with that method
+    for method, result in (("adapter", found.adapter), ("pooling", found.pooling)):
+        again = segmenter.segment_automatic(session, vocabulary, settings, method=method)
+        np.testing.assert_array_equal(again.label_map, result.label_map)
+    assert not np.array_equal(adapter.numpy(), pooling.numpy())
+    assert segmenter.stats["mask_generations"] == 1  # nothing was computed twice
+
+
+def test_cli_compare_writes_both_pictures(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, small_image
+    from PIL import Image
+
+    Image.fromarray(small_image("coffee.png", 120)).save(tmp_path / "coffee.png")
+    out = tmp_path / "out"
+    args = ["--vocab", "cup, table, saucer", "--out", str(out), "--tiny-random", "--compare"]
+    args += ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+    env = {**__import__("os").environ, "MASKADAPTER_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run(
+        [sys.executable, "-m", "maskadapter", str(tmp_path / "coffee.png"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "masks changed label with plain mask pooling" in run.stdout
+    side = Image.open(out / "coffee_compare.png")
+    single = Image.open(out / "coffee_overlay.png")
+    assert side.width > 2 * single.width and side.height > single.height  # two pictures under titles
+    pooling = json.loads((out / "coffee_pooling_segments.json").read_text())
+    assert pooling["labels"] == ["cup", "table", "saucer"]
