@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import functools
 import html
+import inspect
 import logging
 import sys
 import uuid
@@ -23,19 +24,38 @@ from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.images import load_image
 from maskadapter.masks import AutoMaskSettings
 from maskadapter.render import COMPARE_TITLES
-from maskadapter.service import TABLE_HEADERS, PointState, SegmentationService, parse_box, parse_points, plain
+from maskadapter.service import (
+    TABLE_HEADERS,
+    PointState,
+    SegmentationService,
+    gpu_seconds,
+    parse_box,
+    parse_points,
+    plain,
+)
 from maskadapter.settings import Settings, add_arguments, settings_from_args
 from maskadapter.vocabulary import PREDEFINED
 
 try:  # ZeroGPU Spaces: GPU work runs inside spaces.GPU-decorated functions
     import spaces
-
-    gpu = spaces.GPU(duration=120)
 except ImportError:
     spaces = None
 
-    def gpu(fn):
+
+def gpu(fn):
+    """On a ZeroGPU Space, run ``fn`` on a GPU held for a duration chosen per call from
+    its image and SAM-2 grid (``gpu_seconds``); elsewhere ``fn`` itself."""
+    if spaces is None:
         return fn
+    signature = inspect.signature(fn)
+
+    def duration(*args, **kwargs) -> int:
+        given = signature.bind_partial(*args, **kwargs).arguments
+        image = given.get("image")
+        hw = image.shape[:2] if isinstance(getattr(image, "shape", None), tuple) else None
+        return gpu_seconds(hw, given.get("points_per_side"))
+
+    return spaces.GPU(duration=duration)(fn)
 
 
 log = logging.getLogger("app")

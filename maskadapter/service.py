@@ -59,6 +59,16 @@ def _sweep(directory: Path) -> None:
                 old.unlink()
 
 
+def gpu_seconds(image_hw: tuple[int, int] | None, points_per_side: int | None = None) -> int:
+    """Seconds of GPU to ask a ZeroGPU Space for one request (it queues shorter asks
+    first): encoding and classification grow with the image's megapixels, automatic
+    masks with the number of grid points (1024 at the default 32 x 32, about a second on
+    an A100-class GPU); doubled for slack, between 15 and 120."""
+    megapixels = (image_hw[0] * image_hw[1] / 1e6) if image_hw else 1.0
+    points = (points_per_side or 0) ** 2
+    return int(min(120, max(15, 2 * (5 + 2 * megapixels + 3 * points / 1024))))
+
+
 def plain(text: str) -> str:
     """``text`` escaped for Gradio's Markdown (and the HTML it allows): user text such
     as class names always shows literally."""
