@@ -10,7 +10,9 @@ import argparse
 import dataclasses
 import functools
 import html
+import importlib.util
 import inspect
+import json
 import logging
 import sys
 import uuid
@@ -269,6 +271,34 @@ def automatic_tab(service: SegmentationService, vocabulary: gr.Textbox, predefin
         session,
         progress=gr.Progress(),
     ):
+        """Segment everything in a photo: SAM-2 proposes masks from a grid of point prompts and
+        Mask-Adapter over CLIP names each with one class of the vocabulary.
+
+        Pass the image as a data URL (data:image/png;base64,...) or as a public http(s) URL
+        (Gradio refuses URLs of loopback and private addresses). The vocabulary has commas or
+        new lines between classes and `|` between synonyms of one class, e.g. "car, road, tree | bush".
+
+        Args:
+            image: the photo: a data:image/...;base64 URL or a public http(s) URL (PNG, JPEG, WebP, ...)
+            vocabulary: classes, commas or new lines between classes, `|` between synonyms: "car, road, tree | bush"
+            predefined: predefined vocabularies added to the classes, e.g. ["coco"]; may be empty
+            sam_size: SAM-2 model size (a size other than the default downloads on first use)
+            points_per_side: SAM-2 prompt grid, points per side (4 to 64); more finds smaller things, slower
+            pred_iou_thresh: SAM-2's predicted-IoU filter on masks, 0 to 1
+            stability_score_thresh: SAM-2's stability filter on masks, 0 to 1
+            mode: "semantic" (default: one segment per class, its masks merged) or "per_mask" (one per mask)
+            score_threshold: drop segments whose class probability is lower, 0 to 1 (default 0)
+            granularity: semantic mode: keep masks scoring at least this times the class's best (default 0.8)
+            alpha: opacity of the colours painted on the overlay, 0 to 1
+
+        Returns:
+            overlay: PNG of the photo with the segments painted, a legend below
+            message: one line saying what was found
+            table: one row per segment (label, score, area, ...)
+            files: a label-map PNG and the segments JSON file
+            segments: JSON with the image size, the labels, and per segment its label, class id, score
+            top-5, area, bbox [x, y, w, h], SAM-2's IoU estimate and a COCO RLE mask {size, counts}
+        """
         out, session = service.automatic(
             pixels(image),
             vocabulary,
@@ -403,6 +433,30 @@ def point_tab(service: SegmentationService, shared: Shared) -> None:
         button.click(edit(operation), inputs=[*settings, point_state], **common)
 
     def segment_points(image, points, vocabulary, predefined, box, sam_size, alpha, session, progress=gr.Progress()):
+        """Segment the object under point prompts (and an optional box) with SAM-2, and name it with
+        Mask-Adapter over CLIP: the class of the vocabulary that fits it best.
+
+        Pass the image as a data URL (data:image/png;base64,...) or as a public http(s) URL
+        (Gradio refuses URLs of loopback and private addresses). Points are JSON [[x, y, label], ...]
+        in the original image's pixels (x right, y down from the top-left corner), label 1 positive
+        (on the object) or 0 negative (not on it); at least one positive point unless a box is given.
+        The vocabulary has commas or new lines between classes and `|` between synonyms of one
+        class, e.g. "car, road, tree | bush".
+
+        Args:
+            image: the photo: a data:image/...;base64 URL or a public http(s) URL (PNG, JPEG, WebP, ...)
+            points: JSON [[x, y, label], ...] in original-image pixels; label 1 positive, 0 negative
+            vocabulary: classes, commas or new lines between classes, `|` between synonyms: "car, road, tree | bush"
+            predefined: predefined vocabularies added to the classes, e.g. ["coco"]; may be empty
+            box: optional JSON [x0, y0, x1, y1] in original-image pixels around the object; empty for none
+            sam_size: SAM-2 model size (a size other than the default downloads on first use)
+            alpha: opacity of the colour painted on the overlay, 0 to 1
+
+        Returns:
+            overlay: PNG of the photo with the segment painted and its label
+            segments: JSON with the image size, the labels, and one segment: its label, class id, score
+            top-5, area, bbox [x, y, w, h], SAM-2's IoU estimate and a COCO RLE mask {size, counts}
+        """
         state = service.prompt_state(pixels(image), parse_points(points), parse_box(box))
         out = service.points(state, vocabulary, predefined, sam_size, alpha, reporter(progress))
         return out.picture, out.segments, state.key
@@ -465,6 +519,36 @@ def compare_tab(service: SegmentationService, shared: Shared) -> None:
         alpha,
         progress=gr.Progress(),
     ):
+        """Segment everything in a photo as segment_automatic does, and name the same SAM-2 masks twice:
+        by Mask-Adapter and by plain mask pooling (CLIP features averaged inside each mask, the
+        baseline), to see where the adapter changes the label.
+
+        Pass the image as a data URL (data:image/png;base64,...) or as a public http(s) URL
+        (Gradio refuses URLs of loopback and private addresses). The vocabulary has commas or
+        new lines between classes and `|` between synonyms of one class, e.g. "car, road, tree | bush".
+
+        Args:
+            image: the photo: a data:image/...;base64 URL or a public http(s) URL (PNG, JPEG, WebP, ...)
+            vocabulary: classes, commas or new lines between classes, `|` between synonyms: "car, road, tree | bush"
+            predefined: predefined vocabularies added to the classes, e.g. ["coco"]; may be empty
+            sam_size: SAM-2 model size (a size other than the default downloads on first use)
+            points_per_side: SAM-2 prompt grid, points per side (4 to 64); more finds smaller things, slower
+            pred_iou_thresh: SAM-2's predicted-IoU filter on masks, 0 to 1
+            stability_score_thresh: SAM-2's stability filter on masks, 0 to 1
+            mode: "semantic" (default: one segment per class, its masks merged) or "per_mask" (one per mask)
+            score_threshold: drop segments whose class probability is lower, 0 to 1 (default 0)
+            granularity: semantic mode: keep masks scoring at least this times the class's best (default 0.8)
+            alpha: opacity of the colours painted on the overlays, 0 to 1
+
+        Returns:
+            adapter_overlay: PNG overlay of the masks named by Mask-Adapter
+            pooling_overlay: PNG overlay of the same masks named by mask pooling
+            message: how many masks changed label
+            adapter_table: Mask-Adapter's segments, one row each
+            pooling_table: mask pooling's segments, one row each
+            adapter_segments: Mask-Adapter's segments JSON (as segment_automatic's, with COCO RLE masks)
+            pooling_segments: mask pooling's segments JSON
+        """
         adapter, pooling, text = service.compare(
             pixels(image),
             vocabulary,
@@ -526,6 +610,42 @@ def build_demo(service: SegmentationService) -> gr.Blocks:
     return demo
 
 
+def fix_mcp_outputs() -> None:
+    """Two fixes to what Gradio 6.31's MCP server makes of the endpoints' outputs. Without
+    progress notifications it takes a multi-output endpoint's whole output tuple for one
+    output (and then fails to drop its State: "pop index out of range"): give it the outputs
+    one by one, as its progress path does. And it writes JSON outputs (segments) as Python
+    text: write them as JSON, and a list of files (the downloads) as their URLs. Images (the
+    overlays) stay images."""
+    from gradio.mcp import GradioMCPServer
+    from gradio.processing_utils import add_root_url
+    from gradio_client.utils import is_file_obj_with_meta
+
+    run = getattr(GradioMCPServer, "_execute_tool_without_progress", None)
+    postprocess = getattr(GradioMCPServer, "postprocess_output_data", None)
+    if run is None or postprocess is None or getattr(run, "fixed", False):  # another Gradio, or done
+        return
+
+    async def without_progress(self, job):
+        outputs = await run(self, job)
+        return list(outputs[0]) if len(outputs) == 1 and isinstance(outputs[0], tuple) else outputs
+
+    def as_json(value):
+        if isinstance(value, list) and value and all(is_file_obj_with_meta(item) for item in value):
+            return json.dumps([item["url"] for item in value])  # the downloads, as URLs
+        if isinstance(value, dict | list) and not is_file_obj_with_meta(value):
+            return json.dumps(value)
+        return value
+
+    def postprocess_json(self, data, root_url):
+        data = add_root_url(data, root_url, None)
+        return postprocess(self, [as_json(value) for value in data], root_url)
+
+    without_progress.fixed = True
+    GradioMCPServer._execute_tool_without_progress = without_progress
+    GradioMCPServer.postprocess_output_data = postprocess_json
+
+
 def parse_settings(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(description="Open-vocabulary segmentation app (SAM-2 + Mask-Adapter).")
     add_arguments(parser, app=True)
@@ -541,6 +661,11 @@ def main(argv: list[str] | None = None) -> int:
     except MaskAdapterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if settings.mcp:
+        if importlib.util.find_spec("mcp") is None:
+            print("error: --mcp needs the `mcp` package: pip install -r requirements.txt", file=sys.stderr)
+            return 2
+        fix_mcp_outputs()
     service = SegmentationService(settings)
     service.start(background=spaces is None)  # ZeroGPU wants the models built at start-up
     demo = build_demo(service)
@@ -553,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         allowed_paths=[str(HERE / "examples")],
         show_error=False,  # only our own short messages reach users (gr.Error)
         max_file_size=f"{settings.max_upload_mb}mb",
+        mcp_server=settings.mcp,
     )
     return 0
 
