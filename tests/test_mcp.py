@@ -1,0 +1,86 @@
+"""The app as an MCP server (`python app.py --mcp`), driven by the official `mcp` client
+over streamable HTTP as an AI assistant would: tool list, descriptions, one call."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import AppProcess, small_image
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+TOOLS = {"segment_automatic", "segment_points", "compare"}
+
+
+def _data_url(pixels) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+async def _list_and_call(server: str, arguments: dict):
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    async with streamablehttp_client(server) as (read, write, _):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            tools = (await session.list_tools()).tools
+            result = await session.call_tool("segment_points", arguments)
+            return tools, result
+
+
+def test_tools_over_streamable_http(tmp_path):
+    app = AppProcess(tmp_path)
+    app.command.append("--mcp")
+    pixels = small_image("chelsea.png", 225)
+    h, w = pixels.shape[:2]
+    prompts = json.dumps([[110, 75, 1], [10, 10, 0]])
+    arguments = {"image": _data_url(pixels), "points": prompts, "vocabulary": "cat, wall"}
+    with app:
+        tools, result = asyncio.run(asyncio.wait_for(_list_and_call(app.url + "gradio_api/mcp/", arguments), 180))
+
+    by_name = {tool.name: tool for tool in tools}
+    assert set(by_name) == TOOLS  # the UI's private events are no tools
+    for tool in by_name.values():
+        assert "`|` between synonyms" in tool.description and "car, road, tree | bush" in tool.description
+        assert "data:image/png;base64" in tool.description
+        assert tool.inputSchema["required"] == ["image"]
+    points = by_name["segment_points"]
+    assert "[[x, y, label], ...]" in points.description and "label 1 positive" in points.description
+    assert "[x0, y0, x1, y1]" in points.inputSchema["properties"]["box"]["description"]
+    assert list(points.inputSchema["properties"])[:3] == ["image", "points", "vocabulary"]
+    modes = by_name["segment_automatic"].inputSchema["properties"]["mode"]
+    assert modes["enum"] == ["semantic", "per_mask"] and modes["default"] == "semantic"
+
+    assert not result.isError, result.content
+    images = [c for c in result.content if c.type == "image"]
+    texts = [c.text for c in result.content if c.type == "text"]
+    assert len(images) == 1 and images[0].mimeType == "image/png"
+    overlay = Image.open(io.BytesIO(base64.b64decode(images[0].data)))
+    assert overlay.size == (w, h)
+    segments = json.loads(texts[-1])  # the segments as JSON, after the overlay's URL
+    assert segments["image"]["width"] == w and segments["labels"] == ["cat", "wall"]
+    assert len(segments["segments"]) == 1
+    seg = segments["segments"][0]
+    assert seg["label"] in ("cat", "wall") and seg["segmentation"]["size"] == [h, w]
+    assert "Traceback" not in app.log, app.log[-3000:]
+
+
+@pytest.mark.parametrize("value, served", [("1", True), (None, False)])
+def test_mcp_setting_turns_the_server_on(tmp_path, value, served):
+    env = {} if value is None else {"MASKADAPTER_MCP": value}
+    with AppProcess(tmp_path, env) as app:
+        try:
+            with urllib.request.urlopen(app.url + "gradio_api/mcp/schema", timeout=30) as response:
+                status, tools = response.status, {tool["name"] for tool in json.load(response)}
+        except urllib.error.HTTPError as err:
+            status, tools = err.code, set()
+    assert (status, tools) == ((200, TOOLS) if served else (404, set()))
