@@ -577,8 +577,11 @@ class Segmenter:
         Returns (segments, working label map, label map at the original size)."""
         present = class_presence(found.masks, working, len(labels)).cpu().numpy() & kept.cpu().numpy()[:, None]
         classes = np.nonzero(present.any(0))[0]
+        if not len(classes):  # no mask, or none kept
+            working_np = working.to(torch.int32).cpu().numpy()
+            return [], working_np, frame.to_original(working_np)
         top = np.where(present[:, classes], probs[:, classes], -1.0).argmax(0)  # (K,) best mask per class
-        scores = probs[top, classes] if len(classes) else np.zeros(0)
+        scores = probs[top, classes]
         dropped = classes[scores < score_threshold]
         if len(dropped):
             working = torch.where(torch.isin(working, torch.as_tensor(dropped, device=working.device)), -1, working)

@@ -204,3 +204,13 @@ def test_cli_compare_writes_both_pictures(tmp_path):
     assert side.width > 2 * single.width and side.height > single.height  # two pictures under titles
     pooling = json.loads((out / "coffee_pooling_segments.json").read_text())
     assert pooling["labels"] == ["cup", "table", "saucer"]
+
+
+@pytest.mark.parametrize("mode", ["semantic", "per_mask"])
+def test_no_mask_gives_an_empty_result(segmenter, image, mode):
+    """Random weights with the demo's filters: SAM-2 keeps no mask; nothing is labelled."""
+    strict = AutoMaskSettings(points_per_side=4, pred_iou_thresh=0.999, stability_score_thresh=0.999)
+    result = segmenter.segment_automatic(image, build_vocabulary("cat, wall"), strict, mode=mode)
+    assert result.segments == [] and (result.label_map == -1).all()
+    assert result.label_map.shape == image.shape[:2]
+    assert segments_to_dict(result)["segments"] == []
