@@ -34,6 +34,8 @@ def per_mask_label_map(masks: torch.Tensor, class_ids: torch.Tensor, chunk: int 
         part = masks[start : start + chunk] & painted[start : start + chunk, None, None]
         index = torch.arange(start, start + len(part), device=masks.device)[:, None, None]
         winner = torch.maximum(winner, torch.where(part, index, -1).amax(0))
+    if n == 0:
+        return winner.clone(), winner
     labels = torch.where(winner >= 0, class_ids[winner.clamp(min=0)], -1)
     return labels, winner
 
