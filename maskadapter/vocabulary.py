@@ -48,10 +48,11 @@ import torch
 
 from maskadapter.clip_features import TEXT_CHUNK, VILD_TEMPLATES, encode_vocabulary
 from maskadapter.errors import VocabularyError
+from maskadapter.resources import package_path
 
 log = logging.getLogger(__name__)
 
-VOCABULARY_DIR = Path(__file__).parent / "vocabularies"
+VOCABULARY_DIR = package_path("vocabularies")
 # name -> (title shown to users, file in VOCABULARY_DIR); each file says its source
 PREDEFINED: dict[str, tuple[str, str]] = {
     "ade20k": ("ADE20K-150", "ade20k.txt"),

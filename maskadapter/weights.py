@@ -34,11 +34,11 @@ from omegaconf import OmegaConf
 
 from maskadapter.errors import CheckpointError, WeightsNotFoundError
 from maskadapter.modeling import MaskAdapterHead
+from maskadapter.resources import package_path
 from maskadapter.settings import Settings
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SAM2_CONFIG_DIR = Path(sam2.__file__).resolve().parent / "configs" / "sam2.1"
 # size -> (hub repo, checkpoint file, config file in the sam2 package)
 SAM2_HUB = {
@@ -50,8 +50,9 @@ SAM2_HUB = {
 CLIP_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 ADAPTER_PREFIX = "mask_adapter."
 
-TINY_SAM2_CONFIG = REPO_ROOT / "sam2_configs" / "sam2.1_hiera_tiny_random.yaml"
-TINY_CLIP_CONFIG = Path(__file__).resolve().parent / "clip_configs" / "tiny-random-convnext.json"
+# shipped with the package (sam2_configs/ sits at the top of a checkout; see maskadapter.resources)
+TINY_SAM2_CONFIG = package_path("sam2_configs", "sam2.1_hiera_tiny_random.yaml")
+TINY_CLIP_CONFIG = package_path("clip_configs", "tiny-random-convnext.json")
 TINY_CLIP_NAME = TINY_CLIP_CONFIG.stem
 TINY_ADAPTER = dict(num_channels=32, mask_in_chans=16, num_output_maps=4)
 HUB_PROBE_TIMEOUT_S = 3.0
