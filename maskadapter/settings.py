@@ -3,14 +3,18 @@
 Every field ``name`` has a command-line flag ``--name`` (underscores become dashes)
 and an environment variable ``MASKADAPTER_NAME``. Precedence: flag, then environment
 variable, then the default below. ``python app.py --help`` and
-``python -m maskadapter --help`` list them; README.md has the table.
+``python -m maskadapter --help`` list them; README.md has the table. From Python,
+``Settings(...)`` takes the defaults and the values given, and ``Settings.from_env(...)``
+also reads the environment variables (values given win).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +118,26 @@ class Settings:
     def env_name(cls, name: str) -> str:
         return ENV_PREFIX + name.upper()
 
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Settings for Python callers: keyword ``overrides`` over environment variables
+        ``MASKADAPTER_<NAME>`` over the defaults (``Settings()`` alone reads no environment).
+
+        Overrides are Python values, as for ``Settings(...)``; ``None`` is a value too (it
+        clears an environment variable's path). An unknown name, or an environment value
+        that does not parse, raises ``InputError`` naming it.
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [name for name in overrides if name not in names]
+        if unknown:
+            hints = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, names, n=1)
+                hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            known = ", ".join(names)
+            raise InputError(f"Settings.from_env: unknown setting {', '.join(hints)}; the settings are {known}")
+        return _settings(overrides, os.environ)
+
 
 def _field_type(f: dataclasses.Field) -> type:
     text = str(f.type)
@@ -165,14 +189,23 @@ def add_arguments(parser: argparse.ArgumentParser, *, app: bool = False) -> None
             )
 
 
-def settings_from_args(args: argparse.Namespace | None = None, env: dict[str, str] | None = None) -> Settings:
-    """Settings from parsed flags (may be None) over environment variables over defaults."""
-    env = os.environ if env is None else env
+def _settings(given: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    """Settings from ``given`` values over environment variables over defaults; an
+    environment variable is parsed only for a field not given."""
     values: dict[str, Any] = {}
     for f in dataclasses.fields(Settings):
-        given = getattr(args, f.name, None) if args is not None else None
-        if given is not None:
-            values[f.name] = given
+        if f.name in given:
+            values[f.name] = given[f.name]
         elif Settings.env_name(f.name) in env:
             values[f.name] = _parse_env(f, env[Settings.env_name(f.name)])
     return Settings(**values)
+
+
+def settings_from_args(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from parsed flags (may be None) over environment variables over defaults."""
+    given: dict[str, Any] = {}
+    if args is not None:
+        for f in dataclasses.fields(Settings):
+            if getattr(args, f.name, None) is not None:
+                given[f.name] = getattr(args, f.name)
+    return _settings(given, os.environ if env is None else env)

@@ -280,7 +280,9 @@ def _fetch(entries: dict[str, tuple[Path | None, _HubFile]], progress: Progress 
             f"Model weights missing: the Hugging Face Hub ({constants.ENDPOINT}) cannot be reached "
             f"and these files are not in the cache ({constants.HF_HUB_CACHE}):\n{lines}\n"
             "Download them where the hub is reachable (e.g. `hf download REPO FILE`) and pass the "
-            "paths with the flags above, or run with --tiny-random (random weights, meaningless labels)."
+            "paths with the flags or environment variables above (from Python: Settings(sam_checkpoint=PATH, "
+            "...), or Settings.from_env() to read the MASKADAPTER_* variables), or run with --tiny-random "
+            "(random weights, meaningless labels)."
         )
     for key in missing:
         entry = entries[key][1]
