@@ -13,7 +13,7 @@ import argparse
 import hashlib
 import logging
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -102,20 +102,47 @@ class AutoMaskSettings:
         return asdict(self)
 
 
+# What random weights change in the defaults: they predict low quality everywhere, so
+# with the demo's quality filters no mask would pass.
+RANDOM_WEIGHT_OVERRIDES = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+RANDOM_WEIGHT_NOTE = (
+    "random weights: SAM-2's quality filters are opened (pred_iou_thresh and stability_score_thresh 0), "
+    "since random weights predict low quality everywhere and no mask would pass"
+)
+
+
+def default_mask_settings(real_weights: bool = True) -> AutoMaskSettings:
+    """The default automatic-mask settings: the Mask-Adapter demo's; with random
+    weights (``--tiny-random``) SAM-2's quality filters are opened
+    (``RANDOM_WEIGHT_OVERRIDES``). The app, the CLI and ``Segmenter.segment_automatic``
+    all take their defaults from here."""
+    if real_weights:
+        return AutoMaskSettings()
+    return AutoMaskSettings(**RANDOM_WEIGHT_OVERRIDES)
+
+
 def add_mask_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per ``AutoMaskSettings`` field (``--points-per-side`` ...), its default shown."""
-    group = parser.add_argument_group("SAM-2 automatic masks")
+    """One flag per ``AutoMaskSettings`` field (``--points-per-side`` ...), its default
+    shown. Flags left out stay None, so that ``mask_settings_from_args`` can tell them
+    from given ones."""
+    group = parser.add_argument_group(
+        "SAM-2 automatic masks",
+        "defaults: the Mask-Adapter demo's; with random weights (--tiny-random) --pred-iou-thresh "
+        "and --stability-score-thresh default to 0 (random weights predict low quality everywhere)",
+    )
     defaults = AutoMaskSettings()
     for f in fields(AutoMaskSettings):
         default = getattr(defaults, f.name)
         group.add_argument(
-            "--" + f.name.replace("_", "-"), type=type(default), default=default, help=f"(default {default})"
+            "--" + f.name.replace("_", "-"), type=type(default), default=None, help=f"(default {default})"
         )
 
 
-def mask_settings_from_args(args: argparse.Namespace) -> AutoMaskSettings:
-    """``AutoMaskSettings`` from flags added by ``add_mask_arguments``."""
-    return AutoMaskSettings(**{f.name: getattr(args, f.name) for f in fields(AutoMaskSettings)})
+def mask_settings_from_args(args: argparse.Namespace, defaults: AutoMaskSettings | None = None) -> AutoMaskSettings:
+    """``AutoMaskSettings`` from flags added by ``add_mask_arguments``: the flags given
+    win over ``defaults`` (default: ``AutoMaskSettings()``, the demo's)."""
+    given = {f.name: getattr(args, f.name, None) for f in fields(AutoMaskSettings)}
+    return replace(defaults or AutoMaskSettings(), **{k: v for k, v in given.items() if v is not None})
 
 
 def encode_image(sam_model: SAM2Base, image: np.ndarray, cache: dict) -> int:

@@ -49,7 +49,14 @@ from maskadapter.clip_features import (
 )
 from maskadapter.errors import InputError, ResourceError
 from maskadapter.generator import MaskGenerator
-from maskadapter.masks import AutoMaskSettings, encode_image, prompt_mask, sam_cache_key
+from maskadapter.masks import (
+    RANDOM_WEIGHT_NOTE,
+    AutoMaskSettings,
+    default_mask_settings,
+    encode_image,
+    prompt_mask,
+    sam_cache_key,
+)
 from maskadapter.painting import class_presence, per_mask_label_map, semantic_label_map
 from maskadapter.session import ImageSession, SessionStore
 from maskadapter.settings import Settings
@@ -199,6 +206,7 @@ class Segmenter:
         self.store = SessionStore(session_bytes)
         self.lock = threading.RLock()
         self.stats: Counter[str] = Counter()
+        self._said_random_defaults = False
 
     @classmethod
     def from_settings(cls, settings: Settings, progress: Callable[[str], None] | None = None) -> Segmenter:
@@ -226,6 +234,21 @@ class Segmenter:
     @property
     def real_weights(self) -> bool:
         return self.models.real_weights
+
+    def default_mask_settings(self) -> AutoMaskSettings:
+        """The automatic-mask settings used when none are given: the demo's, with SAM-2's
+        quality filters opened when the weights are random (``masks.default_mask_settings``)."""
+        return default_mask_settings(self.real_weights)
+
+    def _mask_settings(self, given: AutoMaskSettings | None) -> AutoMaskSettings:
+        """``given``, else ``default_mask_settings()``; the first time random-weight
+        defaults are used, a warning says so."""
+        if given is not None:
+            return given
+        if not self.real_weights and not self._said_random_defaults:
+            self._said_random_defaults = True
+            log.warning("%s; pass mask_settings to choose", RANDOM_WEIGHT_NOTE)
+        return self.default_mask_settings()
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """fp16/bf16 autocast on CUDA, nothing (float32) on CPU."""
@@ -315,8 +338,8 @@ class Segmenter:
         self, session: ImageSession, settings: AutoMaskSettings | None = None, progress: Progress = _silent
     ) -> MaskSet:
         """SAM-2's automatic masks of the session's image in its working frame (made
-        once per mask settings), largest first."""
-        settings = settings or AutoMaskSettings()
+        once per mask settings; None: ``default_mask_settings()``), largest first."""
+        settings = self._mask_settings(settings)
         key = self._mask_key(settings)
         if key in session.masks:
             return session.masks[key]
@@ -422,6 +445,9 @@ class Segmenter:
 
         Args:
             image: an ``ImageSession`` or an (H, W, 3) uint8 RGB array.
+            mask_settings: SAM-2's automatic-mask settings; None: ``default_mask_settings()``
+                (the demo's; with random weights SAM-2's quality filters are opened, and
+                a warning says so once).
             mode: ``"semantic"`` (default) or ``"per_mask"`` (see the module docstring).
             score_threshold: minimum class probability of a kept segment, in [0, 1].
             granularity: semantic mode's per-class relative threshold, in [0, 1].
@@ -434,7 +460,7 @@ class Segmenter:
         for name, value in (("score threshold", score_threshold), ("granularity", granularity)):
             if not 0.0 <= value <= 1.0:
                 raise InputError(f"{name} must be between 0 and 1, got {value}")
-        settings = mask_settings or AutoMaskSettings()
+        settings = self._mask_settings(mask_settings)
         session = self._as_session(image)
         # fail on the text side before the slow part
         self.text_embeddings(with_others(vocabulary), _text_progress(progress))
@@ -463,7 +489,7 @@ class Segmenter:
         pooling = self.segment_automatic(
             session, vocabulary, mask_settings, mode, score_threshold, granularity, progress, "pooling"
         )
-        key = self._mask_key(mask_settings or AutoMaskSettings())
+        key = self._mask_key(self._mask_settings(mask_settings))
         c = len(vocabulary)
         best = [session.probs[(key, vocabulary, self._clip_key(), m)].argmax(1) for m in METHODS]
         best = [torch.where(b < c, b, -1) for b in best]  # "others" is no label

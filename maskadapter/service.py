@@ -29,7 +29,7 @@ import numpy as np
 
 from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.export import save_label_map, segments_to_dict, write_segments_json
-from maskadapter.masks import AutoMaskSettings
+from maskadapter.masks import AutoMaskSettings, default_mask_settings
 from maskadapter.render import draw_points, overlay
 from maskadapter.segmenter import SegmentationResult, Segmenter
 from maskadapter.session import ImageSession
@@ -319,9 +319,7 @@ class SegmentationService:
     def default_mask_settings(self) -> AutoMaskSettings:
         """The demo's settings; with random weights SAM-2's quality filters are opened
         (random weights predict low quality everywhere, so nothing would pass)."""
-        if self.settings.tiny_random:
-            return AutoMaskSettings(pred_iou_thresh=0.0, stability_score_thresh=0.0)
-        return AutoMaskSettings()
+        return default_mask_settings(real_weights=not self.settings.tiny_random)
 
     def segmenter(self, size: str | None, report: Report = _quiet) -> Segmenter:
         """The segmenter whose SAM-2 has ``size`` (loaded on first use)."""

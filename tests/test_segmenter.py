@@ -187,3 +187,37 @@ def test_pooling_probabilities_equal_mask_pooling_logits_from_scratch(segmenter,
     assert (got - adapter).abs().max() > 1e-4  # another method, other probabilities
     with pytest.raises(InputError, match="method"):
         segmenter.mask_probabilities(session, masks, voc, method="average")
+
+
+@pytest.mark.parametrize("mode", ["semantic", "per_mask"])
+def test_no_mask_passes_the_filters(segmenter, image, mode):
+    """Filters nothing passes give an empty result, not an error."""
+    voc = build_vocabulary("cat, dog")
+    closed = AutoMaskSettings(points_per_side=4, pred_iou_thresh=1.0, stability_score_thresh=1.0)
+    result = segmenter.segment_automatic(image, voc, closed, mode=mode)
+    assert result.segments == []
+    assert (result.label_map == -1).all() and result.label_map.shape == image.shape[:2]
+
+
+def test_random_weights_open_the_quality_filters_by_default(segmenter, image, monkeypatch, caplog):
+    """Random weights predict low quality everywhere: without mask settings the
+    Python API opens SAM-2's filters (as the app and the CLI do) and says so once."""
+    import dataclasses
+    import logging
+
+    from maskadapter import segmenter as segmenter_module
+    from maskadapter.masks import default_mask_settings
+
+    opened = AutoMaskSettings(pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    assert default_mask_settings(real_weights=False) == opened
+    assert default_mask_settings(real_weights=True) == AutoMaskSettings()
+    assert not segmenter.real_weights and segmenter.default_mask_settings() == opened
+    small_grid = dataclasses.replace(opened, points_per_side=4)  # the test's speed only
+    monkeypatch.setattr(segmenter_module, "default_mask_settings", lambda real_weights: small_grid)
+    session = ImageSession.from_image(image)
+    with caplog.at_level(logging.WARNING, logger="maskadapter.segmenter"):
+        result = segmenter.segment_automatic(session, build_vocabulary(VOCAB))
+        segmenter.compare(session, build_vocabulary("dog, sky"))
+    assert len(result.segments) >= 1
+    assert all(key[1] == small_grid for key in segmenter.store.get(session.key).masks)
+    assert sum("quality filters are opened" in r.getMessage() for r in caplog.records) == 1
