@@ -58,7 +58,9 @@ class CachingPredictor(SAM2ImagePredictor):
         key = sam_cache_key(self.model, image_key(image))
         hit = self.cache.get(key)
         if hit is None:
-            super().set_image(image)
+            # sam2 turns the array into a tensor with torch.from_numpy, which warns about
+            # read-only arrays (session images are read-only); it only reads the copy
+            super().set_image(image if image.flags.writeable else np.array(image))
             self.encoder_calls += 1
             self.cache[key] = (self._features, self._orig_hw)
             return

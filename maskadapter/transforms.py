@@ -195,7 +195,7 @@ class ImageTransform:
     def image_to_tensor(self, image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """(H, W, 3) uint8 RGB -> (1, 3, Hp, Wp) float32, CLIP-normalised, zero-padded."""
         rh, rw = self.resized_hw(image.shape[:2])
-        resized = np.asarray(Image.fromarray(image).resize((rw, rh), Image.BILINEAR))
+        resized = np.array(Image.fromarray(image).resize((rw, rh), Image.BILINEAR))  # writable, for from_numpy
         x = torch.from_numpy(resized).to(device=device, dtype=torch.float32).permute(2, 0, 1)
         mean = torch.tensor(CLIP_PIXEL_MEAN, device=x.device).view(3, 1, 1)
         std = torch.tensor(CLIP_PIXEL_STD, device=x.device).view(3, 1, 1)
