@@ -1,14 +1,18 @@
-"""The command line: two images in one call, three outputs each."""
+"""The command line: inputs (files, directories, globs), outputs, plurals, exit codes, quiet logs."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from maskadapter.__main__ import EXIT_ERROR, EXIT_PARTIAL, expand_inputs, plural
+from maskadapter.errors import InputError
 from maskadapter.export import decode_rle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,21 +39,16 @@ def test_cli_two_images_three_outputs_each(tmp_path):
     out = tmp_path / "out"
     result = _run(
         [
-            str(small / "chelsea.png"),
-            str(small / "coffee.png"),
+            str(small),  # a directory: its images, sorted
             "--vocab",
             "cat, cup | mug",
             "--predefined",
             "pascal_voc",
             "--out",
             str(out),
-            "--tiny-random",
+            "--tiny-random",  # no thresholds given: random weights open SAM-2's filters
             "--points-per-side",
             "4",
-            "--pred-iou-thresh",
-            "0",
-            "--stability-score-thresh",
-            "0",
             "--short-side",
             "128",
             "--max-size",
@@ -58,7 +57,16 @@ def test_cli_two_images_three_outputs_each(tmp_path):
         tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "random weights" in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "random weights" in line]
+    assert len(warnings) == 1 and "--pred-iou-thresh and --stability-score-thresh default to 0" in warnings[0]
+    # quiet by default: none of the third-party warnings every run used to repeat
+    for noise in ("FutureWarning", "torch.jit.script", "not writable", "No pretrained weights", "Skipping the post"):
+        assert noise not in result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(small / "chelsea.png"), str(small / "coffee.png")]
+    for line in lines:
+        count = int(re.search(r": (\d+) segments?", line).group(1))
+        assert count >= 1 and f": {plural(count, 'segment')} ->" in line
     for stem, name in (("chelsea", "chelsea.png"), ("coffee", "coffee.png")):
         with Image.open(small / name) as im:
             w, h = im.size
@@ -97,8 +105,12 @@ def test_cli_help_and_errors(tmp_path):
         "MASKADAPTER_DEVICE",
     ):
         assert flag in help_text.stdout
+    assert "Exit codes: 0: every image labelled; 2: bad arguments" in " ".join(help_text.stdout.split())
+    assert "3: some images failed" in " ".join(help_text.stdout.split())
     missing = _run([str(tmp_path / "none.png"), "--vocab", "cat", "--out", str(tmp_path), "--tiny-random"], tmp_path)
-    assert missing.returncode == 2 and "cannot read image" in missing.stderr
+    assert missing.returncode == EXIT_ERROR == 2 and "cannot read image" in missing.stderr
+    nothing = _run([str(tmp_path / "*.jpg"), "--vocab", "cat", "--out", str(tmp_path), "--tiny-random"], tmp_path)
+    assert nothing.returncode == 2 and "no image file matches" in nothing.stderr
     assert "Traceback" not in missing.stderr
     empty = _run(
         [str(ROOT / "examples" / "chelsea.png"), "--vocab", " , ", "--out", str(tmp_path), "--tiny-random"], tmp_path
@@ -130,3 +142,51 @@ def test_cli_applies_exif_orientation_and_refuses_non_images(tmp_path, capsys):
     assert main([str(text), "--vocab", "cat", "--out", str(out), *common]) == 2
     err = capsys.readouterr().err
     assert f"cannot read image {text}: not an image file (could not read 'notes.txt': unknown format" in err
+
+
+def test_plural():
+    assert [plural(n, "segment") for n in (0, 1, 2)] == ["0 segments", "1 segment", "2 segments"]
+
+
+def test_inputs_files_directories_and_globs(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    (photos / "inner").mkdir(parents=True)
+    for name in ("b.PNG", "a.jpg", "c.webp", "notes.txt", "inner/d.png"):
+        (photos / name).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    # a directory: its image files, sorted, not recursive; a text file named explicitly is taken as given
+    assert expand_inputs(["photos", "photos/notes.txt"]) == [
+        Path(f"photos/{n}") for n in ("a.jpg", "b.PNG", "c.webp", "notes.txt")
+    ]
+    # a glob (as quoted on the command line): image files that match, sorted; each path once
+    assert expand_inputs(["photos/*", "photos/a.jpg"]) == [Path(f"photos/{n}") for n in ("a.jpg", "b.PNG", "c.webp")]
+    assert expand_inputs(["photos/**/*.png"]) == [Path("photos/inner/d.png")]
+    assert expand_inputs(["missing.png"]) == [Path("missing.png")]  # reported when read
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no images in directory empty"):
+        expand_inputs(["empty"])
+    with pytest.raises(InputError, match="no image file matches 'photos/\\*.gif'"):
+        expand_inputs(["photos/*.gif"])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "a.png").write_bytes(b"x")
+    with pytest.raises(InputError, match="would write the same outputs"):
+        expand_inputs(["photos/a.jpg", "other/a.png"])
+
+
+def test_one_unreadable_image_among_two_exits_3(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    with Image.open(ROOT / "examples" / "chelsea.png") as im:
+        im.convert("RGB").resize((im.width // 3, im.height // 3)).save(images / "chelsea.png")
+    (images / "broken.png").write_bytes(b"not a picture")
+    out = tmp_path / "out"
+    common = ["--out", str(out), "--tiny-random", "--points-per-side", "2", "--short-side", "128", "--max-size", "256"]
+    # given flags win over the random-weight defaults: nothing passes a predicted IoU of 1
+    result = _run([str(images / "*.png"), "--vocab", "cat, dog", "--pred-iou-thresh", "1", *common], tmp_path)
+    assert result.returncode == EXIT_PARTIAL == 3, result.stderr[-3000:]
+    assert f"error: cannot read image {images / 'broken.png'}: not an image file" in result.stderr
+    assert "1 image labelled, 1 failed" in result.stderr
+    assert "--pred-iou-thresh" not in result.stderr and "--stability-score-thresh default to 0" in result.stderr
+    assert result.stdout.strip() == f"{images / 'chelsea.png'}: 0 segments -> {out / 'chelsea'}_*.png/json"
+    assert (out / "chelsea_segments.json").is_file() and not (out / "broken_segments.json").exists()
+    assert "Traceback" not in result.stderr
