@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     chatter.add_argument(
         "--verbose", "-v", action="store_true", help="INFO logs, and the third-party warnings hidden by default"
     )
-    add_mask_arguments(parser)
+    add_mask_arguments(parser, random_weight_defaults=True)
     add_arguments(parser)
     return parser
 

@@ -123,15 +123,18 @@ def default_mask_settings(real_weights: bool = True) -> AutoMaskSettings:
     return AutoMaskSettings(**RANDOM_WEIGHT_OVERRIDES)
 
 
-def add_mask_arguments(parser: argparse.ArgumentParser) -> None:
+def add_mask_arguments(parser: argparse.ArgumentParser, random_weight_defaults: bool = False) -> None:
     """One flag per ``AutoMaskSettings`` field (``--points-per-side`` ...), its default
     shown. Flags left out stay None, so that ``mask_settings_from_args`` can tell them
-    from given ones."""
-    group = parser.add_argument_group(
-        "SAM-2 automatic masks",
-        "defaults: the Mask-Adapter demo's; with random weights (--tiny-random) --pred-iou-thresh "
-        "and --stability-score-thresh default to 0 (random weights predict low quality everywhere)",
-    )
+    from given ones. ``random_weight_defaults``: the program uses
+    ``default_mask_settings(real_weights)`` as the defaults (the help says so)."""
+    description = "defaults: the Mask-Adapter demo's"
+    if random_weight_defaults:
+        description += (
+            "; with random weights (--tiny-random) --pred-iou-thresh and --stability-score-thresh "
+            "default to 0 (random weights predict low quality everywhere)"
+        )
+    group = parser.add_argument_group("SAM-2 automatic masks", description)
     defaults = AutoMaskSettings()
     for f in fields(AutoMaskSettings):
         default = getattr(defaults, f.name)
