@@ -198,7 +198,8 @@ def test_cli_compare_writes_both_pictures(tmp_path):
         timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "masks changed label with plain mask pooling" in run.stdout
+    changed = __import__("re").search(r"(\d+) of (\d+) (masks?) changed label with plain mask pooling", run.stdout)
+    assert changed and changed.group(3) == ("mask" if changed.group(2) == "1" else "masks")  # plural
     side = Image.open(out / "coffee_compare.png")
     single = Image.open(out / "coffee_overlay.png")
     assert side.width > 2 * single.width and side.height > single.height  # two pictures under titles
