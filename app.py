@@ -24,6 +24,7 @@ import gradio as gr
 
 from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.images import load_image
+from maskadapter.logs import setup_logging
 from maskadapter.masks import AutoMaskSettings
 from maskadapter.render import COMPARE_TITLES
 from maskadapter.service import (
@@ -653,14 +654,14 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("app", "maskadapter"):
-        logging.getLogger(name).setLevel(logging.INFO)
     try:
         settings = parse_settings(argv)
     except MaskAdapterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    setup_logging(settings.verbose)  # third-party warnings no one can act on: hidden unless verbose
+    for name in ("app", "maskadapter"):
+        logging.getLogger(name).setLevel(logging.INFO)  # the app's own progress lines
     if settings.mcp:
         if importlib.util.find_spec("mcp") is None:
             print("error: --mcp needs the `mcp` package: pip install -r requirements.txt", file=sys.stderr)

@@ -83,6 +83,7 @@ class Settings:
     )
     queue_size: int = _opt(64, "requests that may wait in the app's queue; more are turned away", app_only=True)
     max_upload_mb: int = _opt(50, "largest file the app accepts as an upload, MB", app_only=True)
+    verbose: bool = _opt(False, "show third-party warnings and debug-level detail in the app's log", app_only=True)
     mcp: bool = _opt(
         False,
         "also serve the API as an MCP server for AI assistants (streamable HTTP at /gradio_api/mcp/; needs `mcp`)",
