@@ -1,17 +1,22 @@
 """Open-vocabulary segmentation: SAM-2 masks named by Mask-Adapter (CVPR 2025).
 
-The contract (names and signatures that stay fixed)::
+docs/API.md documents everything below, with shapes and conventions (images are
+(H, W, 3) uint8 RGB arrays; points are XY pixels of the original image; label maps are
+(H, W) int32 with -1 for unlabelled pixels).
 
-    VILD_TEMPLATES, MaskAdapterHead, encode_vocabulary, mask_logits, mask_pooling_logits,
-    semantic_map
+The contract (names and signatures that stay fixed): ``VILD_TEMPLATES``,
+``MaskAdapterHead``, ``encode_vocabulary``, ``mask_logits``, ``mask_pooling_logits``
+(the plain baseline), ``semantic_map``, ``MaskGenerator``, ``Segmenter``
+(``from_settings``, ``session``, ``segment_automatic``, ``segment_points``),
+``build_vocabulary``, ``AutoMaskSettings``, ``Settings`` (``Settings.from_env()``).
 
-``mask_pooling_logits`` is the plain baseline: CLIP features averaged inside each
-mask, no adapter.
-
-``MaskGenerator`` (SAM-2 automatic masks without sam2's per-mask overheads), and
-the pieces built on it: ``Segmenter`` (models + session store; image -> segments),
-``build_vocabulary``, ``Settings``, ``load_image``/``check_image`` (any image in ->
-HWC uint8 RGB or ``InputError``), rendering and export helpers.
+Also: ``Segmenter.compare`` and ``Comparison`` (Mask-Adapter vs plain mask pooling),
+``SegmentationResult`` and ``Segment`` (results), ``ImageSession`` and ``SessionStore``
+(what an image costs, kept once), ``Vocabulary``, ``parse_vocabulary`` and
+``PREDEFINED`` (the benchmark class lists), ``load_image`` and ``check_image`` (any
+image in -> HWC uint8 RGB or ``InputError``), ``pooled_embeddings_from_features``, and
+the errors (``MaskAdapterError`` and its subclasses). Pictures and files:
+``maskadapter.render`` and ``maskadapter.export``.
 """
 
 from maskadapter.clip_features import (
@@ -25,6 +30,7 @@ from maskadapter.errors import (
     CheckpointError,
     InputError,
     MaskAdapterError,
+    ResourceError,
     VocabularyError,
     WeightsNotFoundError,
 )
@@ -49,6 +55,7 @@ __all__ = [
     "MaskAdapterError",
     "MaskAdapterHead",
     "MaskGenerator",
+    "ResourceError",
     "Segment",
     "SegmentationResult",
     "SessionStore",
