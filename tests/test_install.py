@@ -37,7 +37,7 @@ def site(tmp_path_factory) -> Path:
     """``pip install --no-deps --target SITE`` of a copy of the checkout. The build runs
     without isolation (no network): it uses this environment's setuptools."""
     if not _setuptools_can_build():
-        pytest.skip("needs setuptools>=77 in this environment to build without network")
+        pytest.fail("needs setuptools>=77 in this environment to build without network (requirements-dev.txt pins it)")
     base = tmp_path_factory.mktemp("install")
     source = base / "source"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_BUILT))
