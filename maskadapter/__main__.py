@@ -49,6 +49,45 @@ def plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
+def add_labelling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The labelling flags shared by this CLI and ``maskadapter.batch``: ``--vocab``,
+    ``--predefined``, ``--mode``, ``--score-threshold`` and ``--granularity``."""
+    parser.add_argument("--vocab", default="", help='class names, e.g. "car, road, tree | bush, sky"')
+    parser.add_argument(
+        "--predefined",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="add a predefined vocabulary (repeatable): "
+        + ", ".join(f"{k} ({title})" for k, (title, _) in PREDEFINED.items()),
+    )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="semantic",
+        help="semantic: a semantic map merging masks per class, as the Mask-Adapter demo draws it; "
+        "per_mask: one label per SAM-2 mask (default: semantic)",
+    )
+    parser.add_argument(
+        "--score-threshold", type=float, default=0.0, help="drop segments whose class probability is lower (default 0)"
+    )
+    parser.add_argument(
+        "--granularity",
+        type=float,
+        default=0.8,
+        help="semantic mode: keep masks scoring >= this x the class's best (default 0.8)",
+    )
+
+
+def add_chatter_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--quiet`` / ``--verbose`` (mutually exclusive), shared with ``maskadapter.batch``."""
+    chatter = parser.add_mutually_exclusive_group()
+    chatter.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no model-loading messages")
+    chatter.add_argument(
+        "--verbose", "-v", action="store_true", help="INFO logs, and the third-party warnings hidden by default"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     codes = "; ".join(f"{code}: {meaning}" for code, meaning in EXIT_CODES.items())
     parser = argparse.ArgumentParser(
@@ -67,32 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"{', '.join('*' + e for e in IMAGE_EXTENSIONS)}, any case, sorted, not recursive) or glob "
         'patterns, quoted ("photos/*.jpg", "shots/**/*.png"; matches filtered like directories)',
     )
-    parser.add_argument("--vocab", default="", help='class names, e.g. "car, road, tree | bush, sky"')
-    parser.add_argument(
-        "--predefined",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="add a predefined vocabulary (repeatable): "
-        + ", ".join(f"{k} ({title})" for k, (title, _) in PREDEFINED.items()),
-    )
+    add_labelling_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="output directory (created if needed)")
-    parser.add_argument(
-        "--mode",
-        choices=MODES,
-        default="semantic",
-        help="semantic: a semantic map merging masks per class, as the Mask-Adapter demo draws it; "
-        "per_mask: one label per SAM-2 mask (default: semantic)",
-    )
-    parser.add_argument(
-        "--score-threshold", type=float, default=0.0, help="drop segments whose class probability is lower (default 0)"
-    )
-    parser.add_argument(
-        "--granularity",
-        type=float,
-        default=0.8,
-        help="semantic mode: keep masks scoring >= this x the class's best (default 0.8)",
-    )
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     parser.add_argument(
         "--compare",
@@ -100,11 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also name the same masks by plain mask pooling (the baseline): writes NAME_compare.png "
         "(side by side) and NAME_pooling_segments.json, and prints how many masks changed label",
     )
-    chatter = parser.add_mutually_exclusive_group()
-    chatter.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no model-loading messages")
-    chatter.add_argument(
-        "--verbose", "-v", action="store_true", help="INFO logs, and the third-party warnings hidden by default"
-    )
+    add_chatter_arguments(parser)
     add_mask_arguments(parser, random_weight_defaults=True)
     add_arguments(parser)
     return parser
@@ -226,6 +237,13 @@ def _random_weights_warning(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``); the exit code. A first
+    argument ``batch`` runs ``maskadapter.batch`` on the rest."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["batch"]:
+        from maskadapter.batch import main as batch_main
+
+        return batch_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     show_progress = not args.quiet and sys.stderr.isatty()
