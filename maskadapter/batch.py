@@ -20,7 +20,8 @@ Resume: an image is skipped when its JSON holds the fingerprint of this run's se
 
 Engines: an engine is a function ``(jobs, options, report) -> list[ImageOutcome]``
 (``ENGINES``); ``local`` runs in this process with the models loaded once and images
-decoded ahead in a background thread.
+decoded ahead in a background thread; ``ray`` (``maskadapter.batch_ray``) runs Ray Data
+actors, each with its own models, on this machine or a Ray cluster.
 
 Exit codes: 0 every image labelled (or already done), 3 some failed (see the summary),
 2 bad arguments, inputs or models (nothing run).
@@ -38,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -102,6 +103,20 @@ class ImageJob:
 
 
 @dataclass(frozen=True)
+class RayOptions:
+    """The ray engine's options: ``address`` of a cluster (None: ``RAY_ADDRESS``, else a
+    local instance with ``num_cpus`` CPUs, all of the machine's when None), ``actors``
+    (each holds one copy of the models), ``gpus_per_actor`` and ``batch_size`` (images
+    per call of an actor)."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
 class BatchOptions:
     """What every engine needs to label jobs: model settings, vocabulary and labelling options."""
 
@@ -118,6 +133,7 @@ class BatchOptions:
     show_progress: bool = False
     quiet: bool = False
     prefetch: int = 2
+    ray: RayOptions = field(default_factory=RayOptions)
 
 
 @dataclass
@@ -326,25 +342,48 @@ def run_local(jobs: Sequence[ImageJob], options: BatchOptions, report: Report) -
         print(f"note: {text}", file=sys.stderr)
     outcomes = []
     for job, pixels in _prefetched(jobs, max(1, options.prefetch)):
-        started = time.perf_counter()
-        try:
-            image = pixels.result()
-            result = segmenter.segment_automatic(
-                image, vocabulary, options.mask_settings, options.mode, options.score_threshold, options.granularity
-            )
-            write_outputs(job, image, result, options)
-            outcome = ImageOutcome(job, "done", segments=len(result.segments))
-        except (MaskAdapterError, OSError) as err:
-            reason = " ".join(str(err).split()) or type(err).__name__
-            outcome = ImageOutcome(job, "failed", reason=reason)
-        outcome.seconds = time.perf_counter() - started
+        outcome = label_job(segmenter, vocabulary, job, pixels.result, options)
         outcomes.append(outcome)
         report(outcome)
     return outcomes
 
 
-# the engines that run; a Ray Data engine (same signature as ``run_local``) is planned
-ENGINES: dict[str, Engine] = {"local": run_local}
+def label_job(
+    segmenter: Segmenter, vocabulary: Vocabulary, job: ImageJob, pixels: Callable[[], np.ndarray],
+    options: BatchOptions,
+) -> ImageOutcome:  # fmt: skip
+    """Label one job with every engine's steps: get its pixels (``pixels()``, which may
+    raise ``InputError``), segment, write the outputs (``write_outputs``); a failure of
+    this image becomes a ``"failed"`` outcome with a one-line reason, never an exception."""
+    started = time.perf_counter()
+    try:
+        image = pixels()
+        result = segmenter.segment_automatic(
+            image, vocabulary, options.mask_settings, options.mode, options.score_threshold, options.granularity
+        )
+        write_outputs(job, image, result, options)
+        outcome = ImageOutcome(job, "done", segments=len(result.segments))
+    except (MaskAdapterError, OSError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        outcome = ImageOutcome(job, "failed", reason=reason)
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def run_ray(jobs: Sequence[ImageJob], options: BatchOptions, report: Report) -> list[ImageOutcome]:
+    """The Ray Data engine (``maskadapter.batch_ray.run_ray``; Ray is imported only here).
+
+    Raises:
+        MaskAdapterError: Ray Data is not installed, Ray cannot start or connect, or the
+            models cannot be loaded on the workers.
+    """
+    from maskadapter.batch_ray import run_ray as run
+
+    return run(jobs, options, report)
+
+
+# the engines, all with ``run_local``'s signature
+ENGINES: dict[str, Engine] = {"local": run_local, "ray": run_ray}
 ENGINE_CHOICES = ("local", "ray")
 
 
@@ -405,10 +444,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     parser.add_argument("--coco", type=Path, metavar="FILE", help="also write the run's results as one COCO JSON")
     parser.add_argument(
-        "--engine", choices=ENGINE_CHOICES, default="local", help="local: this process (default); ray: not yet"
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default="local",
+        help="local: this process (default); ray: Ray Data actors on this machine or a Ray cluster",
     )
     parser.add_argument(
         "--prefetch", type=int, default=2, help="images decoded ahead in a background thread (default 2)"
+    )
+    ray = parser.add_argument_group("ray engine (--engine ray; needs pip install 'maskadapter[ray]')")
+    ray.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="Ray cluster to use: auto, ray://HOST:10001, ... (default: $RAY_ADDRESS, else a local instance)",
+    )
+    ray.add_argument("--ray-cpus", type=int, metavar="N", help="CPUs of the local instance Ray starts (default: all)")
+    ray.add_argument("--ray-actors", type=int, default=1, metavar="N", help="actors, each with its models (default 1)")
+    ray.add_argument(
+        "--ray-gpus-per-actor", type=float, default=0.0, metavar="G", help="GPUs reserved per actor (default 0)"
+    )
+    ray.add_argument(
+        "--ray-batch-size", type=int, default=4, metavar="N", help="images per call of an actor (default 4)"
     )
     add_chatter_arguments(parser)
     add_mask_arguments(parser, random_weight_defaults=True)
@@ -430,6 +486,20 @@ def _options(args: argparse.Namespace) -> tuple[BatchOptions, Vocabulary]:
         raise InputError("--score-threshold and --granularity must be in [0, 1]")
     if args.prefetch < 1:
         raise InputError(f"--prefetch must be at least 1, got {args.prefetch}")
+    for flag, value in (("--ray-actors", args.ray_actors), ("--ray-batch-size", args.ray_batch_size)):
+        if value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}")
+    if args.ray_cpus is not None and args.ray_cpus < 1:
+        raise InputError(f"--ray-cpus must be at least 1, got {args.ray_cpus}")
+    if args.ray_gpus_per_actor < 0:
+        raise InputError(f"--ray-gpus-per-actor must be 0 or more, got {args.ray_gpus_per_actor}")
+    ray_options = RayOptions(
+        address=args.ray_address,
+        num_cpus=args.ray_cpus,
+        actors=args.ray_actors,
+        gpus_per_actor=args.ray_gpus_per_actor,
+        batch_size=args.ray_batch_size,
+    )
     thresholds = (args.score_threshold, args.granularity)
     run_fingerprint = fingerprint(vocabulary, args.mode, *thresholds, mask_settings, settings)
     options = BatchOptions(
@@ -446,6 +516,7 @@ def _options(args: argparse.Namespace) -> tuple[BatchOptions, Vocabulary]:
         show_progress=not args.quiet and sys.stderr.isatty(),
         quiet=args.quiet,
         prefetch=args.prefetch,
+        ray=ray_options,
     )
     return options, vocabulary
 
@@ -456,8 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     started_at, started = _now(), time.perf_counter()
     try:
-        if args.engine not in ENGINES:
-            raise InputError(f"the {args.engine} engine is not available yet: use --engine local")
+        if args.engine == "ray":
+            from maskadapter.batch_ray import require_ray
+
+            require_ray()
         options, vocabulary = _options(args)
         jobs = plan_jobs(args.inputs, args.out)
         args.out.mkdir(parents=True, exist_ok=True)

@@ -177,8 +177,6 @@ def test_batch_inputs_and_errors(tree, tmp_path, capsys):
     assert batch.plan_jobs([str(tree), str(tree / "chelsea.png")], out) == jobs  # each source once
 
     common = ["--vocab", "cat", "--out", str(out), "--tiny-random", "--cache-dir", str(tmp_path / "cache")]
-    assert batch.main([str(tree), "--engine", "ray", *common]) == batch.EXIT_ERROR == 2
-    assert "ray engine is not available yet" in capsys.readouterr().err
     assert batch.main([str(tmp_path / "none" / "*.png"), *common]) == 2
     assert "no image file matches" in capsys.readouterr().err
     assert batch.main([f"@{tmp_path / 'missing.txt'}", *common]) == 2
