@@ -329,14 +329,18 @@ def _prefetched(jobs: Sequence[ImageJob], ahead: int) -> Iterator[tuple[ImageJob
             yield pending.popleft()
 
 
-def run_local(jobs: Sequence[ImageJob], options: BatchOptions, report: Report) -> list[ImageOutcome]:
-    """The local engine: one process, the models loaded once, images decoded ahead.
+def run_local(
+    jobs: Sequence[ImageJob], options: BatchOptions, report: Report, segmenter: Segmenter | None = None
+) -> list[ImageOutcome]:
+    """The local engine: one process, the models loaded once (or ``segmenter`` given),
+    images decoded ahead.
 
     Raises:
         MaskAdapterError: the models cannot be loaded (nothing is labelled).
     """
     note = None if options.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
-    segmenter = Segmenter.from_settings(options.settings, progress=note)
+    if segmenter is None:
+        segmenter = Segmenter.from_settings(options.settings, progress=note)
     vocabulary = segmenter.vocabulary(options.vocab_text, options.predefined)
     for text in vocabulary.notes:
         print(f"note: {text}", file=sys.stderr)

@@ -33,4 +33,7 @@ def test_benchmark_reports_every_stage_and_the_sam2_ratio(tmp_path, capsys):
     assert abs(figures["speedup_vs_sam2"] - figures["sam2_generate_s"] / figures["ours_generate_s"]) < 0.05
     assert 0 <= figures["ours_outside_networks"] <= 1
     assert figures["peak_rss_bytes"] >= figures["rss_after_load_bytes"] > 0
-    assert "speed-up vs sam2's generator" in capsys.readouterr().out
+    assert figures["batch_images"] == 3  # the default: three images through the batch engine
+    assert abs(figures["batch_images_per_s"] - 3 / figures["batch_s"]) < 0.01
+    out = capsys.readouterr().out
+    assert "speed-up vs sam2's generator" in out and "batch, local engine" in out
