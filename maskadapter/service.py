@@ -475,9 +475,7 @@ class SegmentationService:
             progress=report,
         )
         report(0.95, "drawing")
-        picture = overlay(session.image, result, alpha=alpha)
-        segments = segments_to_dict(result)
-        label_path, json_path = self._files(result, segments, "automatic")
+        out = self._output(result, overlay(session.image, result, alpha=alpha), "automatic")
         count = len(result.segments)
         message = f"{count} segment{'' if count == 1 else 's'}."
         if not count:
@@ -485,8 +483,8 @@ class SegmentationService:
                 "No segment: SAM-2 found no mask that passes its thresholds, or every mask scored "
                 "below the score threshold. Lower them under Advanced."
             )
-        message = self._message(message, segmenter.vocabulary_notes(vocabulary), json_path is not None)
-        return Output(picture, self.rows(result), segments, label_path, json_path, message), session.key
+        out.message = self._message(message, segmenter.vocabulary_notes(vocabulary), out.json_path is not None)
+        return out, session.key
 
     def compare(
         self,
@@ -516,12 +514,10 @@ class SegmentationService:
             progress=report,
         )
         report(0.95, "drawing")
-        outputs = []
-        for name, result in (("adapter", found.adapter), ("pooling", found.pooling)):
-            segments = segments_to_dict(result)
-            label_path, json_path = self._files(result, segments, f"compare-{name}")
-            picture = overlay(session.image, result, alpha=alpha)
-            outputs.append(Output(picture, self.rows(result), segments, label_path, json_path, ""))
+        outputs = [
+            self._output(result, overlay(session.image, result, alpha=alpha), f"compare-{name}")
+            for name, result in (("adapter", found.adapter), ("pooling", found.pooling))
+        ]
         message = (
             f"{found.changed} of {found.masks} SAM-2 mask{'' if found.masks == 1 else 's'} changed label "
             "between Mask-Adapter and plain mask pooling."
@@ -556,16 +552,22 @@ class SegmentationService:
         vocabulary = self.vocabulary(vocabulary_text, predefined)
         result = segmenter.segment_points(session, state.points, vocabulary, box=state.box, progress=report)
         picture = overlay(image, result, alpha=alpha, legend=False, points=shown, box=state.box)
-        segments = segments_to_dict(result)
-        label_path, json_path = self._files(result, segments, "points")
+        out = self._output(result, picture, "points")
         if result.segments:
             seg = result.segments[0]
             alternatives = ", ".join(f"{plain(label)} {score:.2f}" for label, score in seg.top5[1:4])
             message = f"**{plain(seg.label)}** ({seg.score:.2f}); alternatives: {alternatives}"
         else:
             message = "SAM-2 returned an empty mask for these points; try another click."
-        message = self._message(message, segmenter.vocabulary_notes(vocabulary), json_path is not None)
-        return Output(picture, self.rows(result), segments, label_path, json_path, message)
+        out.message = self._message(message, segmenter.vocabulary_notes(vocabulary), out.json_path is not None)
+        return out
+
+    def _output(self, result: SegmentationResult, picture: np.ndarray, name: str) -> Output:
+        """A result's output for the UI and the API: ``picture``, the table rows, the
+        segments JSON and the downloads written under ``name`` (message left empty)."""
+        segments = segments_to_dict(result)
+        label_path, json_path = self._files(result, segments, name)
+        return Output(picture, self.rows(result), segments, label_path, json_path, "")
 
     @staticmethod
     def _message(message: str, notes: Sequence[str], downloads: bool) -> str:
