@@ -489,9 +489,10 @@ class Segmenter:
         pooling = self.segment_automatic(
             session, vocabulary, mask_settings, mode, score_threshold, granularity, progress, "pooling"
         )
-        key = self._mask_key(self._mask_settings(mask_settings))
-        c = len(vocabulary)
-        best = [session.probs[(key, vocabulary, self._clip_key(), m)].argmax(1) for m in METHODS]
+        settings = self._mask_settings(mask_settings)
+        masks = self.automatic_masks(session, settings).masks  # kept in the session: no new work
+        key, c = self._mask_key(settings), len(vocabulary)
+        best = [self._probabilities(session, key, masks, vocabulary, progress, m).argmax(1) for m in METHODS]
         best = [torch.where(b < c, b, -1) for b in best]  # "others" is no label
         changed = int((best[0] != best[1]).sum()) if len(best[0]) else 0
         return Comparison(adapter, pooling, changed, len(best[0]))
