@@ -51,7 +51,7 @@ def plural(count: int, word: str) -> str:
 
 def add_labelling_arguments(parser: argparse.ArgumentParser) -> None:
     """The labelling flags shared by this CLI and ``maskadapter.batch``: ``--vocab``,
-    ``--predefined``, ``--mode``, ``--score-threshold`` and ``--granularity``."""
+    ``--predefined`` and the ``add_painting_arguments`` flags."""
     parser.add_argument("--vocab", default="", help='class names, e.g. "car, road, tree | bush, sky"')
     parser.add_argument(
         "--predefined",
@@ -61,6 +61,12 @@ def add_labelling_arguments(parser: argparse.ArgumentParser) -> None:
         help="add a predefined vocabulary (repeatable): "
         + ", ".join(f"{k} ({title})" for k, (title, _) in PREDEFINED.items()),
     )
+    add_painting_arguments(parser)
+
+
+def add_painting_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--mode``, ``--score-threshold`` and ``--granularity``: how classified masks become
+    a picture (shared with ``maskadapter.batch`` and ``maskadapter.evaluate``)."""
     parser.add_argument(
         "--mode",
         choices=MODES,
@@ -238,12 +244,16 @@ def _random_weights_warning(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``); the exit code. A first
-    argument ``batch`` runs ``maskadapter.batch`` on the rest."""
+    argument ``batch`` (``evaluate``) runs ``maskadapter.batch`` (``maskadapter.evaluate``) on the rest."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["batch"]:
         from maskadapter.batch import main as batch_main
 
         return batch_main(argv[1:])
+    if argv[:1] == ["evaluate"]:
+        from maskadapter.evaluate import main as evaluate_main
+
+        return evaluate_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     show_progress = not args.quiet and sys.stderr.isatty()

@@ -272,7 +272,7 @@ def finished_segments(job: ImageJob, options: BatchOptions) -> int | None:
 # ---------------------------------------------------------------------------- writing
 
 
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """``write`` to a temporary name in ``path``'s folder, then rename it to ``path``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -282,24 +282,26 @@ def _atomic(path: Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _save_png(pixels: np.ndarray, path: Path) -> None:
-    _atomic(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+def save_png(pixels: np.ndarray, path: Path) -> None:
+    """A uint8 or uint16 array as a PNG at ``path``, written atomically."""
+    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
 
 
 def write_outputs(job: ImageJob, image: np.ndarray, result: SegmentationResult, options: BatchOptions) -> None:
     """Write one image's outputs atomically, the segments JSON (the resume marker) last."""
     job.out_stem.parent.mkdir(parents=True, exist_ok=True)
-    _save_png(label_map_image(result), job.output("_labels.png"))
+    save_png(label_map_image(result), job.output("_labels.png"))
     if options.overlay:
-        _save_png(overlay(image, result, alpha=options.alpha), job.output("_overlay.png"))
+        save_png(overlay(image, result, alpha=options.alpha), job.output("_overlay.png"))
     data = segments_to_dict(result, file_name=job.relative)
     data["batch"] = {"fingerprint": options.fingerprint, "source": str(job.source)}
-    _atomic(job.output("_segments.json"), lambda tmp: write_segments_json(data, tmp))
+    atomic_write(job.output("_segments.json"), lambda tmp: write_segments_json(data, tmp))
 
 
-def _write_json(data: dict, path: Path) -> None:
+def write_json(data: dict, path: Path) -> None:
+    """``data`` as indented UTF-8 JSON at ``path``, written atomically."""
     text = json.dumps(data, ensure_ascii=False, indent=1)
-    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 # ---------------------------------------------------------------------------- engines
@@ -607,9 +609,9 @@ def main(argv: list[str] | None = None) -> int:
         "failed": [{"file": o.job.relative, "source": str(o.job.source), "reason": o.reason} for o in failed],
     }
     try:
-        _write_json(summary, args.out / SUMMARY_NAME)
+        write_json(summary, args.out / SUMMARY_NAME)
         if args.coco is not None:
-            _write_json(coco_results(outcomes, vocabulary.labels), args.coco)
+            write_json(coco_results(outcomes, vocabulary.labels), args.coco)
     except (OSError, ValueError, KeyError) as err:
         print(f"error: cannot write the summary or COCO file: {err}", file=sys.stderr)
         return EXIT_ERROR

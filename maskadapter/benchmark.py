@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import platform
 import sys
@@ -35,11 +36,9 @@ from maskadapter.generator import MaskGenerator
 from maskadapter.images import load_image
 from maskadapter.masks import AutoMaskSettings, add_mask_arguments, encode_image, mask_settings_from_args
 from maskadapter.render import overlay
-from maskadapter.segmenter import Segmenter, resolve_device
+from maskadapter.segmenter import Segmenter
 from maskadapter.settings import add_arguments, settings_from_args
-from maskadapter.transforms import ImageTransform
 from maskadapter.vocabulary import build_vocabulary
-from maskadapter.weights import build_real_size_random, build_tiny_random
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "rocket.jpg"
 VOCABULARY = "rocket, smoke | steam, sky, tower, trees, ground, person, car, building, road"
@@ -138,15 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _segmenter(args: argparse.Namespace) -> Segmenter:
     settings = settings_from_args(args)
-    transform = ImageTransform(settings.short_side, settings.max_size)
-    kwargs = dict(cache_dir=tempfile.mkdtemp(prefix="maskadapter-bench-"), mask_side=settings.mask_side)
-    if args.real_size_random or settings.tiny_random:
-        device = resolve_device(settings.device)
-        builder = build_real_size_random if args.real_size_random else build_tiny_random
-        models = builder(device, args.sam_size_random) if args.real_size_random else builder(device)
-        return Segmenter(models, device, transform, **kwargs)
-    segmenter = Segmenter.from_settings(settings)
-    segmenter.text_cache.directory = None  # time the text side as a first use would
+    if args.real_size_random:
+        settings = dataclasses.replace(settings, sam_size=args.sam_size_random)
+    if args.real_size_random or settings.tiny_random:  # a fresh text cache of its own
+        settings = dataclasses.replace(settings, cache_dir=tempfile.mkdtemp(prefix="maskadapter-bench-"))
+    segmenter = Segmenter.from_settings(settings, real_size_random=args.real_size_random)
+    if segmenter.real_weights:
+        segmenter.text_cache.directory = None  # time the text side as a first use would
     return segmenter
 
 

@@ -62,7 +62,7 @@ from maskadapter.session import ImageSession, SessionStore
 from maskadapter.settings import Settings
 from maskadapter.transforms import ImageTransform, WorkingFrame, check_box, check_points
 from maskadapter.vocabulary import TextEmbeddingCache, Vocabulary, build_vocabulary, context_notes
-from maskadapter.weights import Models, build_models, build_tiny_random, resolve_model_files
+from maskadapter.weights import Models, build_models, build_real_size_random, build_tiny_random, resolve_model_files
 
 MODES = ("semantic", "per_mask")
 OTHERS = "others"  # the extra class of one-class vocabularies
@@ -209,10 +209,19 @@ class Segmenter:
         self._said_random_defaults = False
 
     @classmethod
-    def from_settings(cls, settings: Settings, progress: Callable[[str], None] | None = None) -> Segmenter:
-        """Resolve files, build the models on the chosen device (CUDA when present)."""
+    def from_settings(
+        cls, settings: Settings, progress: Callable[[str], None] | None = None, real_size_random: bool = False
+    ) -> Segmenter:
+        """Resolve files, build the models on the chosen device (CUDA when present).
+
+        ``real_size_random``: the real architectures (SAM-2.1 ``settings.sam_size``,
+        ``settings.clip_model``, the head) with random weights, for timing and memory
+        figures (labels are meaningless); ``settings.tiny_random``: small random models.
+        """
         device = resolve_device(settings.device)
-        if settings.tiny_random:
+        if real_size_random:
+            models = build_real_size_random(device, settings.sam_size, settings.clip_model)
+        elif settings.tiny_random:
             models = build_tiny_random(device)
         else:
             files = resolve_model_files(settings, progress)

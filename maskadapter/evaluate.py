@@ -1,0 +1,529 @@
+"""Evaluation: mIoU of this pipeline on the open-vocabulary semantic segmentation benchmarks.
+
+    python -m maskadapter.evaluate --dataset ade20k --root DIR --out OUT [--masks sam2|ground-truth]
+    maskadapter evaluate --dataset ade20k ...
+
+Datasets and their layouts: ``maskadapter.datasets``. Each image is labelled with the
+benchmark's predefined vocabulary (class id = benchmark id) from one of two mask sources:
+
+- ``sam2``: the demo's pipeline, SAM-2's automatic masks named by Mask-Adapter and
+  painted as the semantic map (``--mode``, ``--granularity``, the SAM-2 flags as in the CLI);
+- ``ground-truth``: every ground-truth segment is one mask, named by Mask-Adapter, so
+  that the score measures mask classification alone. A segment is a connected region
+  (8-connectivity) of one class; ``--gt-segments classes`` takes one mask per class
+  present instead (what Mask-Adapter's own ground-truth evaluation code does).
+
+Metrics are those of detectron2's semantic segmentation evaluator (``ConfusionMatrix``).
+Outputs in OUT: ``predictions/STEM.png`` (benchmark ids; unlabelled 255, or 65535 in
+16-bit PNGs for benchmarks of more than 255 classes), ``metrics.json``, ``run.json`` (the
+settings the predictions were made with) and ``times.jsonl`` (seconds per image). A
+rerun with the same settings resumes: saved predictions are read back, not redone.
+
+Exit codes: 0 every image evaluated; 3 some images failed (listed in metrics.json,
+left out of the metrics); 2 bad arguments, dataset or models (nothing evaluated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from maskadapter.__main__ import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    Progress,
+    add_chatter_arguments,
+    add_painting_arguments,
+    plural,
+)
+from maskadapter.batch import model_description, save_png, write_json
+from maskadapter.datasets import (
+    LAYOUTS,
+    Layout,
+    Sample,
+    dataset_root,
+    encode_prediction,
+    find_samples,
+    layout,
+    prediction_path,
+    read_labels,
+    read_prediction,
+)
+from maskadapter.errors import InputError, MaskAdapterError
+from maskadapter.images import load_image
+from maskadapter.logs import setup_logging
+from maskadapter.masks import AutoMaskSettings, add_mask_arguments, default_mask_settings, mask_settings_from_args
+from maskadapter.metrics import ConfusionMatrix
+from maskadapter.segmenter import METHODS, Segmenter
+from maskadapter.settings import Settings, add_arguments, settings_from_args
+from maskadapter.vocabulary import Vocabulary
+
+MASK_SOURCES = ("sam2", "ground-truth")
+GT_SEGMENTS = ("regions", "classes")
+EVAL_INPUT_SIZE = "eval896"  # the published evaluation's CLIP input size (long side 896)
+RUN_VERSION = 1  # bump when predictions change meaning, so that old ones are redone
+RANDOM_NOTE = "random weights: these numbers are meaningless (they only show that the command runs)"
+REGION_PIXELS = 2**26  # mask pixels made at once when classifying ground-truth segments
+
+
+# ---------------------------------------------------------------------------- predictions
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How images are labelled: the mask source and the labelling options."""
+
+    masks: str = "sam2"
+    gt_segments: str = "regions"
+    mode: str = "semantic"
+    granularity: float = 0.8
+    score_threshold: float = 0.0
+    method: str = "adapter"
+    mask_settings: AutoMaskSettings | None = None  # None: the segmenter's defaults
+
+
+def ground_truth_segments(gt: np.ndarray, by: str = "regions") -> tuple[np.ndarray, int]:
+    """The ground-truth segments of one image as an (H, W) int32 map of segment ids
+    (-1 on ignore pixels) and their count.
+
+    ``by="regions"``: each connected region (8-connectivity) of one class is a segment;
+    ``by="classes"``: each class present is one segment.
+    """
+    ids = np.full(gt.shape, -1, dtype=np.int32)
+    classes = np.unique(gt[gt >= 0])
+    if by == "classes":
+        ids[gt >= 0] = np.searchsorted(classes, gt[gt >= 0])
+        return ids, len(classes)
+    count = 0
+    for c in classes:  # one labelling pass per class present (not per segment)
+        n, comp = cv2.connectedComponents((gt == c).astype(np.uint8), connectivity=8)
+        inside = comp > 0
+        ids[inside] = comp[inside] - 1 + count
+        count += n - 1
+    return ids, count
+
+
+def classify_segments(
+    segmenter: Segmenter, image: np.ndarray, ids: np.ndarray, count: int, vocabulary: Vocabulary, method: str
+) -> np.ndarray:
+    """(count, K) float32 class probabilities of the segments of an (H, W) id map
+    (``ground_truth_segments``) of an (H, W, 3) uint8 RGB image, made as masks a chunk
+    at a time."""
+    session = segmenter.session(image)
+    k = len(vocabulary)
+    if count == 0:
+        return np.zeros((0, k), dtype=np.float32)
+    id_map = torch.as_tensor(ids, device=segmenter.device)
+    chunk = max(1, REGION_PIXELS // ids.size)
+    probs = []
+    for start in range(0, count, chunk):
+        wanted = torch.arange(start, min(count, start + chunk), device=segmenter.device)
+        masks = id_map[None] == wanted[:, None, None]  # (n, H, W) bool
+        probs.append(segmenter.mask_probabilities(session, masks, vocabulary, method=method).float().cpu())
+    return torch.cat(probs).numpy()
+
+
+def predict(
+    segmenter: Segmenter, image: np.ndarray, gt: np.ndarray, vocabulary: Vocabulary, options: EvalOptions
+) -> np.ndarray:
+    """(H, W) int32 label map (benchmark ids, -1 unlabelled) of an (H, W, 3) uint8 RGB image;
+    ``gt`` ((H, W) int32, -1 ignore) is used only by the ground-truth mask source."""
+    if options.masks == "sam2":
+        result = segmenter.segment_automatic(
+            image,
+            vocabulary,
+            options.mask_settings,
+            options.mode,
+            options.score_threshold,
+            options.granularity,
+            method=options.method,
+        )
+        return result.label_map.astype(np.int32)
+    ids, count = ground_truth_segments(gt, options.gt_segments)
+    if count == 0:
+        return np.full(gt.shape, -1, dtype=np.int32)
+    probs = classify_segments(segmenter, image, ids, count, vocabulary, options.method)
+    best = probs.argmax(1).astype(np.int32)  # (count,) class of each segment
+    best[probs.max(1) < options.score_threshold] = -1
+    return np.where(ids >= 0, best[np.maximum(ids, 0)], -1).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------- a run
+
+
+def describe_run(
+    data: Layout, options: EvalOptions, settings: Settings, real_size_random: bool, vocabulary: Vocabulary
+) -> dict:
+    """Everything that changes the predictions (the fingerprint is its hash)."""
+    described = {
+        "version": RUN_VERSION,
+        "dataset": data.key,
+        "classes": len(vocabulary),
+        "masks": options.masks,
+        "method": options.method,
+        "score_threshold": options.score_threshold,
+        "models": {**model_description(settings), "real_size_random": real_size_random},
+    }
+    if options.masks == "sam2":
+        described.update(
+            mode=options.mode, granularity=options.granularity, mask_settings=asdict(options.mask_settings)
+        )
+    else:
+        described["gt_segments"] = options.gt_segments
+    return described
+
+
+def fingerprint(described: dict) -> str:
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_out(out: Path, described: dict, overwrite: bool) -> dict[str, float]:
+    """Make OUT ready: a new run (or ``overwrite``) starts empty; a run with the same
+    settings resumes. Returns the seconds of the images already predicted.
+
+    Raises ``InputError`` when OUT holds predictions made with other settings.
+    """
+    run_file, predictions, times_file = out / "run.json", out / "predictions", out / "times.jsonl"
+    previous = None
+    if run_file.is_file():
+        try:
+            previous = json.loads(run_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = None
+    same = previous is not None and previous.get("fingerprint") == fingerprint(described)
+    has_predictions = predictions.is_dir() and any(predictions.iterdir())
+    if has_predictions and not same and not overwrite:
+        old = (previous or {}).get("settings", {})
+        changed = sorted(k for k in described if old.get(k) != described[k]) or ["unknown"]
+        raise InputError(
+            f"{out} holds predictions made with other settings (changed: {', '.join(changed)}); "
+            "choose another --out, or pass --overwrite to redo them"
+        )
+    if not same or overwrite:
+        shutil.rmtree(predictions, ignore_errors=True)
+        times_file.unlink(missing_ok=True)
+    predictions.mkdir(parents=True, exist_ok=True)
+    write_json({"fingerprint": fingerprint(described), "settings": described}, run_file)
+    seconds: dict[str, float] = {}
+    if times_file.is_file():
+        for line in times_file.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+                seconds[str(entry["stem"])] = float(entry["seconds"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by an interrupted run
+    return seconds
+
+
+def _read_image(sample: Sample) -> np.ndarray:
+    try:
+        return load_image(sample.image)
+    except InputError as err:
+        raise InputError(f"cannot read image {sample.image}: {err}") from None
+
+
+def _class_names(vocabulary: Vocabulary) -> list[str]:
+    """Class labels, with the benchmark id added to a label that repeats (ADE20K-847 has several)."""
+    labels = vocabulary.labels
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return [f"{label} (class {i})" if counts[label] > 1 else label for i, label in enumerate(labels)]
+
+
+def evaluate(
+    segmenter: Segmenter,
+    data: Layout,
+    samples: Sequence[Sample],
+    out: Path,
+    options: EvalOptions,
+    seconds: dict[str, float],
+    progress: Progress | None = None,
+) -> tuple[ConfusionMatrix, dict[str, float], list[dict]]:
+    """Predict (or read back) each sample, count it; returns the confusion matrix, the
+    seconds of each predicted image and the failures ({"stem", "reason"})."""
+    vocabulary = segmenter.vocabulary("", [data.key])
+    if len(vocabulary) != data.num_classes:
+        raise InputError(f"the {data.key} vocabulary has {len(vocabulary)} classes, expected {data.num_classes}")
+    matrix = ConfusionMatrix(data.num_classes)
+    failed: list[dict] = []
+    times_file = out / "times.jsonl"
+    for sample in samples:
+        if progress:
+            progress.start(sample.image)
+        try:
+            gt = read_labels(sample.labels, data)
+            saved = prediction_path(out, sample.stem)
+            if saved.is_file():
+                pred = read_prediction(saved, data)
+            else:
+                image = _read_image(sample)
+                if image.shape[:2] != gt.shape:
+                    raise InputError(
+                        f"image {sample.image} is {image.shape[1]}x{image.shape[0]} but its labels are "
+                        f"{gt.shape[1]}x{gt.shape[0]}"
+                    )
+                started = time.perf_counter()
+                pred = predict(segmenter, image, gt, vocabulary, options)
+                elapsed = time.perf_counter() - started
+                save_png(encode_prediction(pred, data), saved)
+                seconds[sample.stem] = elapsed
+                with open(times_file, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"stem": sample.stem, "seconds": round(elapsed, 6)}) + "\n")
+            matrix.add(pred, gt)
+        except (MaskAdapterError, OSError) as err:
+            reason = " ".join(str(err).split()) or type(err).__name__
+            failed.append({"stem": sample.stem, "image": str(sample.image), "reason": reason})
+            if progress:
+                progress.say(f"error: {reason}", file=sys.stderr)
+        if progress:
+            progress.done()
+    return matrix, seconds, failed
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def report(
+    matrix: ConfusionMatrix, names: Sequence[str], data: Layout, samples: Sequence[Sample],
+    seconds: dict[str, float], failed: list[dict], described: dict, weights: dict, extra: dict,
+) -> dict:  # fmt: skip
+    """The contents of metrics.json."""
+    found = matrix.metrics()
+    timed = [seconds[s.stem] for s in samples if s.stem in seconds]
+    per_class = [
+        {"id": i, "name": names[i], "IoU": found["IoU"][i], "ACC": found["ACC"][i],
+         "gt_pixels": found["gt_pixels"][i], "predicted_pixels": found["predicted_pixels"][i]}
+        for i in range(data.num_classes)
+    ]  # fmt: skip
+    return {
+        "dataset": data.key,
+        "title": data.title,
+        "images": len(samples) - len(failed),
+        "mIoU": found["mIoU"],
+        "fwIoU": found["fwIoU"],
+        "pACC": found["pACC"],
+        "mACC": found["mACC"],
+        "mIoU_gt_classes": found["mIoU_gt_classes"],
+        "IoU": {names[i]: found["IoU"][i] for i in range(data.num_classes)},
+        "per_class": per_class,
+        "pixels": found["pixels"],
+        "unlabelled_pixels": found["unlabelled_pixels"],
+        "seconds_per_image": round(statistics.fmean(timed), 6) if timed else None,
+        "seconds_per_image_median": round(statistics.median(timed), 6) if timed else None,
+        "images_timed": len(timed),
+        "settings": described,
+        "weights": weights,
+        "failed": failed,
+        **extra,
+    }
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def table(metrics: dict, per_class: bool = False) -> str:
+    """The printed summary: the headline metrics, then optionally every class seen."""
+    settings = metrics["settings"]
+    source = settings["masks"]
+    if source == "sam2":
+        source += f" ({settings['mode']}, granularity {settings['granularity']})"
+    else:
+        source += f" ({settings['gt_segments']})"
+    lines = [
+        f"{metrics['title']}: {plural(metrics['images'], 'image')}, masks {source}, classified by "
+        f"{'Mask-Adapter' if settings['method'] == 'adapter' else 'mask pooling'}",
+        f"{'mIoU':>8} {'fwIoU':>8} {'pACC':>8} {'mACC':>8}",
+        "".join(f"{_cell(metrics[k]):>8} " for k in ("mIoU", "fwIoU", "pACC", "mACC")).rstrip(),
+        "mIoU over the classes in the ground truth only (detectron2 since 2022-07): "
+        + _cell(metrics["mIoU_gt_classes"]),
+    ]
+    if metrics["seconds_per_image"] is not None:
+        lines.append(
+            f"time per image: {metrics['seconds_per_image']:.3f} s mean, {metrics['seconds_per_image_median']:.3f} s "
+            f"median over {plural(metrics['images_timed'], 'image')} ({metrics['device']})"
+        )
+    if per_class:
+        rows = [c for c in metrics["per_class"] if c["IoU"] is not None]
+        width = max([len(c["name"]) for c in rows] + [5])
+        lines.append(f"{'class':<{width}} {'IoU':>7} {'ACC':>7} {'gt px':>10} {'pred px':>10}")
+        lines += [
+            f"{c['name']:<{width}} {_cell(c['IoU']):>7} {_cell(c['ACC']):>7} {c['gt_pixels']:>10} "
+            f"{c['predicted_pixels']:>10}"
+            for c in rows
+        ]
+    if not metrics["weights"]["real"]:
+        lines.append(f"WARNING: {RANDOM_NOTE}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m maskadapter.evaluate",
+        description="mIoU, fwIoU, pACC and mACC of SAM-2 + Mask-Adapter on an open-vocabulary semantic "
+        "segmentation benchmark (detectron2-prepared layouts; detectron2's metrics).",
+        epilog="Outputs: OUT/metrics.json, OUT/predictions/STEM.png (benchmark ids; 255, or 65535 in 16-bit PNGs, "
+        "unlabelled), OUT/run.json, OUT/times.jsonl. A rerun with the same settings resumes. Exit codes: 0 every "
+        "image evaluated; 3 some failed (listed in metrics.json); 2 bad arguments, dataset or models. The CLIP "
+        f"input size defaults to {EVAL_INPUT_SIZE} here (the published evaluation's) unless --input-size, "
+        "--short-side or --max-size (or their environment variables) say otherwise.",
+    )
+    parser.add_argument(
+        "--dataset", required=True, choices=tuple(LAYOUTS), help="the benchmark (its predefined vocabulary too)"
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        help="folder holding the prepared datasets (default: $DETECTRON2_DATASETS, else ./datasets)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output directory (created if needed)")
+    parser.add_argument(
+        "--masks",
+        choices=MASK_SOURCES,
+        default="sam2",
+        help="sam2: SAM-2's automatic masks and the semantic map (the demo's pipeline); ground-truth: each "
+        "ground-truth segment is a mask (mask classification alone) (default: sam2)",
+    )
+    parser.add_argument(
+        "--gt-segments",
+        choices=GT_SEGMENTS,
+        default="regions",
+        help="with --masks ground-truth: regions: each connected region of one class (default); classes: one "
+        "mask per class present (as Mask-Adapter's ground-truth evaluation code)",
+    )
+    parser.add_argument(
+        "--method", choices=METHODS, default="adapter", help="adapter: Mask-Adapter (default); pooling: plain mask "
+        "pooling, the baseline",
+    )  # fmt: skip
+    add_painting_arguments(parser)
+    parser.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images (file-name order)")
+    parser.add_argument("--overwrite", action="store_true", help="redo predictions OUT holds from other settings")
+    parser.add_argument("--per-class", action="store_true", help="also print every class's IoU and accuracy")
+    parser.add_argument(
+        "--real-size-random",
+        action="store_true",
+        help="the real architectures (--sam-size, --clip-model) with random weights: time per image, "
+        "meaningless numbers",
+    )
+    add_chatter_arguments(parser)
+    add_mask_arguments(parser, random_weight_defaults=True)
+    add_arguments(parser)
+    return parser
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from flags and environment; the CLIP input size defaults to the published
+    evaluation's (``EVAL_INPUT_SIZE``) unless a flag or environment variable sets it."""
+    settings = settings_from_args(args)
+    size_given = any(getattr(args, name) is not None for name in ("input_size", "short_side", "max_size"))
+    size_given = size_given or any(
+        Settings.env_name(name) in os.environ for name in ("input_size", "short_side", "max_size")
+    )
+    if not size_given:
+        settings = dataclasses.replace(settings, input_size=EVAL_INPUT_SIZE, short_side=None, max_size=None)
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run an evaluation on ``argv`` (default ``sys.argv[1:]``); the exit code (module docstring)."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    started_at, started = _now(), time.perf_counter()
+    try:
+        if args.limit is not None and args.limit < 1:
+            raise InputError(f"--limit must be at least 1, got {args.limit}")
+        if not 0 <= args.score_threshold <= 1 or not 0 <= args.granularity <= 1:
+            raise InputError("--score-threshold and --granularity must be in [0, 1]")
+        settings = _settings(args)
+        random_weights = settings.tiny_random or args.real_size_random
+        data = layout(args.dataset)
+        root = dataset_root(args.root)
+        samples = find_samples(data, root, args.limit)
+        options = EvalOptions(
+            masks=args.masks,
+            gt_segments=args.gt_segments,
+            mode=args.mode,
+            granularity=args.granularity,
+            score_threshold=args.score_threshold,
+            method=args.method,
+            mask_settings=mask_settings_from_args(args, default_mask_settings(not random_weights)),
+        )
+        note = None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+        segmenter = Segmenter.from_settings(settings, progress=note, real_size_random=args.real_size_random)
+        vocabulary = segmenter.vocabulary("", [data.key])
+        described = describe_run(data, options, settings, args.real_size_random, vocabulary)
+        args.out.mkdir(parents=True, exist_ok=True)
+        seconds = prepare_out(args.out, described, args.overwrite)
+    except (MaskAdapterError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    if not segmenter.real_weights:
+        print(f"WARNING: {RANDOM_NOTE}", file=sys.stderr, flush=True)
+    done_before = sum(prediction_path(args.out, s.stem).is_file() for s in samples)
+    if done_before and not args.quiet:
+        print(f"{plural(done_before, 'prediction')} already in {args.out}: read back", file=sys.stderr)
+
+    progress = Progress(len(samples), not args.quiet and sys.stderr.isatty())
+    try:
+        matrix, seconds, failed = evaluate(segmenter, data, samples, args.out, options, seconds, progress)
+    except (MaskAdapterError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        progress.close()
+
+    weights = {"real": segmenter.real_weights, "description": segmenter.models.description}
+    if not segmenter.real_weights:
+        weights["note"] = RANDOM_NOTE
+    device = str(segmenter.device)
+    if segmenter.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(segmenter.device)})"
+    extra = {
+        "root": str(root),
+        "limit": args.limit,
+        "device": device,
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "started": started_at,
+        "finished": _now(),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    metrics = report(matrix, _class_names(vocabulary), data, samples, seconds, failed, described, weights, extra)
+    try:
+        write_json(metrics, args.out / "metrics.json")
+    except OSError as err:
+        print(f"error: cannot write {args.out / 'metrics.json'}: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    print(table(metrics, args.per_class))
+    if failed:
+        print(f"{plural(len(failed), 'image')} failed and left out (listed in metrics.json)", file=sys.stderr)
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
