@@ -136,14 +136,14 @@ def _where(data: Layout, root: Path) -> Path:
     return root / data.folders[0]
 
 
-def find_samples(data: Layout, root: Path, limit: int | None = None) -> list[Sample]:
+def find_samples(data: Layout, root: str | os.PathLike, limit: int | None = None) -> list[Sample]:
     """The dataset's (image, labels) pairs in file-stem order (the first ``limit``).
 
     Images are paired with label images by stem; images without one are left out
     (as detectron2 does). Raises ``DatasetError`` saying which folder is missing or
     empty and how the layout is made.
     """
-    base = _where(data, root)
+    base = _where(data, Path(root))
     image_dir, label_dir = base / data.images, base / data.labels
     made_by = f"made by {data.prepare}, see {PREPARE}; point --root (or ${ROOT_ENV}) at the folder that holds it"
     for folder, what in ((image_dir, f"*{IMAGE_EXT}"), (label_dir, f"*{data.label_ext}")):
@@ -160,7 +160,7 @@ def find_samples(data: Layout, root: Path, limit: int | None = None) -> list[Sam
     return samples[:limit] if limit is not None else samples
 
 
-def read_labels(path: Path, data: Layout) -> np.ndarray:
+def read_labels(path: str | os.PathLike, data: Layout) -> np.ndarray:
     """(H, W) int32 ground truth of one label image: class ids 0..K-1, -1 for ignore.
 
     Raises ``DatasetError`` for an unreadable file, more than one channel, or a value

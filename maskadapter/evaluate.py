@@ -35,6 +35,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -97,6 +98,11 @@ class EvalOptions:
     score_threshold: float = 0.0
     method: str = "adapter"
     mask_settings: AutoMaskSettings | None = None  # None: the segmenter's defaults
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("masks", MASK_SOURCES), ("gt_segments", GT_SEGMENTS), ("method", METHODS)):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
 
 def ground_truth_segments(gt: np.ndarray, by: str = "regions") -> tuple[np.ndarray, int]:
@@ -242,9 +248,7 @@ def _read_image(sample: Sample) -> np.ndarray:
 def _class_names(vocabulary: Vocabulary) -> list[str]:
     """Class labels, with the benchmark id added to a label that repeats (ADE20K-847 has several)."""
     labels = vocabulary.labels
-    counts: dict[str, int] = {}
-    for label in labels:
-        counts[label] = counts.get(label, 0) + 1
+    counts = Counter(labels)
     return [f"{label} (class {i})" if counts[label] > 1 else label for i, label in enumerate(labels)]
 
 

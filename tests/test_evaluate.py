@@ -163,6 +163,8 @@ def test_ground_truth_regions_and_classes(tmp_path):
     assert len(np.unique(ids[gt == 9])) == 2
     ids, count = evaluate.ground_truth_segments(gt, "classes")
     assert count == 4 and len(np.unique(ids[gt == 9])) == 1
+    with pytest.raises(ValueError, match="masks must be one of sam2, ground-truth"):
+        evaluate.EvalOptions(masks="gt")
     diagonal = np.full((4, 4), -1, np.int32)
     diagonal[0, 0] = diagonal[1, 1] = 3  # corners touching: one region with 8-connectivity
     assert evaluate.ground_truth_segments(diagonal, "regions")[1] == 1
