@@ -65,6 +65,7 @@ class Layout:
     label_ext: str
     ignore: int
     prepare: str  # the preparation script that makes the labels
+    val_images: int  # images in the full validation split
 
     @property
     def label_dtype(self) -> type:
@@ -76,29 +77,30 @@ LAYOUTS: dict[str, Layout] = {
     for layout in (
         Layout(
             "ade20k", "ADE20K-150", 150, ("ADEChallengeData2016",),
-            "images/validation", "annotations_detectron2/validation", ".png", 255, "prepare_ade20k_sem_seg.py",
+            "images/validation", "annotations_detectron2/validation", ".png", 255, "prepare_ade20k_sem_seg.py", 2000,
         ),
         Layout(
             "ade20k_847", "ADE20K-847", 847, ("ADE20K_2021_17_01", "ade/ADE20K_2021_17_01"),
             "images_detectron2/validation", "annotations_detectron2/validation", ".tif", 65535,
-            "prepare_ade20k_full_sem_seg.py",
+            "prepare_ade20k_full_sem_seg.py", 2000,
         ),
         Layout(
             "pascal_context", "Pascal Context 59", 59, ("pascal_ctx_d2",),
-            "images/validation", "annotations_ctx59/validation", ".png", 255, "prepare_pascal_ctx_sem_seg.py",
+            "images/validation", "annotations_ctx59/validation", ".png", 255, "prepare_pascal_ctx_sem_seg.py", 5105,
         ),
         Layout(
             "pascal_context_459", "Pascal Context 459", 459, ("pascal_ctx_d2",),
             "images/validation", "annotations_ctx459/validation", ".tif", 65535,
-            "prepare_pascal_ctx_full_sem_seg.py",
+            "prepare_pascal_ctx_full_sem_seg.py", 5105,
         ),
         Layout(
             "pascal_voc", "Pascal VOC 20", 20, ("pascal_voc_d2",),
-            "images/validation", "annotations_pascal20/validation", ".png", 255, "prepare_pascal_voc_sem_seg.py",
+            "images/validation", "annotations_pascal20/validation", ".png", 255, "prepare_pascal_voc_sem_seg.py", 1449,
         ),
         Layout(
             "coco", "COCO panoptic 133 (semantic)", 133, ("coco",),
             "val2017", "panoptic_semseg_val2017", ".png", 255, "prepare_coco_semantic_annos_from_panoptic_annos.py",
+            5000,
         ),
     )
 }  # fmt: skip
@@ -130,18 +132,29 @@ def layout(name: str) -> Layout:
 
 
 def _where(data: Layout, root: Path) -> Path:
+    """The benchmark's folder under ``root``: the first of ``data.folders`` that exists."""
     for folder in data.folders:
         if (root / folder).is_dir():
             return root / folder
     return root / data.folders[0]
 
 
-def find_samples(data: Layout, root: str | os.PathLike, limit: int | None = None) -> list[Sample]:
-    """The dataset's (image, labels) pairs in file-stem order (the first ``limit``).
+@dataclass(frozen=True)
+class Split:
+    """What ``scan`` found: the (image, labels) pairs in stem order, and the stems of the
+    images without labels and of the labels without images (left out)."""
 
-    Images are paired with label images by stem; images without one are left out
-    (as detectron2 does). Raises ``DatasetError`` saying which folder is missing or
-    empty and how the layout is made.
+    samples: list[Sample]
+    images_without_labels: list[str]
+    labels_without_images: list[str]
+
+
+def scan(data: Layout, root: str | os.PathLike) -> Split:
+    """The dataset's validation images paired with their label images by file stem.
+
+    Raises ``DatasetError`` saying which folder is missing, when no image has labels,
+    or when two images share a stem (``a.jpg`` and ``a.JPG``); each message names the
+    preparation script that makes the layout.
     """
     base = _where(data, Path(root))
     image_dir, label_dir = base / data.images, base / data.labels
@@ -150,13 +163,29 @@ def find_samples(data: Layout, root: str | os.PathLike, limit: int | None = None
         if not folder.is_dir():
             raise DatasetError(f"{data.title}: no folder {folder} (expected {what} there, {made_by})")
     labels = {p.stem: p for p in label_dir.iterdir() if p.suffix.lower() == data.label_ext and p.is_file()}
-    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() == IMAGE_EXT and p.is_file())
-    samples = [Sample(p.stem, p, labels[p.stem]) for p in images if p.stem in labels]
+    images: dict[str, Path] = {}
+    for path in sorted(p for p in image_dir.iterdir() if p.suffix.lower() == IMAGE_EXT and p.is_file()):
+        other = images.setdefault(path.stem, path)
+        if other != path:
+            raise DatasetError(f"{data.title}: {other.name} and {path.name} share a name; keep one")
+    stems = sorted(images)
+    samples = [Sample(stem, images[stem], labels[stem]) for stem in stems if stem in labels]
     if not samples:
         raise DatasetError(
             f"{data.title}: no image in {image_dir} (*{IMAGE_EXT}) has a label image of the same name in "
             f"{label_dir} (*{data.label_ext}); {made_by}"
         )
+    return Split(
+        samples,
+        [stem for stem in stems if stem not in labels],
+        sorted(stem for stem in labels if stem not in images),
+    )
+
+
+def find_samples(data: Layout, root: str | os.PathLike, limit: int | None = None) -> list[Sample]:
+    """The first ``limit`` (default all) (image, labels) pairs of ``scan``, in stem order;
+    images without labels are left out, as detectron2 does."""
+    samples = scan(data, root).samples
     return samples[:limit] if limit is not None else samples
 
 
@@ -170,7 +199,7 @@ def read_labels(path: str | os.PathLike, data: Layout) -> np.ndarray:
     try:
         with Image.open(path) as im:
             values = np.asarray(im)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DatasetError(f"cannot read label image {path}: {err}") from None
     if values.ndim != 2 or values.dtype.kind not in "ui":
         raise DatasetError(f"label image {path} must have one integer channel, got {values.dtype} {values.shape}")
@@ -187,11 +216,13 @@ def read_labels(path: str | os.PathLike, data: Layout) -> np.ndarray:
 
 
 def prediction_path(out: Path, stem: str) -> Path:
+    """Where the evaluation writes the prediction of image ``stem``: ``OUT/predictions/STEM.png``."""
     return out / "predictions" / f"{stem}.png"
 
 
 def encode_prediction(label_map: np.ndarray, data: Layout) -> np.ndarray:
-    """An (H, W) int label map (-1 unlabelled) as the prediction image's pixels."""
+    """An (H, W) int label map (-1 unlabelled) as the prediction image's pixels: (H, W)
+    uint8 with 255 unlabelled, or uint16 with 65535 for benchmarks of more than 255 classes."""
     return np.where(label_map < 0, data.ignore, label_map).astype(data.label_dtype)
 
 

@@ -191,10 +191,7 @@ class Segmenter:
         self.device = torch.device(device)
         self.transform = transform or ImageTransform()
         self.mask_side = int(mask_side)
-        self.amp_dtype = None
-        if self.device.type == "cuda":  # bf16 where the hardware has it (compute capability 8+)
-            major, _ = torch.cuda.get_device_capability(self.device)
-            self.amp_dtype = torch.bfloat16 if major >= 8 else torch.float16
+        self.amp_dtype = autocast_dtype(self.device)
         self.text_cache = TextEmbeddingCache(
             models.clip,
             models.tokenizer,
@@ -666,6 +663,15 @@ def compile_sam2(sam_model: torch.nn.Module) -> None:
     ``compile``; worth it on a GPU for many images, costly on the first call)."""
     sam_model.image_encoder = torch.compile(sam_model.image_encoder)
     sam_model.sam_mask_decoder = torch.compile(sam_model.sam_mask_decoder, dynamic=True)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype on ``device``: bf16 on CUDA GPUs of compute capability 8 or
+    more, fp16 on older ones; None (float32, no autocast) elsewhere."""
+    if device.type != "cuda":
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
 
 
 def resolve_device(name: str) -> torch.device:

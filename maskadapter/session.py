@@ -122,6 +122,13 @@ class SessionStore:
                 self._sizes.pop(key, None)
                 self.evictions += 1
 
+    def discard(self, key: str) -> None:
+        """Forget the session with ``key`` (nothing happens when it is not stored): for
+        callers that know an image will not come back, such as an evaluation run."""
+        with self._lock:
+            self._sessions.pop(key, None)
+            self._sizes.pop(key, None)
+
     @property
     def nbytes(self) -> int:
         return sum(self._sizes.values())

@@ -13,7 +13,7 @@ from PIL import Image
 
 from maskadapter import evaluate
 from maskadapter.__main__ import main as cli_main
-from maskadapter.datasets import DatasetError, find_samples, layout, read_labels
+from maskadapter.datasets import DatasetError, find_samples, layout, read_labels, scan
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = [(96, 72), (120, 90), (80, 64)]  # (width, height) of the images
@@ -67,13 +67,14 @@ def _args(root: Path, out: Path, tmp_path: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _recompute(out: Path, label_files: list[Path], num_classes: int, ignore: int) -> tuple[float, float]:
-    """mIoU (over classes with ground-truth or predicted pixels) and pACC in percent,
-    straight from the prediction and label files."""
+def _recompute(out: Path, label_files: list[Path], num_classes: int, ignore: int) -> dict:
+    """mIoU (over classes with ground-truth or predicted pixels), mIoU over classes with
+    ground truth, fwIoU, pACC and mACC in percent, straight from the prediction and
+    label files; also the number of counted pixels left unlabelled."""
     tp = np.zeros(num_classes)
     fp = np.zeros(num_classes)
     fn = np.zeros(num_classes)
-    correct = counted = 0
+    correct = counted = unlabelled = 0
     for label_file in label_files:
         gt = np.array(Image.open(label_file)).astype(np.int64)
         pred = np.array(Image.open(out / "predictions" / (label_file.stem + ".png"))).astype(np.int64)
@@ -85,8 +86,17 @@ def _recompute(out: Path, label_files: list[Path], num_classes: int, ignore: int
             fn[c] += np.sum((pred != c) & (gt == c) & valid)  # unlabelled (ignore value) is != c
         correct += np.sum((pred == gt) & valid)
         counted += np.sum(valid)
-    union = tp + fp + fn
-    return 100 * float(np.mean(tp[union > 0] / union[union > 0])), 100 * correct / counted
+        unlabelled += np.sum((pred == ignore) & valid)
+    union, in_gt = tp + fp + fn, tp + fn > 0
+    iou = np.divide(tp, union, out=np.zeros(num_classes), where=union > 0)
+    return {
+        "mIoU": 100 * iou[union > 0].mean(),
+        "mIoU_gt_classes": 100 * iou[in_gt].mean(),
+        "fwIoU": 100 * np.sum(iou * (tp + fn)) / counted,
+        "pACC": 100 * correct / counted,
+        "mACC": 100 * np.mean(tp[in_gt] / (tp + fn)[in_gt]),
+        "unlabelled": unlabelled,
+    }
 
 
 def _metrics(out: Path) -> dict:
@@ -119,10 +129,13 @@ def test_ade20k_end_to_end_metrics_match_a_recomputation(tmp_path, masks):
     assert evaluate.main([*args, "--overwrite"]) == 0
 
     metrics = _metrics(out)
-    miou, pacc = _recompute(out, labels, 150, 255)
+    expected = _recompute(out, labels, 150, 255)
     assert metrics["pACC"] > 0  # some pixels are right: the comparison below means something
-    assert metrics["mIoU"] == pytest.approx(miou, abs=1e-4)
-    assert metrics["pACC"] == pytest.approx(pacc, abs=1e-4)
+    for name in ("mIoU", "mIoU_gt_classes", "fwIoU", "pACC", "mACC"):
+        assert metrics[name] == pytest.approx(expected[name], abs=1e-4), name
+    assert metrics["unlabelled_pixels"] == expected["unlabelled"]
+    if masks == "sam2":  # unlabelled pixels occur (and count as wrong above)
+        assert expected["unlabelled"] > 0
     assert metrics["images"] == 3 and metrics["images_timed"] == 3 and metrics["seconds_per_image"] > 0
     assert metrics["weights"]["real"] is False and "meaningless" in metrics["weights"]["note"]
     assert metrics["settings"]["masks"] == masks and metrics["settings"]["models"]["short_side"] == 224
@@ -189,16 +202,40 @@ def test_rerun_resumes_from_saved_predictions(tmp_path, monkeypatch):
     again = _metrics(out)
     assert again["mIoU"] == first["mIoU"] and again["seconds_per_image"] == first["seconds_per_image"]
 
-    # an interrupted write leaves no prediction behind: that image is redone
-    (out / "predictions" / "ADE_val_00000002.png").unlink()
+    # an interrupted write leaves no prediction behind (only a temporary file): that
+    # image is redone; so is a saved prediction that cannot be used
+    (out / "predictions" / "ADE_val_00000002.png").rename(out / "predictions" / ".ADE_val_00000002.png.99.tmp")
+    (out / "predictions" / "ADE_val_00000003.png").write_bytes(b"damaged")
     assert evaluate.main(args) == 0
-    assert len(calls) == 4
+    assert len(calls) == 5 and _metrics(out)["mIoU"] == first["mIoU"]
+    assert not list((out / "predictions").glob(".*.tmp"))
+
+    # a setting that changes no prediction (points per batch) resumes too
+    assert evaluate.main([*args, "--points-per-batch", "16"]) == 0
+    assert len(calls) == 5
 
     # other settings: refused, then redone with --overwrite
     other = ["--dataset", "ade20k", "--masks", "sam2", *_args(root, out, tmp_path)]
     assert evaluate.main(other) == 2
     assert evaluate.main([*other, "--overwrite"]) == 0
-    assert len(calls) == 7 and _metrics(out)["settings"]["masks"] == "sam2"
+    assert len(calls) == 8 and _metrics(out)["settings"]["masks"] == "sam2"
+
+    # predictions without a readable run.json: their settings are unknown
+    (out / "run.json").write_text("{not json")
+    assert evaluate.main(other) == 2
+
+
+def test_sessions_are_dropped_after_each_image(segmenter, tmp_path):
+    """An evaluation sees each image once: the store keeps none of them."""
+    root, out = tmp_path / "datasets", tmp_path / "out"
+    write_ade(root)
+    data = layout("ade20k")
+    (out / "predictions").mkdir(parents=True)
+    vocabulary = segmenter.vocabulary("", [data.key])
+    options = evaluate.EvalOptions(masks="ground-truth")
+    matrix, seconds, failed = evaluate.evaluate(segmenter, data, vocabulary, find_samples(data, root), out, options, {})
+    assert not failed and len(seconds) == 3 and matrix.counts.sum() > 0
+    assert len(segmenter.store) == 0 and segmenter.stats["clip_image_encodings"] == 3
 
 
 def test_refusal_names_the_changed_settings(tmp_path, capsys):
@@ -210,6 +247,8 @@ def test_refusal_names_the_changed_settings(tmp_path, capsys):
     assert evaluate.main([*common, "--gt-segments", "classes"]) == 2
     err = capsys.readouterr().err
     assert "other settings (changed: gt_segments)" in err and "--overwrite" in err
+    assert evaluate.main([*common, "--short-side", "256"]) == 2
+    assert "(changed: models.short_side)" in capsys.readouterr().err
 
 
 def test_metric_cases_by_hand():
@@ -231,11 +270,12 @@ def test_metric_cases_by_hand():
     assert m["fwIoU"] == pytest.approx(40 * 4 / 6 + 50 * 2 / 6)
     assert m["unlabelled_pixels"] == 1 and m["pixels"] == 6
 
-    # a class neither in the ground truth nor predicted has no IoU and is not averaged
+    # a class neither in the ground truth nor predicted has no IoU and is not averaged;
+    # class 2, predicted on ignore pixels only, counts as not predicted
     matrix = evaluate.ConfusionMatrix(4)
-    matrix.add(np.array([[1, 1, 3]]), np.array([[1, 1, 1]]))
+    matrix.add(np.array([[1, 1, 3, 2, 2]]), np.array([[1, 1, 1, -1, -1]]))
     m = matrix.metrics()
-    assert m["IoU"][0] is None and m["IoU"][2] is None
+    assert m["IoU"][0] is None and m["IoU"][2] is None and m["predicted_pixels"][2] == 0
     assert m["IoU"][1] == pytest.approx(200 / 3) and m["IoU"][3] == 0.0
     assert m["mIoU"] == pytest.approx((200 / 3 + 0) / 2)
     assert m["mIoU_gt_classes"] == pytest.approx(200 / 3)
@@ -304,9 +344,9 @@ def test_sixteen_bit_benchmark_end_to_end(tmp_path):
     pred = np.array(Image.open(out / "predictions" / "2008_000002.png"))
     assert pred.dtype == np.uint16 and pred.shape == gt.shape
     assert np.all(pred[gt == 65535] == 65535) and np.all(pred[gt != 65535] < 459)
-    miou, pacc = _recompute(out, [base / "annotations_ctx459/validation/2008_000002.tif"], 459, 65535)
-    assert _metrics(out)["mIoU"] == pytest.approx(miou, abs=1e-4)
-    assert _metrics(out)["pACC"] == pytest.approx(pacc, abs=1e-4)
+    expected = _recompute(out, [base / "annotations_ctx459/validation/2008_000002.tif"], 459, 65535)
+    assert _metrics(out)["mIoU"] == pytest.approx(expected["mIoU"], abs=1e-4)
+    assert _metrics(out)["pACC"] == pytest.approx(expected["pACC"], abs=1e-4)
 
 
 def test_ade20k_847_is_found_where_fcclip_script_writes_it(tmp_path):
@@ -332,30 +372,56 @@ def test_bad_datasets_get_clear_messages(tmp_path, capsys):
     assert "ADE20K-150: no folder" in capsys.readouterr().err
 
     labels = write_ade(root)
-    raw = np.array(Image.open(labels[0]))
+    raw = np.array(Image.open(labels[1]))
     raw[5, 5] = 150  # raw ADE annotations count 1..150: 150 is no class of the prepared labels
-    Image.fromarray(raw).save(labels[0])
-    with pytest.raises(DatasetError, match="has value 150, but ADE20K-150 labels are 0-149 and 255"):
-        read_labels(labels[0], layout("ade20k"))
+    Image.fromarray(raw).save(labels[1])
+    message = "has value 150, but ADE20K-150 labels are 0-149 and 255"
+    with pytest.raises(DatasetError, match=message):
+        read_labels(labels[1], layout("ade20k"))
+    # broken ground truth stops the run (the first image's prediction is kept for a rerun)
+    assert evaluate.main(["--dataset", "ade20k", "--masks", "ground-truth", *_args(root, out, tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert (out / "predictions" / "ADE_val_00000001.png").is_file() and not (out / "metrics.json").exists()
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(labels[1])
     with pytest.raises(DatasetError, match="one integer channel"):
         read_labels(labels[1], layout("ade20k"))
-    Image.fromarray(np.zeros((10, 10), np.uint8)).save(labels[2])  # not the image's size
 
     # bad images fail alone: the others are evaluated, the failures listed, exit code 3
-    write_ade(root / "second")
     second = root / "second"
-    Image.fromarray(np.zeros((10, 10), np.uint8)).save(
-        second / "ADEChallengeData2016/annotations_detectron2/validation/ADE_val_00000003.png"
-    )
+    labels = write_ade(second)
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(labels[2])  # not the image's size
     (second / "ADEChallengeData2016/images/validation/ADE_val_00000002.jpg").write_bytes(b"not a jpeg")
-    assert evaluate.main(["--dataset", "ade20k", "--masks", "ground-truth", *_args(second, out, tmp_path)]) == 3
-    metrics = _metrics(out)
+    args = ["--dataset", "ade20k", "--masks", "ground-truth", *_args(second, tmp_path / "out2", tmp_path)]
+    assert evaluate.main(args) == 3
+    metrics = _metrics(tmp_path / "out2")
     assert metrics["images"] == 1
     reasons = {f["stem"]: f["reason"] for f in metrics["failed"]}
     assert "not an image file" in reasons["ADE_val_00000002"]
     assert "80x64 but its labels are 10x10" in reasons["ADE_val_00000003"]
-
-    assert evaluate.main(["--dataset", "ade20k", "--limit", "0", *_args(second, out, tmp_path)]) == 2
+    assert evaluate.main([*args[:-1], "--limit", "0"]) == 2
     with pytest.raises(SystemExit):
         evaluate.main(["--dataset", "cityscapes", *_args(second, out, tmp_path)])
+
+    # no image evaluated: exit code 2
+    for name in ("ADE_val_00000001", "ADE_val_00000003"):
+        (second / f"ADEChallengeData2016/images/validation/{name}.jpg").write_bytes(b"")
+    assert evaluate.main([*args, "--overwrite"]) == 2
+    assert _metrics(tmp_path / "out2")["images"] == 0
+
+    # two images of one name, and images or labels without a partner
+    third = root / "third"
+    write_ade(third)
+    images = third / "ADEChallengeData2016/images/validation"
+    (images / "extra.jpg").write_bytes((images / "ADE_val_00000001.jpg").read_bytes())
+    (third / "ADEChallengeData2016/annotations_detectron2/validation/lonely.png").write_bytes(labels[0].read_bytes())
+    split = scan(layout("ade20k"), third)
+    assert split.images_without_labels == ["extra"] and split.labels_without_images == ["lonely"]
+    assert (
+        evaluate.main(["--dataset", "ade20k", "--masks", "ground-truth", *_args(third, tmp_path / "o3", tmp_path)]) == 0
+    )
+    metrics = _metrics(tmp_path / "o3")
+    assert (metrics["images_without_labels"], metrics["labels_without_images"], metrics["images_found"]) == (1, 1, 3)
+    assert any("has 2000 validation images and 3 were found" in note for note in metrics["notes"])
+    (images / "ADE_val_00000001.JPG").write_bytes((images / "ADE_val_00000001.jpg").read_bytes())
+    with pytest.raises(DatasetError, match="ADE_val_00000001.JPG and ADE_val_00000001.jpg share a name"):
+        scan(layout("ade20k"), third)
