@@ -16,7 +16,9 @@ Also: ``Segmenter.compare`` and ``Comparison`` (Mask-Adapter vs plain mask pooli
 ``PREDEFINED`` (the benchmark class lists), ``load_image`` and ``check_image`` (any
 image in -> HWC uint8 RGB or ``InputError``), ``pooled_embeddings_from_features``, and
 the errors (``MaskAdapterError`` and its subclasses). Pictures and files:
-``maskadapter.render`` and ``maskadapter.export``.
+``maskadapter.render`` and ``maskadapter.export``. Collections: ``maskadapter.batch``.
+Benchmarks: ``maskadapter.datasets`` (the prepared layouts), ``maskadapter.metrics``
+(the confusion matrix and mIoU) and ``maskadapter.evaluate`` (the evaluation command).
 """
 
 from maskadapter.clip_features import (

@@ -478,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The time now, UTC, ISO 8601 to the second (run records)."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -531,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run a batch on ``argv`` (default ``sys.argv[1:]``); the exit code (module docstring)."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    started_at, started = _now(), time.perf_counter()
+    started_at, started = utc_now(), time.perf_counter()
     try:
         if args.engine == "ray":
             from maskadapter.batch_ray import require_ray
@@ -581,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     labelled = [o for o in processed if o.status == "done"]
     summary = {
         "started": started_at,
-        "finished": _now(),
+        "finished": utc_now(),
         "seconds": round(seconds, 3),
         "images_per_second": round(len(processed) / seconds, 4) if seconds > 0 else None,
         "engine": args.engine,

@@ -40,7 +40,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -56,7 +55,7 @@ from maskadapter.__main__ import (
     add_painting_arguments,
     plural,
 )
-from maskadapter.batch import model_description, save_png, write_json
+from maskadapter.batch import model_description, save_png, utc_now, write_json
 from maskadapter.datasets import (
     LAYOUTS,
     DatasetError,
@@ -513,10 +512,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def _settings(args: argparse.Namespace) -> Settings:
     """Settings from flags and environment; the CLIP input size defaults to the published
     evaluation's (``EVAL_INPUT_SIZE``) unless a flag or environment variable sets it."""
@@ -547,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run an evaluation on ``argv`` (default ``sys.argv[1:]``); the exit code (module docstring)."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    started_at, started = _now(), time.perf_counter()
+    started_at, started = utc_now(), time.perf_counter()
     try:  # everything that can be refused is, before the models load
         if args.limit is not None and args.limit < 1:
             raise InputError(f"--limit must be at least 1, got {args.limit}")
@@ -618,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "started": started_at,
-        "finished": _now(),
+        "finished": utc_now(),
         "seconds": round(time.perf_counter() - started, 3),
     }
     metrics = report(matrix, _class_names(vocabulary), data, samples, seconds, failed, described, weights, extra)
