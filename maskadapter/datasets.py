@@ -158,11 +158,15 @@ def scan(data: Layout, root: str | os.PathLike) -> Split:
     """
     base = _where(data, Path(root))
     image_dir, label_dir = base / data.images, base / data.labels
-    made_by = f"made by {data.prepare}, see {PREPARE}; point --root (or ${ROOT_ENV}) at the folder that holds it"
+    made_by = (
+        f"the layout comes from {PREPARE}, the labels from {data.prepare}; "
+        f"point --root (or ${ROOT_ENV}) at the folder that holds {data.folders[0]}"
+    )
     for folder, what in ((image_dir, f"*{IMAGE_EXT}"), (label_dir, f"*{data.label_ext}")):
         if not folder.is_dir():
-            raise DatasetError(f"{data.title}: no folder {folder} (expected {what} there, {made_by})")
-    labels = {p.stem: p for p in label_dir.iterdir() if p.suffix.lower() == data.label_ext and p.is_file()}
+            raise DatasetError(f"{data.title}: no folder {folder} (expected {what} there; {made_by})")
+    files = [p for p in label_dir.iterdir() if p.is_file()]
+    labels = {p.stem: p for p in files if p.suffix.lower() == data.label_ext}
     images: dict[str, Path] = {}
     for path in sorted(p for p in image_dir.iterdir() if p.suffix.lower() == IMAGE_EXT and p.is_file()):
         other = images.setdefault(path.stem, path)
@@ -171,9 +175,11 @@ def scan(data: Layout, root: str | os.PathLike) -> Split:
     stems = sorted(images)
     samples = [Sample(stem, images[stem], labels[stem]) for stem in stems if stem in labels]
     if not samples:
+        others = sorted({p.suffix.lower() for p in files} - {data.label_ext})
+        found = f" (found {', '.join('*' + ext for ext in others)} files there)" if others else ""
         raise DatasetError(
             f"{data.title}: no image in {image_dir} (*{IMAGE_EXT}) has a label image of the same name in "
-            f"{label_dir} (*{data.label_ext}); {made_by}"
+            f"{label_dir} (*{data.label_ext}){found}; {made_by}"
         )
     return Split(
         samples,
@@ -200,9 +206,12 @@ def read_labels(path: str | os.PathLike, data: Layout) -> np.ndarray:
         with Image.open(path) as im:
             values = np.asarray(im)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DatasetError(f"cannot read label image {path}: {err}") from None
+        raise DatasetError(f"cannot read label image {path}: {err} (labels are made by {data.prepare})") from None
     if values.ndim != 2 or values.dtype.kind not in "ui":
-        raise DatasetError(f"label image {path} must have one integer channel, got {values.dtype} {values.shape}")
+        raise DatasetError(
+            f"label image {path} must have one integer channel, got {values.dtype} {values.shape}; "
+            f"were the labels made by {data.prepare}?"
+        )
     gt = values.astype(np.int32)
     ignored = gt == data.ignore
     bad = ~ignored & ((gt < 0) | (gt >= data.num_classes))

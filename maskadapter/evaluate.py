@@ -39,7 +39,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import cv2
@@ -265,7 +265,9 @@ def prepare_out(out: Path, described: dict, overwrite: bool) -> dict[str, float]
             why = "but no readable run.json, so the settings they were made with are unknown"
         else:
             old, new = _flat(previous["settings"]), _flat(described)
-            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            # settings of both runs that differ; those only one run has follow from them
+            changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
+            changed = changed or sorted(old.keys() ^ new.keys())
             why = f"made with other settings (changed: {', '.join(changed)})"
         raise InputError(f"{out} holds predictions {why}; choose another --out, or pass --overwrite to redo them")
     if not same or overwrite:
@@ -307,8 +309,8 @@ def _saved_prediction(path: Path, data: Layout, gt_hw: tuple[int, int]) -> np.nd
         return None
     try:
         pred = read_prediction(path, data)
-    except DatasetError as err:
-        log.warning("redoing a saved prediction that cannot be used: %s", err)
+    except DatasetError:
+        log.warning("redoing the saved prediction %s: it cannot be read back", path)
         return None
     return pred if pred.shape == gt_hw else None
 
@@ -318,6 +320,19 @@ def _class_names(vocabulary: Vocabulary) -> list[str]:
     labels = vocabulary.labels
     counts = Counter(labels)
     return [f"{label} (class {i})" if counts[label] > 1 else label for i, label in enumerate(labels)]
+
+
+@dataclass
+class EvalRun:
+    """What ``evaluate`` did: the confusion matrix; the seconds of every predicted image
+    (this run's and earlier runs'), by stem; the failed images ({"stem", "image",
+    "reason"}); how many images this run predicted and how many it read back."""
+
+    matrix: ConfusionMatrix
+    seconds: dict[str, float]
+    failed: list[dict]
+    predicted: int = 0
+    read_back: int = 0
 
 
 # what fails one image (recorded, the run goes on); a DatasetError (broken ground truth) stops the run
@@ -333,17 +348,16 @@ def evaluate(
     options: EvalOptions,
     seconds: dict[str, float],
     progress: Progress | None = None,
-) -> tuple[ConfusionMatrix, dict[str, float], list[dict]]:
-    """Predict (or read back) each sample and count it; returns the confusion matrix, the
-    seconds of each predicted image and the failed images ({"stem", "image", "reason"}).
+) -> EvalRun:
+    """Predict (or read back) each sample and count it; ``seconds``: those of images
+    predicted by earlier runs (``prepare_out``).
 
     Raises ``DatasetError`` for a label image that cannot be read or holds a value of no
     class: the benchmark's ground truth is broken, so no number would be right.
     """
     if len(vocabulary) != data.num_classes:
         raise InputError(f"the {data.key} vocabulary has {len(vocabulary)} classes, expected {data.num_classes}")
-    matrix = ConfusionMatrix(data.num_classes)
-    failed: list[dict] = []
+    run = EvalRun(ConfusionMatrix(data.num_classes), dict(seconds), [])
     times_file = out / "times.jsonl"
     for sample in samples:
         if progress:
@@ -352,6 +366,7 @@ def evaluate(
         saved = prediction_path(out, sample.stem)
         try:
             pred = _saved_prediction(saved, data, gt.shape)
+            run.read_back += pred is not None
             if pred is None:
                 session = segmenter.session(_read_image(sample, gt.shape))
                 started = time.perf_counter()
@@ -361,20 +376,21 @@ def evaluate(
                     segmenter.store.discard(session.key)  # no image comes back: free its features
                 elapsed = time.perf_counter() - started
                 save_png(encode_prediction(pred, data), saved)
-                seconds[sample.stem] = elapsed
+                run.predicted += 1
+                run.seconds[sample.stem] = elapsed
                 with open(times_file, "a", encoding="utf-8") as f:
                     f.write(json.dumps({"stem": sample.stem, "seconds": round(elapsed, 6)}) + "\n")
-            matrix.add(pred, gt)
+            run.matrix.add(pred, gt)
         except DatasetError:
             raise
         except IMAGE_FAILURES as err:
             reason = " ".join(str(err).split()) or type(err).__name__
-            failed.append({"stem": sample.stem, "image": str(sample.image), "reason": reason})
+            run.failed.append({"stem": sample.stem, "image": str(sample.image), "reason": reason})
             if progress:
-                progress.say(f"error: {reason}", file=sys.stderr)
+                progress.say(f"failed, left out: {reason}", file=sys.stderr)
         if progress:
             progress.done()
-    return matrix, seconds, failed
+    return run
 
 
 # ---------------------------------------------------------------------------- report
@@ -499,7 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_painting_arguments(parser)
     parser.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images (file-name order)")
     parser.add_argument("--overwrite", action="store_true", help="redo predictions OUT holds from other settings")
-    parser.add_argument("--per-class", action="store_true", help="also print every class's IoU and accuracy")
+    parser.add_argument(
+        "--per-class",
+        action="store_true",
+        help="also print the IoU and accuracy of every class with ground-truth or predicted pixels "
+        "(metrics.json has all classes)",
+    )
     parser.add_argument(
         "--real-size-random",
         action="store_true",
@@ -508,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_chatter_arguments(parser)
     add_mask_arguments(parser, random_weight_defaults=True)
-    add_arguments(parser)
+    add_arguments(parser, program_defaults={"input_size": EVAL_INPUT_SIZE})
     return parser
 
 
@@ -525,17 +546,35 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _coverage_notes(data: Layout, found: int, without_labels: list[str], without_images: list[str]) -> list[str]:
     """Warnings about a dataset that is not the whole validation split."""
     notes = []
-    unpaired = ((without_labels, "images without a label image"), (without_images, "label images without an image"))
-    for stems, what in unpaired:
+    unpaired = ((without_labels, "image", "a label image"), (without_images, "label image", "an image"))
+    for stems, what, partner in unpaired:
         if stems:
             shown = ", ".join(stems[:5]) + (", ..." if len(stems) > 5 else "")
-            notes.append(f"{len(stems)} {what}, left out: {shown}")
+            notes.append(f"{plural(len(stems), what)} without {partner}, left out: {shown}")
     if found != data.val_images:
         notes.append(
-            f"{data.title} has {data.val_images} validation images and {found} were found: a full run's numbers "
-            "are not comparable with published ones"
+            f"{data.title} has {data.val_images} validation images, {found} found here: numbers over them are "
+            "not comparable with published ones"
         )
     return notes
+
+
+def _unused_flags(args: argparse.Namespace) -> list[str]:
+    """Notes on flags given for the other mask source (they change nothing)."""
+    sam2_only = [
+        flag
+        for flag, given in (
+            ("--mode", args.mode != "semantic"),
+            ("--granularity", args.granularity != 0.8),
+            *((f"--{f.name.replace('_', '-')}", getattr(args, f.name) is not None) for f in fields(AutoMaskSettings)),
+        )
+        if given
+    ]
+    if args.masks == "ground-truth" and sam2_only:
+        return [f"{', '.join(sam2_only)}: for --masks sam2 only; each ground-truth segment takes its best class"]
+    if args.masks == "sam2" and args.gt_segments != "regions":
+        return ["--gt-segments: for --masks ground-truth only"]
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -578,9 +617,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {text}", file=sys.stderr)
     if not segmenter.real_weights:
         print(f"WARNING: {RANDOM_NOTE}", file=sys.stderr, flush=True)
-    done_before = sum(prediction_path(args.out, s.stem).is_file() for s in samples)
-    if done_before and not args.quiet:
-        print(f"{plural(done_before, 'saved prediction')} in {args.out}: read back, not redone", file=sys.stderr)
+    for text in _unused_flags(args):
+        print(f"note: {text}", file=sys.stderr)
 
     progress = Progress(len(samples), not args.quiet and sys.stderr.isatty())
     try:
@@ -588,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         text_started = time.perf_counter()
         segmenter.text_embeddings(vocabulary, lambda fraction, message: progress.stage(fraction, message))
         text_seconds = time.perf_counter() - text_started
-        matrix, seconds, failed = evaluate(segmenter, data, vocabulary, samples, args.out, options, seconds, progress)
+        run = evaluate(segmenter, data, vocabulary, samples, args.out, options, seconds, progress)
     except (MaskAdapterError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
@@ -608,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         "images_without_labels": len(split.images_without_labels),
         "labels_without_images": len(split.labels_without_images),
         "notes": notes,
+        "predicted": run.predicted,
+        "read_back": run.read_back,
         "text_seconds": round(text_seconds, 3),
         "device": shown_device,
         "platform": platform.platform(),
@@ -616,18 +656,26 @@ def main(argv: list[str] | None = None) -> int:
         "finished": utc_now(),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    metrics = report(matrix, _class_names(vocabulary), data, samples, seconds, failed, described, weights, extra)
+    names = _class_names(vocabulary)
+    metrics = report(run.matrix, names, data, samples, run.seconds, run.failed, described, weights, extra)
     try:
         write_json(metrics, args.out / METRICS_NAME)
     except OSError as err:
         print(f"error: cannot write {args.out / METRICS_NAME}: {err}", file=sys.stderr)
         return EXIT_ERROR
     print(table(metrics, args.per_class))
-    if failed:
-        print(f"{plural(len(failed), 'image')} failed and left out (listed in {METRICS_NAME})", file=sys.stderr)
-    if len(failed) == len(samples):
+    if not args.quiet:
+        print(
+            f"{plural(run.predicted, 'image')} predicted, {run.read_back} read back from an earlier run "
+            f"-> {args.out / METRICS_NAME}",
+            file=sys.stderr,
+        )
+    if len(run.failed) == len(samples):
+        print(f"error: no image could be evaluated (each failure is listed in {METRICS_NAME})", file=sys.stderr)
         return EXIT_ERROR
-    return EXIT_PARTIAL if failed else EXIT_OK
+    if run.failed:
+        print(f"{plural(len(run.failed), 'image')} failed and left out (listed in {METRICS_NAME})", file=sys.stderr)
+    return EXIT_PARTIAL if run.failed else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -166,15 +166,20 @@ def _parse_env(f: dataclasses.Field, raw: str) -> Any:
     return raw
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, app: bool = False) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser, *, app: bool = False, program_defaults: Mapping[str, Any] | None = None
+) -> None:
     """Add one flag per setting (app-only ones when ``app``); defaults stay None so
-    that ``settings_from_args`` can tell a given flag from an absent one."""
+    that ``settings_from_args`` can tell a given flag from an absent one.
+    ``program_defaults``: defaults the program applies itself when a setting is not
+    given (shown in the help instead of the dataclass's)."""
     group = parser.add_argument_group("settings (each also read from MASKADAPTER_<NAME>)")
     for f in dataclasses.fields(Settings):
         if f.metadata["app_only"] and not app:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        default = (program_defaults or {}).get(f.name, default)
         shown = "" if default in (None, False) else f" (default: {default})"
         help_text = f"{f.metadata['help']}{shown} [env {Settings.env_name(f.name)}]"
         if _field_type(f) is bool:

@@ -208,6 +208,7 @@ def test_rerun_resumes_from_saved_predictions(tmp_path, monkeypatch):
     (out / "predictions" / "ADE_val_00000003.png").write_bytes(b"damaged")
     assert evaluate.main(args) == 0
     assert len(calls) == 5 and _metrics(out)["mIoU"] == first["mIoU"]
+    assert (_metrics(out)["predicted"], _metrics(out)["read_back"]) == (2, 1)
     assert not list((out / "predictions").glob(".*.tmp"))
 
     # a setting that changes no prediction (points per batch) resumes too
@@ -233,8 +234,9 @@ def test_sessions_are_dropped_after_each_image(segmenter, tmp_path):
     (out / "predictions").mkdir(parents=True)
     vocabulary = segmenter.vocabulary("", [data.key])
     options = evaluate.EvalOptions(masks="ground-truth")
-    matrix, seconds, failed = evaluate.evaluate(segmenter, data, vocabulary, find_samples(data, root), out, options, {})
-    assert not failed and len(seconds) == 3 and matrix.counts.sum() > 0
+    run = evaluate.evaluate(segmenter, data, vocabulary, find_samples(data, root), out, options, {})
+    assert not run.failed and len(run.seconds) == 3 and run.matrix.counts.sum() > 0
+    assert (run.predicted, run.read_back) == (3, 0)
     assert len(segmenter.store) == 0 and segmenter.stats["clip_image_encodings"] == 3
 
 
@@ -349,6 +351,15 @@ def test_sixteen_bit_benchmark_end_to_end(tmp_path):
     assert _metrics(out)["pACC"] == pytest.approx(expected["pACC"], abs=1e-4)
 
 
+def test_labels_of_another_format_are_named(tmp_path):
+    root = tmp_path / "datasets"
+    base = root / "pascal_ctx_d2"
+    gt = _blocks(40, 50, (0, 58, 5, 6, 5), 255, np.uint8)
+    _write(base / "images/validation", base / "annotations_ctx459/validation", "a", _photo(50, 40), gt, ".png")
+    with pytest.raises(DatasetError, match=r"\(\*\.tif\) \(found \*\.png files there\)"):
+        find_samples(layout("pascal_context_459"), root)
+
+
 def test_ade20k_847_is_found_where_fcclip_script_writes_it(tmp_path):
     root = tmp_path / "datasets"
     base = root / "ade" / "ADE20K_2021_17_01"
@@ -405,8 +416,10 @@ def test_bad_datasets_get_clear_messages(tmp_path, capsys):
     # no image evaluated: exit code 2
     for name in ("ADE_val_00000001", "ADE_val_00000003"):
         (second / f"ADEChallengeData2016/images/validation/{name}.jpg").write_bytes(b"")
+    capsys.readouterr()
     assert evaluate.main([*args, "--overwrite"]) == 2
     assert _metrics(tmp_path / "out2")["images"] == 0
+    assert "error: no image could be evaluated" in capsys.readouterr().err
 
     # two images of one name, and images or labels without a partner
     third = root / "third"
@@ -421,7 +434,23 @@ def test_bad_datasets_get_clear_messages(tmp_path, capsys):
     )
     metrics = _metrics(tmp_path / "o3")
     assert (metrics["images_without_labels"], metrics["labels_without_images"], metrics["images_found"]) == (1, 1, 3)
-    assert any("has 2000 validation images and 3 were found" in note for note in metrics["notes"])
+    assert any("has 2000 validation images, 3 found here" in note for note in metrics["notes"])
+    assert "1 image without a label image, left out: extra" in metrics["notes"]
+    for flags, note in (
+        (
+            ["--masks", "ground-truth", "--granularity", "0.5", "--points-per-batch", "8"],
+            "--granularity, --points-per-",
+        ),
+        (["--masks", "sam2", "--gt-segments", "classes"], "--gt-segments: for --masks ground-truth only"),
+    ):
+        capsys.readouterr()
+        assert (
+            evaluate.main(
+                ["--dataset", "ade20k", *flags, "--limit", "1", *_args(third, tmp_path / "o4", tmp_path), "--overwrite"]
+            )
+            == 0
+        )
+        assert f"note: {note}" in capsys.readouterr().err
     (images / "ADE_val_00000001.JPG").write_bytes((images / "ADE_val_00000001.jpg").read_bytes())
     with pytest.raises(DatasetError, match="ADE_val_00000001.JPG and ADE_val_00000001.jpg share a name"):
         scan(layout("ade20k"), third)
