@@ -262,7 +262,13 @@ def test_two_sessions_do_not_share_state(app_server, browser, tmp_path):
     assert len(a) == 1 and len(b) == 2
     assert abs(a[0][0] - 100) <= 3  # half of the 200-pixel-wide image
     assert abs(b[0][0] - 64) <= 3 and b[1][2] == 0
-    # each page still shows its own image (sizes differ)
+    # each page still shows its own image (sizes differ), once the picture with the points has loaded
+    loaded = (
+        "() => { const img = document.querySelector('#point-image img');"
+        " return img !== null && img.complete && img.naturalWidth > 0; }"
+    )
+    for view in (first, second):
+        view.page.wait_for_function(loaded)
     sizes = [v.page.evaluate("() => document.querySelector('#point-image img').naturalWidth") for v in (first, second)]
     assert sizes == [200, 320]
     first.page.locator("#undo").click()
