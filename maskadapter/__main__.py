@@ -166,8 +166,12 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB pixels of an image file, EXIF orientation applied."""
+def read_image_file(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB pixels of an image file, EXIF orientation applied; the
+    ``InputError`` of a missing or unreadable file names the path (the CLI, batch and
+    evaluation commands read their images through this)."""
+    if not path.is_file():
+        raise InputError(f"cannot read image {path}: no such file")
     try:
         return load_image(path)
     except InputError as err:
@@ -210,7 +214,7 @@ def _label_one(
     stage: Callable[[float, str], None],
 ) -> list[str]:
     """Segment one image and write its outputs; the lines to print."""
-    image = _read_image(path)
+    image = read_image_file(path)
     stem = args.out / path.stem
     options = (mask_settings, args.mode, args.score_threshold, args.granularity)
     lines = []

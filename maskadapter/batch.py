@@ -56,10 +56,10 @@ from maskadapter.__main__ import (
     add_chatter_arguments,
     add_labelling_arguments,
     plural,
+    read_image_file,
 )
 from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.export import label_map_image, segments_to_dict, write_segments_json
-from maskadapter.images import load_image
 from maskadapter.logs import setup_logging
 from maskadapter.masks import AutoMaskSettings, add_mask_arguments, default_mask_settings, mask_settings_from_args
 from maskadapter.render import overlay
@@ -307,16 +307,6 @@ def write_json(data: dict, path: Path) -> None:
 # ---------------------------------------------------------------------------- engines
 
 
-def _read(path: Path) -> np.ndarray:
-    """Decode one image (in the prefetch thread); errors carry the path."""
-    if not path.is_file():
-        raise InputError(f"cannot read image {path}: no such file")
-    try:
-        return load_image(path)
-    except InputError as err:
-        raise InputError(f"cannot read image {path}: {err}") from None
-
-
 def _prefetched(jobs: Sequence[ImageJob], ahead: int) -> Iterator[tuple[ImageJob, Future]]:
     """Each job with the future of its decoded pixels; up to ``ahead`` images are decoded
     in a background thread while the caller works on the current one."""
@@ -324,7 +314,7 @@ def _prefetched(jobs: Sequence[ImageJob], ahead: int) -> Iterator[tuple[ImageJob
         pending: deque[tuple[ImageJob, Future]] = deque()
         queue = iter(jobs)
         for job in queue:
-            pending.append((job, pool.submit(_read, job.source)))
+            pending.append((job, pool.submit(read_image_file, job.source)))
             if len(pending) > ahead:
                 yield pending.popleft()
         while pending:

@@ -24,7 +24,8 @@ from types import ModuleType
 
 import numpy as np
 
-from maskadapter.batch import BatchOptions, ImageJob, ImageOutcome, Report, _read, label_job
+from maskadapter.__main__ import read_image_file
+from maskadapter.batch import BatchOptions, ImageJob, ImageOutcome, Report, label_job
 from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.segmenter import Segmenter
 from maskadapter.vocabulary import build_vocabulary
@@ -72,7 +73,7 @@ class LabelActor:
             if self.error is not None:
                 outcome = ImageOutcome(job, MODELS_FAILED, reason=self.error)
             else:
-                pixels = lambda job=job: _read(job.source)  # noqa: E731
+                pixels = lambda job=job: read_image_file(job.source)  # noqa: E731
                 outcome = label_job(self.segmenter, self.vocabulary, job, pixels, self.options)
             rows["index"].append(int(index))
             rows["status"].append(outcome.status)

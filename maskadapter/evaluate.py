@@ -54,6 +54,7 @@ from maskadapter.__main__ import (
     add_chatter_arguments,
     add_painting_arguments,
     plural,
+    read_image_file,
 )
 from maskadapter.batch import model_description, save_png, utc_now, write_json
 from maskadapter.datasets import (
@@ -70,7 +71,6 @@ from maskadapter.datasets import (
     scan,
 )
 from maskadapter.errors import InputError, MaskAdapterError
-from maskadapter.images import load_image
 from maskadapter.logs import setup_logging
 from maskadapter.masks import AutoMaskSettings, add_mask_arguments, default_mask_settings, mask_settings_from_args
 from maskadapter.metrics import ConfusionMatrix
@@ -87,6 +87,7 @@ RANDOM_NOTE = "random weights: these numbers are meaningless (they only show tha
 REGION_PIXELS = 2**26  # mask pixels made at once when classifying ground-truth segments
 METRICS_NAME = "metrics.json"
 SIZE_SETTINGS = ("input_size", "short_side", "max_size")  # the CLIP input size
+SAM2_MASK_FIELDS = tuple(f.name for f in fields(AutoMaskSettings))  # their flags: --points-per-side ...
 log = logging.getLogger(__name__)
 
 
@@ -291,10 +292,7 @@ def prepare_out(out: Path, described: dict, overwrite: bool) -> dict[str, float]
 
 def _read_image(sample: Sample, gt_hw: tuple[int, int]) -> np.ndarray:
     """The sample's image, which must have its labels' size."""
-    try:
-        image = load_image(sample.image)
-    except InputError as err:
-        raise InputError(f"cannot read image {sample.image}: {err}") from None
+    image = read_image_file(sample.image)
     if image.shape[:2] != gt_hw:
         (h, w), (gh, gw) = image.shape[:2], gt_hw
         hint = " (its EXIF orientation turns it; the labels follow the stored pixels)" if (w, h) == (gh, gw) else ""
@@ -559,27 +557,22 @@ def _coverage_notes(data: Layout, found: int, without_labels: list[str], without
     return notes
 
 
-def _unused_flags(args: argparse.Namespace) -> list[str]:
-    """Notes on flags given for the other mask source (they change nothing)."""
-    sam2_only = [
-        flag
-        for flag, given in (
-            ("--mode", args.mode != "semantic"),
-            ("--granularity", args.granularity != 0.8),
-            *((f"--{f.name.replace('_', '-')}", getattr(args, f.name) is not None) for f in fields(AutoMaskSettings)),
-        )
-        if given
-    ]
-    if args.masks == "ground-truth" and sam2_only:
-        return [f"{', '.join(sam2_only)}: for --masks sam2 only; each ground-truth segment takes its best class"]
-    if args.masks == "sam2" and args.gt_segments != "regions":
-        return ["--gt-segments: for --masks ground-truth only"]
-    return []
+def _unused_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """Notes on flags set (away from the parser's defaults) for the other mask source:
+    they change nothing."""
+    other = ("gt_segments",) if args.masks == "sam2" else ("mode", "granularity", *SAM2_MASK_FIELDS)
+    given = ["--" + name.replace("_", "-") for name in other if getattr(args, name) != parser.get_default(name)]
+    if not given:
+        return []
+    if args.masks == "sam2":
+        return [f"{', '.join(given)}: for --masks ground-truth only"]
+    return [f"{', '.join(given)}: for --masks sam2 only; each ground-truth segment takes its best class"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run an evaluation on ``argv`` (default ``sys.argv[1:]``); the exit code (module docstring)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
     started_at, started = utc_now(), time.perf_counter()
     try:  # everything that can be refused is, before the models load
@@ -617,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {text}", file=sys.stderr)
     if not segmenter.real_weights:
         print(f"WARNING: {RANDOM_NOTE}", file=sys.stderr, flush=True)
-    for text in _unused_flags(args):
+    for text in _unused_flags(args, parser):
         print(f"note: {text}", file=sys.stderr)
 
     progress = Progress(len(samples), not args.quiet and sys.stderr.isatty())

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from maskadapter import __main__ as cli
 from maskadapter import batch
 from maskadapter.export import decode_rle
 
@@ -56,17 +57,18 @@ def _common(tmp_path: Path) -> list[str]:
 
 
 class CountingLoads:
-    """Wraps ``batch.load_image`` to count the images decoded."""
+    """Wraps the ``load_image`` that batch's reads go through (``read_image_file`` in
+    ``maskadapter.__main__``) to count the images decoded."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.paths: list[Path] = []
-        original = batch.load_image
+        original = cli.load_image
 
         def counted(source: object) -> np.ndarray:
             self.paths.append(Path(source))
             return original(source)
 
-        monkeypatch.setattr(batch, "load_image", counted)
+        monkeypatch.setattr(cli, "load_image", counted)
 
 
 @pytest.mark.slow
