@@ -21,6 +21,10 @@ Benchmarks: ``maskadapter.datasets`` (the prepared layouts), ``maskadapter.metri
 (the confusion matrix and mIoU) and ``maskadapter.evaluate`` (the evaluation command).
 """
 
+# isort: off
+import maskadapter.memory  # noqa: F401  (first: tunes the allocator before torch is imported)
+
+# isort: on
 from maskadapter.clip_features import (
     VILD_TEMPLATES,
     encode_vocabulary,

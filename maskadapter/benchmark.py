@@ -1,22 +1,35 @@
-"""Stage timings and memory of the automatic path, and sam2's own generator beside ours.
+"""Stage timings, CPU time and memory of the automatic path, and sam2's own generator beside ours.
 
-    python -m maskadapter.benchmark --tiny-random --width 1024 --height 768 \\
-        --pred-iou-thresh 0 --stability-score-thresh 0 --json bench.json
+    python -m maskadapter.benchmark --real-size-random --json bench.json
 
-Models: ``--tiny-random``, ``--real-size-random`` (SAM-2.1 ``--sam-size`` + ConvNeXt-L
-CLIP + head, random weights), or the real weights (the usual settings flags). The
-photo is an example resized to ``--width`` x ``--height``. Every figure comes from this
-one run, on one model, image and settings; ratios compare numbers measured side by
-side (ours first, so any warm-up advantage goes to sam2's generator).
+Models: ``--tiny-random``, ``--real-size-random`` (SAM-2.1 ``--sam-size-random`` +
+ConvNeXt-L CLIP + head, random weights), or the real weights (the usual settings
+flags). The photo is an example resized to ``--width`` x ``--height``. Mask settings:
+the demo's (``min_mask_region_area`` 100 included), with SAM-2's quality filters
+opened when the weights are random, unless flags say otherwise; the precision is the
+``--precision`` setting's (``auto`` unless given).
+
+Every figure comes from this one run, on one model, image and settings: wall time
+and the process's user and system CPU time per stage. sam2's
+``SAM2AutomaticMaskGenerator`` runs as a user of sam2 runs it: in a process of its
+own, float32, the allocator as Python leaves it, on the same SAM-2 weights, image and
+settings; its time is compared with our whole automatic path (both encoders, masks,
+classification, painting) measured in this run. ``--compare-precision`` also runs
+the path in the other precision (float32 if this run's autocasts, else bf16) and
+counts the mask pixels and labels that change.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import json
+import os
 import platform
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,9 +45,16 @@ from PIL import Image
 
 from maskadapter.errors import MaskAdapterError
 from maskadapter.export import save_label_map, segments_to_dict
-from maskadapter.generator import MaskGenerator
 from maskadapter.images import load_image
-from maskadapter.masks import AutoMaskSettings, add_mask_arguments, encode_image, mask_settings_from_args
+from maskadapter.masks import (
+    AutoMaskSettings,
+    add_mask_arguments,
+    default_mask_settings,
+    encode_image,
+    mask_settings_from_args,
+)
+from maskadapter.memory import ENV as ALLOCATOR_ENV
+from maskadapter.memory import tune_allocator
 from maskadapter.render import overlay
 from maskadapter.segmenter import Segmenter
 from maskadapter.settings import add_arguments, settings_from_args
@@ -43,6 +63,33 @@ from maskadapter.vocabulary import build_vocabulary
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "rocket.jpg"
 VOCABULARY = "rocket, smoke | steam, sky, tower, trees, ground, person, car, building, road"
 RELABEL_VOCABULARY = "launch pad, cloud, forest, grass, metal, fire, water, mountain"
+MATCH_STRIDE = 7  # masks are matched across precisions on every 7th pixel (exact counts follow)
+
+# sam2's generator as a user runs it: plain Python, sam2 and torch, nothing of ours
+# imported (so neither our allocator tuning nor our code is in its process)
+SAM2_REFERENCE = r"""
+import json, resource, sys, time
+import numpy as np, torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+spec = json.loads(sys.argv[1])
+torch.set_num_threads(spec["threads"])
+cfg = OmegaConf.load(spec["config"])
+OmegaConf.resolve(cfg)
+model = instantiate(cfg.model, _recursive_=True)
+model.load_state_dict(torch.load(spec["weights"], map_location="cpu", weights_only=True)["model"], strict=True)
+model = model.to(spec["device"]).eval()
+image = np.load(spec["image"])
+generator = SAM2AutomaticMaskGenerator(model, output_mode="binary_mask", **spec["settings"])
+sync = torch.cuda.synchronize if spec["device"].startswith("cuda") else (lambda: None)
+before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+records = generator.generate(image)
+sync()
+wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+print(json.dumps({"wall_s": wall, "user_s": user, "sys_s": system, "masks": len(records)}))
+"""
 
 
 def _status_bytes(field: str) -> int:
@@ -58,12 +105,19 @@ def _reset_peak() -> None:
         f.write("5")  # the kernel's peak RSS restarts from the current RSS
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process so far, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
 class Clock:
-    """Wall time of blocks, with the device synchronised at both ends."""
+    """Wall time and CPU time of blocks, with the device synchronised at both ends."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.times: dict[str, float] = {}
+        self.cpu: dict[str, tuple[float, float]] = {}  # (user, system) seconds
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -72,10 +126,12 @@ class Clock:
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         self.sync()
-        start = time.perf_counter()
+        start, (user, system) = time.perf_counter(), cpu_seconds()
         yield
         self.sync()
+        (user2, system2), seen = cpu_seconds(), self.cpu.get(name, (0.0, 0.0))
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
+        self.cpu[name] = (seen[0] + user2 - user, seen[1] + system2 - system)
 
 
 class NetworkTime:
@@ -124,9 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=768)
     parser.add_argument("--image", type=Path, default=EXAMPLE, help="photo to resize (default: an example)")
-    add_mask_arguments(parser)
+    add_mask_arguments(parser, random_weight_defaults=True)
     parser.add_argument("--mode", default="semantic", choices=("semantic", "per_mask"))
     parser.add_argument("--no-sam2", action="store_true", help="skip sam2's own generator (slow on CPU)")
+    parser.add_argument(
+        "--compare-precision",
+        action="store_true",
+        help="also run the path in the other precision and count the mask pixels and labels that change",
+    )
     parser.add_argument(
         "--batch-images", type=int, default=3, help="images the batch command's local engine labels (0: skip)"
     )
@@ -155,14 +216,14 @@ def run(args: argparse.Namespace) -> dict:
     clock = Clock(device)
     sam2 = segmenter.models.sam2
     image = cv2.resize(photo, (args.width, args.height), interpolation=cv2.INTER_AREA)
-    settings = mask_settings_from_args(args)
+    settings = mask_settings_from_args(args, default_mask_settings(segmenter.real_weights))
     vocabulary = build_vocabulary(VOCABULARY)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss_loaded = _status_bytes("VmRSS")
     _reset_peak()
 
-    # warm-up on a small copy: first-call costs (allocator, kernels) stay out of the figures
+    # warm-up on a small copy: first-call costs (kernels, caches) stay out of the figures
     segmenter.segment_automatic(cv2.resize(image, (256, 192)), build_vocabulary("warm, up"), settings)
     segmenter.store = type(segmenter.store)(segmenter.store.budget_bytes)
 
@@ -172,8 +233,8 @@ def run(args: argparse.Namespace) -> dict:
         encode_image(sam2, session.image, session.sam_cache)
     with clock("clip_encode"):
         segmenter.clip_features(session)
-    wall, network, found = _timed_network(sam2, clock, lambda: segmenter.automatic_masks(session, settings))
-    clock.times["mask_generation"] = wall
+    with clock("mask_generation"):
+        wall, network, found = _timed_network(sam2, clock, lambda: segmenter.automatic_masks(session, settings))
     with clock("text_encode"):
         segmenter.text_embeddings(vocabulary)
     with clock("adapter_classification"):
@@ -206,56 +267,127 @@ def run(args: argparse.Namespace) -> dict:
     with clock("later_click"):
         segmenter.segment_points(third, [[w * 0.3, h * 0.6, 1], [w * 0.5, h * 0.5, 1]], vocabulary)
 
-    # our generator and sam2's, same model, image and settings (image encoding included)
-    generator_args = settings.generator_args
-    ours = MaskGenerator(sam2, **generator_args)
-    with torch.inference_mode(), segmenter.autocast():
-        ours_wall, ours_net, ours_masks = _timed_network(sam2, clock, lambda: ours.generate(image))
     figures = {
         "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"
-        + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+        "machine": _machine(device),
         "command": "python -m maskadapter.benchmark " + " ".join(sys.argv[1:]),
         "models": segmenter.models.description,
         "device": str(device),
+        "precision": segmenter.arithmetic,
+        "allocator": tune_allocator(),
         "image": [args.height, args.width],
         "mask_settings": asdict(settings),
         "masks": len(found.masks),
         "working_hw": list(segmenter.frame(session).work_hw),
         "stages_s": {k: round(v, 4) for k, v in clock.times.items()},
+        "stages_cpu_s": {k: [round(u, 3), round(s, 3)] for k, (u, s) in clock.cpu.items()},
         "mask_generation_outside_networks": round(1 - network / max(wall, 1e-9), 4),
         "relabel_speedup": round(clock.times["end_to_end"] / clock.times["relabel"], 2),
-        "ours_generate_s": round(ours_wall, 3),
-        "ours_outside_networks": round(1 - ours_net / max(ours_wall, 1e-9), 4),
-        "ours_masks": len(ours_masks),
-        "ours_refined_candidates": ours.refined,
     }
+    if args.compare_precision:
+        figures["precision_change"] = compare_precision(segmenter, other, vocabulary, settings, args.mode)
     if not args.no_sam2:
-        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
-
-        if settings.min_mask_region_area > 0:
-            print(
-                "note: --min-mask-region-area > 0 fills holes in our generator; sam2 does so only with its "
-                "compiled extension, so mask counts may differ (use 0 to compare equal work)",
-                file=sys.stderr,
-            )
-        reference = SAM2AutomaticMaskGenerator(sam2, output_mode="binary_mask", **generator_args)
-        with segmenter.autocast():
-            ref_wall, ref_net, ref_masks = _timed_network(sam2, clock, lambda: reference.generate(image))
-        figures.update(
-            sam2_generate_s=round(ref_wall, 3),
-            sam2_outside_networks=round(1 - ref_net / max(ref_wall, 1e-9), 4),
-            sam2_masks=len(ref_masks),
-            speedup_vs_sam2=round(ref_wall / ours_wall, 2),
-        )
+        reference = run_sam2_reference(segmenter, image, settings)
+        figures["sam2"] = reference
+        figures["speedup_vs_sam2"] = round(reference["wall_s"] / clock.times["end_to_end"], 2)
     if args.batch_images:
         figures.update(_batch_figures(segmenter, image, settings, args))
     figures["peak_rss_bytes"] = _status_bytes("VmHWM")
     figures["rss_after_load_bytes"] = rss_loaded
     if device.type == "cuda":
         figures["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+    user, system = cpu_seconds()  # the whole run of this process, model loading included
+    figures["process_cpu_s"] = {"user": round(user, 2), "sys": round(system, 2), "sys_share": round(system / user, 4)}
     del picture
     return figures
+
+
+def _machine(device: torch.device) -> str:
+    text = f"{platform.machine()}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
+    return text + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")
+
+
+def run_sam2_reference(segmenter: Segmenter, image: np.ndarray, settings: AutoMaskSettings) -> dict:
+    """sam2's ``SAM2AutomaticMaskGenerator.generate`` on the same SAM-2 weights, image and
+    settings, in a fresh Python process as a user of sam2 runs it (float32, Python's
+    allocator defaults). Returns its wall and CPU seconds and mask count."""
+    config = segmenter.models.sam2_config
+    if config is None:
+        raise MaskAdapterError("sam2's generator needs the SAM-2 config file of the model (Models.sam2_config)")
+    env = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", ALLOCATOR_ENV)}
+    with tempfile.TemporaryDirectory(prefix="maskadapter-sam2-") as tmp:
+        weights, picture = Path(tmp, "sam2.pt"), Path(tmp, "image.npy")
+        torch.save({"model": segmenter.models.sam2.state_dict()}, weights)
+        np.save(picture, image)
+        spec = {
+            "config": str(config),
+            "weights": str(weights),
+            "image": str(picture),
+            "device": str(segmenter.device),
+            "threads": torch.get_num_threads(),
+            "settings": settings.generator_args,
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", SAM2_REFERENCE, json.dumps(spec)], env=env, capture_output=True, text=True
+        )
+    if done.returncode != 0:
+        raise MaskAdapterError(f"sam2's generator failed in its own process:\n{done.stderr[-2000:]}")
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
+
+
+def compare_precision(
+    segmenter: Segmenter, image: np.ndarray, vocabulary, settings: AutoMaskSettings, mode: str
+) -> dict:
+    """The automatic path on ``image`` in this run's precision and in the other one
+    (float32 when this run autocasts, else bf16), each from a fresh session: masks
+    matched one to one (greedily by IoU, at least 0.5), the share of their pixels
+    that differ, how many best labels differ, and the label map's changed pixels."""
+    other = copy.copy(segmenter)
+    other.store = type(segmenter.store)(segmenter.store.budget_bytes)
+    other.amp_dtype = None if segmenter.amp_dtype is not None else torch.bfloat16
+    runs = []
+    for seg in (segmenter, other):
+        session = seg.store.open(image)
+        result = seg.segment_automatic(session, vocabulary, settings, mode)
+        found = seg.automatic_masks(session, settings)
+        labels = seg.mask_probabilities(session, found.masks, vocabulary).argmax(1)
+        runs.append((found.masks.flatten(1), labels, result.label_map))
+    (a, la, map_a), (b, lb, map_b) = runs
+    pairs = match_masks(a[:, :: MATCH_STRIDE], b[:, :: MATCH_STRIDE])  # matched on a sample of pixels
+    ia, ib = pairs[:, 0], pairs[:, 1]
+    differ = union = 0
+    for start in range(0, len(pairs), 64):  # pixels counted exactly, 64 pairs at a time
+        x, y = a[ia[start : start + 64]], b[ib[start : start + 64]]
+        differ, union = differ + int((x ^ y).sum()), union + int((x | y).sum())
+    return {
+        "precisions": [segmenter.arithmetic, other.arithmetic],
+        "masks": [len(a), len(b)],
+        "matched_masks": len(pairs),
+        "matched_pixels_changed": round(differ / max(union, 1), 6),
+        "matched_labels_changed": int((la[ia] != lb[ib]).sum()),
+        "label_map_pixels_changed": round(float((map_a != map_b).mean()), 6),
+    }
+
+
+def match_masks(a: torch.Tensor, b: torch.Tensor, least: float = 0.5) -> torch.Tensor:
+    """(N, P) and (M, P) bool masks -> (K, 2) index pairs, one to one, greedily by IoU
+    (best first), only pairs with IoU of at least ``least``."""
+    if not len(a) or not len(b):
+        return torch.zeros(0, 2, dtype=torch.long)
+    fa, fb = a.float(), b.float()
+    inter = fa @ fb.T  # (N, M)
+    iou = inter / (fa.sum(1)[:, None] + fb.sum(1)[None] - inter).clamp(min=1)
+    pairs = []
+    iou = torch.where(iou >= least, iou, -1.0)
+    while True:
+        best = int(iou.argmax())
+        i, j = divmod(best, iou.shape[1])
+        if iou[i, j] < 0:
+            break
+        pairs.append((i, j))
+        iou[i, :], iou[:, j] = -1.0, -1.0
+    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
 
 
 def _batch_figures(segmenter: Segmenter, image: np.ndarray, settings: AutoMaskSettings, args) -> dict:
@@ -292,30 +424,46 @@ def _batch_figures(segmenter: Segmenter, image: np.ndarray, settings: AutoMaskSe
 
 
 def print_table(figures: dict) -> None:
-    rows = [(f"stage: {k}", f"{v * 1000:.0f} ms") for k, v in figures["stages_s"].items()]
+    rows = [("stage", "wall / user CPU / system CPU")]
+    for name, wall in figures["stages_s"].items():
+        user, system = figures["stages_cpu_s"].get(name, (0.0, 0.0))
+        rows.append((f"  {name}", f"{wall:.2f} s / {user:.1f} s / {system:.1f} s"))
     rows += [
         ("masks kept", str(figures["masks"])),
         ("mask generation outside networks", f"{100 * figures['mask_generation_outside_networks']:.1f} %"),
         ("re-label speed-up vs end to end", f"{figures['relabel_speedup']:.1f}x"),
-        ("MaskGenerator.generate (encode included)", f"{figures['ours_generate_s']:.2f} s"),
-        ("  outside networks", f"{100 * figures['ours_outside_networks']:.1f} %"),
     ]
-    if "sam2_generate_s" in figures:
+    if "sam2" in figures:
+        ref = figures["sam2"]
+        line = f"{ref['wall_s']:.2f} s ({ref['user_s']:.1f} s user, {ref['sys_s']:.1f} s system), {ref['masks']} masks"
         rows += [
-            ("sam2 SAM2AutomaticMaskGenerator.generate", f"{figures['sam2_generate_s']:.2f} s"),
-            ("  outside networks", f"{100 * figures['sam2_outside_networks']:.1f} %"),
-            ("  masks (ours / sam2)", f"{figures['ours_masks']} / {figures['sam2_masks']}"),
-            ("speed-up vs sam2's generator", f"{figures['speedup_vs_sam2']:.1f}x"),
+            ("sam2's generator alone (own process, float32)", line),
+            ("our whole path (end_to_end) vs sam2's generator", f"{figures['speedup_vs_sam2']:.2f}x faster"),
+        ]
+    if "precision_change" in figures:
+        change = figures["precision_change"]
+        rows += [
+            (f"{' vs '.join(change['precisions'])}: masks", "{} / {}".format(*change["masks"])),
+            ("  masks matched (IoU >= 0.5)", str(change["matched_masks"])),
+            ("  matched mask pixels changed", f"{100 * change['matched_pixels_changed']:.3f} %"),
+            ("  matched masks whose label changed", str(change["matched_labels_changed"])),
+            ("  label map pixels changed", f"{100 * change['label_map_pixels_changed']:.3f} %"),
         ]
     if "batch_images_per_s" in figures:
         line = f"{figures['batch_images_per_s']:.3f} images/s ({figures['batch_images']} images)"
         rows.append(("batch, local engine", line))
+    cpu = figures["process_cpu_s"]
+    share = f"{100 * cpu['sys_share']:.1f} % of user"
+    rows.append(("process CPU (whole run)", f"{cpu['user']:.1f} s user, {cpu['sys']:.1f} s system ({share})"))
     rows.append(("peak RSS", f"{figures['peak_rss_bytes'] / 2**30:.2f} GiB"))
     rows.append(("RSS after model load", f"{figures['rss_after_load_bytes'] / 2**30:.2f} GiB"))
     if "cuda_max_allocated_bytes" in figures:
         rows.append(("CUDA max allocated", f"{figures['cuda_max_allocated_bytes'] / 2**30:.2f} GiB"))
     width = max(len(name) for name, _ in rows)
-    print(f"{figures['models']} on {figures['device']}, image {figures['image'][1]}x{figures['image'][0]}")
+    print(
+        f"{figures['models']} on {figures['device']} ({figures['precision']}), "
+        f"image {figures['image'][1]}x{figures['image'][0]}"
+    )
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
 

@@ -74,7 +74,8 @@ from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.logs import setup_logging
 from maskadapter.masks import AutoMaskSettings, add_mask_arguments, default_mask_settings, mask_settings_from_args
 from maskadapter.metrics import ConfusionMatrix
-from maskadapter.segmenter import METHODS, Segmenter, autocast_dtype, resolve_device
+from maskadapter.runtime import autocast_dtype, resolve_device
+from maskadapter.segmenter import METHODS, Segmenter
 from maskadapter.session import ImageSession
 from maskadapter.settings import Settings, add_arguments, settings_from_args
 from maskadapter.vocabulary import Vocabulary
@@ -204,7 +205,7 @@ def describe_run(
     """Everything that changes the predictions (the fingerprint is its hash): the dataset
     and where it lies, the mask source and labelling options, the models, the device and
     its autocast dtype. (``points_per_batch`` changes no mask, so it is left out.)"""
-    amp = autocast_dtype(device)
+    amp = autocast_dtype(device, settings.precision)
     described = {
         "version": RUN_VERSION,
         "dataset": data.key,

@@ -42,6 +42,13 @@ Progress = Callable[[str], None]
 COMPACT_EVERY = 8
 LOW_RES = 256  # side of SAM-2's low-resolution mask logits
 SAMPLE_MARGIN = 1e-4  # a sampled upsampled value counts as positive above this (float rounding)
+FILL_CHUNK = 256  # masks labelled per OpenCV call in remove_small_regions_ (bounds its label image)
+BOUNDS_CHUNK = 192  # candidates whose bounds are computed at once (bounds the float32 temporaries)
+NMS_ROWS = 512  # rows of the pairwise IoU-bound matrices computed at once
+# prompts per mask-decoder call on a CPU: the decoder's largest tensor, (n, 32, 256, 256)
+# float32, then stays within the allocator's reused heap blocks (maskadapter.memory) and
+# the CPU's cache; a GPU takes a whole point batch at once
+CPU_DECODER_PROMPTS = 4
 
 
 def point_grid(points_per_side: int) -> np.ndarray:
@@ -76,23 +83,38 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.where((x1 >= x0)[:, None], box, torch.zeros_like(box))
 
 
-def _remove_small_regions(logits: torch.Tensor, max_area: int, threshold: float = 0.0) -> torch.Tensor:
+def small_regions(masks: np.ndarray, max_area: int) -> np.ndarray:
+    """(n, h, w) bool -> (n, h, w) bool: pixels of the 8-connected components of
+    ``masks`` (each mask on its own) with at most ``max_area`` pixels.
+
+    The masks are labelled together, in one OpenCV call: stacked into one image with
+    an empty row below each, so that no component reaches from one mask into the next.
+    """
+    n, h, w = masks.shape
+    canvas = np.zeros((n, h + 1, w), dtype=np.uint8)
+    canvas[:, :h] = masks
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(canvas.reshape(n * (h + 1), w), connectivity=8)
+    small = stats[:, cv2.CC_STAT_AREA] <= max_area
+    small[0] = False  # label 0: everything outside the components (and the empty rows)
+    return small[labels].reshape(n, h + 1, w)[:, :h]
+
+
+def remove_small_regions_(logits: torch.Tensor, max_area: int, threshold: float = 0.0) -> None:
     """Fill background holes and remove foreground specks of at most ``max_area``
-    low-res pixels (8-connected), as sam2's mask post-processing does when its compiled
-    extension is present. (N, 256, 256) logits in, same shape out."""
-    masks = (logits > threshold).cpu().numpy().astype(np.uint8)
-    fill = np.zeros(masks.shape, dtype=bool)
-    clear = np.zeros(masks.shape, dtype=bool)
-    for i, mask in enumerate(masks):  # OpenCV labels one image per call (256x256: cheap)
-        for target, out in ((1 - mask, fill), (mask, clear)):
-            count, labels, stats, _ = cv2.connectedComponentsWithStats(target, connectivity=8)
-            small = np.zeros(count, dtype=bool)
-            small[1:] = stats[1:, cv2.CC_STAT_AREA] <= max_area
-            out[i] = small[labels]
-    fill_t = torch.from_numpy(fill).to(logits.device)
-    clear_t = torch.from_numpy(clear).to(logits.device)
-    logits = torch.where(fill_t, threshold + 10.0, logits)
-    return torch.where(clear_t, threshold - 10.0, logits)
+    pixels (8-connected) in (N, h, w) mask logits, in place, as sam2's predictor does
+    when its compiled extension is present: holes and specks are both found on the
+    masks as given, holes set to ``threshold + 10``, specks to ``threshold - 10``.
+
+    Labelling runs on the host, ``FILL_CHUNK`` masks per OpenCV call; on a GPU the
+    masks cross to the host and back once per call, not once per mask.
+    """
+    for start in range(0, len(logits), FILL_CHUNK):
+        part = logits[start : start + FILL_CHUNK]
+        masks = (part > threshold).cpu().numpy()
+        holes = torch.from_numpy(small_regions(~masks, max_area)).to(part.device, non_blocking=True)
+        specks = torch.from_numpy(small_regions(masks, max_area)).to(part.device, non_blocking=True)
+        part.masked_fill_(holes, threshold + 10.0)
+        part.masked_fill_(specks, threshold - 10.0)
 
 
 def _masked_max(x: torch.Tensor, keep: torch.Tensor | None, dim: int) -> torch.Tensor:
@@ -244,15 +266,16 @@ def _intersection(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def iou_bounds(
-    inner: torch.Tensor, outer: torch.Tensor, i: int, rest: torch.Tensor
+    inner: torch.Tensor, outer: torch.Tensor, rows: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower and upper bounds of the IoU (as torchvision computes it) between box ``i``
-    and boxes ``rest``, each known to lie between its inner and outer box."""
-    i_lo = _intersection(inner[i : i + 1], inner[rest])[0]
-    i_hi = _intersection(outer[i : i + 1], outer[rest])[0]
+    """Lower and upper bounds of the IoU (as torchvision computes it) between boxes
+    ``rows`` and every box, each known to lie between its inner and outer box.
+    (N, 4) XYXY bounds, (R,) long indices -> (R, N) lower, (R, N) upper bounds."""
+    i_lo = _intersection(inner[rows], inner)  # (R, N)
+    i_hi = _intersection(outer[rows], outer)
     area_lo, area_hi = _box_area(inner), _box_area(outer)
-    lo = i_lo / (area_hi[i] + area_hi[rest] - i_lo).clamp(min=1e-9)
-    union_lo = area_lo[i] + area_lo[rest] - i_hi
+    lo = i_lo / (area_hi[rows, None] + area_hi[None] - i_lo).clamp(min=1e-9)
+    union_lo = area_lo[rows, None] + area_lo[None] - i_hi
     hi = torch.where(union_lo > 0, (i_hi / union_lo.clamp(min=1e-9)).clamp(max=1), torch.ones_like(lo))
     return lo, hi
 
@@ -267,37 +290,30 @@ def boxes_for_nms(
     """Boxes on which NMS decides as it would on the exact boxes, though most boxes are
     only known within [inner, outer].
 
-    Greedy NMS (best score first; a box goes when its IoU with a kept box exceeds
-    ``threshold``) only ever compares a candidate with kept boxes. Walking through it,
-    a box is made exact (``exact_box(indices)`` -> (n, 4)) only where such a pair is
-    undecided by the bounds; every other decision holds for any boxes within bounds.
-    The walk loops once per kept box, vectorised over the remaining candidates.
+    NMS compares pairs of boxes: a box goes when its IoU with a better kept box exceeds
+    ``threshold``. A pair whose IoU bounds lie on one side of the threshold is decided
+    the same for any boxes within bounds; the boxes of every other pair are made exact
+    (``exact_box(indices)`` -> (n, 4)), all in one call. So the decisions on the boxes
+    returned are those on the exact boxes, with no host synchronisation per box (the
+    bound matrices are computed ``NMS_ROWS`` rows at a time). ``scores`` do not change
+    which pairs are open; they are part of the signature NMS callers share.
 
     Returns (boxes: exact where refined, outer elsewhere; number of boxes refined).
     """
-    inner, outer = inner.clone(), outer.clone()
-    exact = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
-    order = torch.sort(scores, descending=True, stable=True).indices
-    alive = torch.ones_like(exact)
-    refined = 0
-    while True:
-        ranked = order[alive[order]]
-        if len(ranked) < 2:
-            break
-        i, rest = int(ranked[0]), ranked[1:]
-        alive[i] = False
-        lo, hi = iou_bounds(inner, outer, i, rest)
-        unsure = (lo <= threshold) & (hi > threshold)
-        if unsure.any():
-            todo = torch.cat([torch.tensor([i], device=rest.device), rest[unsure]])
-            todo = todo[~exact[todo]]
-            if len(todo):
-                refined += len(todo)
-                boxes = exact_box(todo)
-                inner[todo], outer[todo], exact[todo] = boxes, boxes, True
-            lo, _ = iou_bounds(inner, outer, i, rest)
-        alive[rest[lo > threshold]] = False
-    return outer, refined
+    n = len(scores)
+    open_pair = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    everyone = torch.arange(n, device=scores.device)
+    for start in range(0, n, NMS_ROWS):
+        rows = everyone[start : start + NMS_ROWS]
+        lo, hi = iou_bounds(inner, outer, rows)  # (R, N)
+        undecided = (lo <= threshold) & (hi > threshold)
+        undecided[torch.arange(len(rows), device=rows.device), rows] = False  # a box and itself
+        open_pair[rows] |= undecided.any(1)  # the bounds are symmetric: rows cover both ends
+    todo = open_pair.nonzero()[:, 0]  # one host synchronisation
+    boxes = outer.clone()
+    if len(todo):
+        boxes[todo] = exact_box(todo).to(boxes.dtype)
+    return boxes, len(todo)
 
 
 @dataclass
@@ -328,56 +344,62 @@ class Candidates:
 class _CandidatePool:
     """The candidates of one image while its point batches run.
 
-    Low-res logits go straight from the decoder into one float16 buffer (one copy,
-    which is also the conversion); every ``COMPACT_EVERY`` batches the ones that fail
-    the filters are squeezed out in place, with one host synchronisation per group.
-    The buffer starts at two groups and doubles when more candidates pass.
+    Low-res logits go straight from the decoder into one buffer (float16, or the
+    decoder's own dtype under bf16 / fp16 autocast; one copy, which is also the
+    conversion). Rows ``[done:size]`` are pending: ``settle`` decides them a group at a
+    time, squeezing out the ones that fail in place, so the buffer holds the
+    candidates that passed plus one group. It starts at two groups and doubles when
+    more candidates pass.
     """
 
     def __init__(self, total: int, group: int, device: torch.device) -> None:
-        capacity = max(1, min(total, 2 * group))
-        self.logits = torch.empty(capacity, LOW_RES, LOW_RES, dtype=torch.half, device=device)
-        self.done = 0  # leading rows that passed the filters
+        self.capacity = max(1, min(total, 2 * group))
+        self.device = device
+        self.logits: torch.Tensor | None = None
+        self.done = 0  # leading rows that passed
         self.size = 0  # rows written
-        self.kept: list[tuple[torch.Tensor, ...]] = []  # (iou, points, inner, outer) that passed
-        self.pending: list[tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]] = []
+        self.fields: list[list[torch.Tensor]] = [[], [], [], []]  # iou, points, inner, outer of passed rows
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (iou, points) of pending rows
 
-    def add(self, logits: torch.Tensor, fields: tuple[torch.Tensor, ...], passes, unsure) -> None:
-        """One batch: (b, m, 256, 256) logits, per-candidate fields and filter verdicts."""
+    def add(self, logits: torch.Tensor, iou: torch.Tensor, points: torch.Tensor) -> None:
+        """One batch: (b, m, 256, 256) logits, (b*m,) predicted IoU, (b*m, 2) prompt points."""
         n = logits.shape[0] * logits.shape[1]
+        if self.logits is None:
+            dtype = logits.dtype if logits.dtype in (torch.bfloat16, torch.float16) else torch.float16
+            self.logits = torch.empty(self.capacity, LOW_RES, LOW_RES, dtype=dtype, device=self.device)
         if self.size + n > len(self.logits):
             grown = self.logits.new_empty(max(self.size + n, 2 * len(self.logits)), LOW_RES, LOW_RES)
             grown[: self.size] = self.logits[: self.size]
             self.logits = grown
         self.logits[self.size : self.size + n].view(logits.shape).copy_(logits)
         self.size += n
-        self.pending.append((fields, passes, unsure))
+        self.pending.append((iou, points))
 
-    def compact(self, stability: Callable[[torch.Tensor], torch.Tensor], threshold: float) -> int:
-        """Keep the pending candidates that pass; decide the unsure ones on exact
-        stability scores (``stability(logits)``). Returns how many were decided so."""
-        if not self.pending:
-            return 0
-        passes = torch.cat([p for _, p, _ in self.pending])
-        unsure = torch.cat([u for _, _, u in self.pending]).nonzero()[:, 0]
-        if len(unsure):
-            passes[unsure] = stability(self.logits[self.done + unsure]) >= threshold
-        index = passes.nonzero()[:, 0]
-        fields = [torch.cat(ts)[index] for ts in zip(*(f for f, _, _ in self.pending), strict=True)]
-        if len(index) < self.size - self.done:  # squeeze out the failures (no copy when all pass)
-            self.logits[self.done : self.done + len(index)] = self.logits[self.done + index]
-        self.kept.append(tuple(fields))
-        self.done += len(index)
-        self.size = self.done
+    def pending_fields(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(iou, points) of the pending rows, in row order."""
+        iou, points = zip(*self.pending, strict=True)
+        return torch.cat(iou), torch.cat(points)
+
+    def squeeze(self, index: torch.Tensor) -> None:
+        """Keep the pending rows ``index`` (ascending, relative to ``done``), in place."""
+        n = len(index)
+        if n < self.size - self.done:  # no copy when all stay
+            self.logits[self.done : self.done + n] = self.logits[self.done + index]
+        self.size = self.done + n
+
+    def accept(self, iou, points, inner, outer) -> None:
+        """The pending rows (after ``squeeze``) passed, with these fields."""
+        for store, value in zip(self.fields, (iou, points, inner, outer), strict=True):
+            store.append(value)
+        self.done = self.size
         self.pending = []
-        return len(unsure)
 
     def result(self) -> Candidates:
-        device = self.logits.device
-        if not self.kept:
-            z = torch.zeros(0, 4, device=device)
-            return Candidates(self.logits[:0], z[:, 0], z[:, :2], z, z.clone())
-        iou, points, inner, outer = (torch.cat(ts) for ts in zip(*self.kept, strict=True))
+        if not self.fields[0]:
+            z = torch.zeros(0, 4, device=self.device)
+            logits = torch.zeros(0, LOW_RES, LOW_RES, dtype=torch.float16, device=self.device)
+            return Candidates(logits, z[:, 0], z[:, :2], z, z.clone())
+        iou, points, inner, outer = (torch.cat(ts) for ts in self.fields)
         return Candidates(self.logits[: self.done], iou, points, inner, outer)
 
 
@@ -461,6 +483,7 @@ class MaskGenerator:
         """
         with torch.inference_mode():
             kept = self.candidates(image, frame_hw, cache, progress)
+        with torch.inference_mode(), torch.autocast(kept.logits.device.type, enabled=False):
             masks = torch.empty(len(kept), *frame_hw, dtype=torch.bool, device=kept.logits.device)
             stability = torch.empty(len(kept), device=kept.logits.device)
             for part, up in upsampled_chunks(kept.logits, frame_hw):  # one upsampling for both
@@ -495,9 +518,14 @@ class MaskGenerator:
         pool = _CandidatePool(len(points) * per_point, COMPACT_EVERY * self.points_per_batch * per_point, device)
         batches = range(0, len(points), self.points_per_batch)
         for number, start in enumerate(batches, start=1):
-            self._batch(predictor, points[start : start + self.points_per_batch], (h, w), bounds, pool)
+            batch = points[start : start + self.points_per_batch]
+            step = self.points_per_batch if device.type == "cuda" else CPU_DECODER_PROMPTS
+            for part in batch.split(step):
+                logits, iou = self._decode(predictor, part, (h, w))
+                pool.add(logits, iou, part.repeat_interleave(logits.shape[1], 0))
             if number % COMPACT_EVERY == 0 or number == len(batches):
-                self.refined += pool.compact(lambda x: self._stability(x, frame_hw), self.stability_score_thresh)
+                with torch.autocast(device.type, enabled=False):  # decisions in float32
+                    self._settle(pool, bounds)
             if progress:
                 progress(number, len(batches))
         found = pool.result()
@@ -511,16 +539,11 @@ class MaskGenerator:
 
     # ------------------------------------------------------------------ internals
 
-    def _batch(
-        self,
-        predictor: CachingPredictor,
-        points: torch.Tensor,
-        hw: tuple[int, int],
-        bounds: FrameBounds,
-        pool: _CandidatePool,
-    ) -> None:
-        """One point batch through SAM-2; its candidates go into ``pool`` with whether
-        each passes the filters (True / False) or needs its exact stability score."""
+    def _decode(
+        self, predictor: CachingPredictor, points: torch.Tensor, hw: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One point batch through SAM-2's prompt encoder and mask decoder:
+        (b, 2) XY image pixels -> (b, m, 256, 256) low-res logits, (b*m,) float32 IoU."""
         h, w = hw
         resolution = predictor._transforms.resolution
         coords = (points / torch.tensor([w, h], device=points.device) * resolution)[:, None, :]  # (b, 1, 2)
@@ -536,30 +559,55 @@ class MaskGenerator:
             repeat_image=coords.shape[0] > 1,
             high_res_features=[level[-1:] for level in features["high_res_feats"]],
         )
-        logits = low_res.float()  # (b, m, 256, 256); a strided view of the decoder's output
-        if self.min_mask_region_area > 0:
-            logits = _remove_small_regions(logits.flatten(0, 1), self.min_mask_region_area).view(logits.shape)
-        iou = iou.flatten().float()
-        passes = torch.ones_like(iou, dtype=torch.bool)
-        unsure = torch.zeros_like(passes)
+        return low_res, iou.flatten().float()
+
+    def _settle(self, pool: _CandidatePool, bounds: FrameBounds) -> None:
+        """Decide the pool's pending candidates: the predicted-IoU filter first (it needs
+        no mask), then small regions removed from the survivors only, then the
+        stability filter on bounds (exact scores only where the bounds straddle the
+        threshold), and the box bounds NMS starts from. A few host synchronisations
+        per group, none per batch or per mask."""
+        iou, points = pool.pending_fields()
         if self.pred_iou_thresh > 0:
-            passes &= iou > self.pred_iou_thresh
+            index = (iou > self.pred_iou_thresh).nonzero()[:, 0]
+            pool.squeeze(index)
+            iou, points = iou[index], points[index]
+        rows = pool.logits[pool.done : pool.size]
+        if self.min_mask_region_area > 0:
+            remove_small_regions_(rows, self.min_mask_region_area)
+        inner, outer, stable, unsure = [], [], [], []
+        for start in range(0, len(rows), BOUNDS_CHUNK):
+            x = rows[start : start + BOUNDS_CHUNK].float()  # (n, 256, 256)
+            inner.append(bounds.inner_box(x))
+            outer.append(bounds.outer_box(x))
+            if self.stability_score_thresh > 0:
+                lo, hi = self._stability_bounds(x, bounds)
+                stable.append(lo >= self.stability_score_thresh)
+                unsure.append((lo < self.stability_score_thresh) & (hi >= self.stability_score_thresh))
+        if not inner:  # nothing pending passed the IoU filter
+            pool.accept(iou, points, iou.new_zeros(0, 4), iou.new_zeros(0, 4))
+            return
+        inner, outer = torch.cat(inner), torch.cat(outer)
         if self.stability_score_thresh > 0:
-            off = self.stability_score_offset
-            (in_all, in_any), (out_all, out_any) = bounds.cells_above(logits, off), bounds.cells_above(logits, -off)
-            inner_lo, inner_hi = bounds.count(in_all).flatten(), bounds.count(in_any).flatten()
-            outer_lo, outer_hi = bounds.count(out_all).flatten(), bounds.count(out_any).flatten()
-            s_lo = inner_lo / outer_hi.clamp(min=1)
-            s_hi = torch.where(outer_lo > 0, inner_hi / outer_lo.clamp(min=1), torch.ones_like(s_lo))
-            unsure = passes & (s_lo < self.stability_score_thresh) & (s_hi >= self.stability_score_thresh)
-            passes &= s_lo >= self.stability_score_thresh
-        fields = (
-            iou,
-            points.repeat_interleave(logits.shape[1], 0),
-            bounds.inner_box(logits).flatten(0, 1),
-            bounds.outer_box(logits).flatten(0, 1),
-        )
-        pool.add(logits, fields, passes, unsure)
+            passes, unsure = torch.cat(stable), torch.cat(unsure).nonzero()[:, 0]
+            if len(unsure):
+                self.refined += len(unsure)
+                passes[unsure] = self._stability(rows[unsure], bounds.hw) >= self.stability_score_thresh
+            index = passes.nonzero()[:, 0]
+            pool.squeeze(index)
+            iou, points, inner, outer = iou[index], points[index], inner[index], outer[index]
+        pool.accept(iou, points, inner, outer)
+
+    def _stability_bounds(self, logits: torch.Tensor, bounds: FrameBounds) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, 256, 256) float32 logits -> lower and upper bounds (n,) of the stability
+        scores of the masks upsampled to the frame."""
+        off = self.stability_score_offset
+        (in_all, in_any), (out_all, out_any) = bounds.cells_above(logits, off), bounds.cells_above(logits, -off)
+        inner_lo, inner_hi = bounds.count(in_all), bounds.count(in_any)
+        outer_lo, outer_hi = bounds.count(out_all), bounds.count(out_any)
+        lo = inner_lo / outer_hi.clamp(min=1)
+        hi = torch.where(outer_lo > 0, inner_hi / outer_lo.clamp(min=1), torch.ones_like(lo))
+        return lo, hi
 
     def _stability(self, logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """Exact stability scores of low-res logits upsampled to ``hw``."""

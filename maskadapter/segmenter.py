@@ -58,6 +58,7 @@ from maskadapter.masks import (
     sam_cache_key,
 )
 from maskadapter.painting import class_presence, per_mask_label_map, semantic_label_map
+from maskadapter.runtime import autocast_dtype, check_precision, precision_name, resolve_device
 from maskadapter.session import ImageSession, SessionStore
 from maskadapter.settings import Settings
 from maskadapter.transforms import ImageTransform, WorkingFrame, check_box, check_points
@@ -186,12 +187,14 @@ class Segmenter:
         session_bytes: int = 2 * 2**30,
         text_cache_entries: int = 20000,
         text_cache_bytes: int = 256 * 2**20,
+        precision: str = "auto",
     ) -> None:
         self.models = models
         self.device = torch.device(device)
         self.transform = transform or ImageTransform()
         self.mask_side = int(mask_side)
-        self.amp_dtype = autocast_dtype(self.device)
+        self.precision = check_precision(precision)
+        self.amp_dtype = autocast_dtype(self.device, precision)
         self.text_cache = TextEmbeddingCache(
             models.clip,
             models.tokenizer,
@@ -235,6 +238,7 @@ class Segmenter:
             session_bytes=settings.session_cache_mb * 2**20,
             text_cache_entries=settings.text_cache_entries,
             text_cache_bytes=settings.text_cache_mb * 2**20,
+            precision=settings.precision,
         )
 
     @property
@@ -256,8 +260,14 @@ class Segmenter:
             log.warning("%s; pass mask_settings to choose", RANDOM_WEIGHT_NOTE)
         return self.default_mask_settings()
 
+    @property
+    def arithmetic(self) -> str:
+        """What the networks compute in: ``"float32"``, ``"bfloat16"`` or ``"float16"``
+        (autocast; see ``maskadapter.runtime``)."""
+        return precision_name(self.amp_dtype)
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        """fp16/bf16 autocast on CUDA, nothing (float32) on CPU."""
+        """The precision's autocast (bf16 or fp16), or nothing (float32)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
@@ -663,25 +673,3 @@ def compile_sam2(sam_model: torch.nn.Module) -> None:
     ``compile``; worth it on a GPU for many images, costly on the first call)."""
     sam_model.image_encoder = torch.compile(sam_model.image_encoder)
     sam_model.sam_mask_decoder = torch.compile(sam_model.sam_mask_decoder, dynamic=True)
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype on ``device``: bf16 on CUDA GPUs of compute capability 8 or
-    more, fp16 on older ones; None (float32, no autocast) elsewhere."""
-    if device.type != "cuda":
-        return None
-    major, _ = torch.cuda.get_device_capability(device)
-    return torch.bfloat16 if major >= 8 else torch.float16
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else must be usable here."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} asked for, but CUDA is not available here")
-    return device

@@ -23,6 +23,7 @@ from maskadapter.errors import InputError
 
 ENV_PREFIX = "MASKADAPTER_"
 SAM2_SIZES = ("tiny", "small", "base-plus", "large")
+PRECISIONS = ("auto", "float32", "bf16")  # maskadapter.runtime explains them
 # CLIP input size presets: (short side, cap on the long side); both pad to a multiple of 32
 INPUT_SIZES = {"detectron2": (800, 1333), "eval896": (896, 896)}
 _TRUE = {"1", "true", "yes", "on"}
@@ -73,6 +74,12 @@ class Settings:
     max_size: int | None = _opt(None, "CLIP input: cap on the long side after resizing (default: preset)")
     mask_side: int = _opt(1024, "working resolution: long side of masks while they are made, classified and painted")
     session_cache_mb: int = _opt(2048, "byte budget of the image-session store (embeddings, features, masks; CPU+GPU)")
+    precision: str = _opt(
+        "auto",
+        "arithmetic of the networks: auto (bf16 autocast on GPUs and on CPUs with AMX or AVX-512 BF16, fp16 on "
+        "GPUs older than compute capability 8, float32 elsewhere), float32, or bf16 (forced)",
+        choices=PRECISIONS,
+    )
     compile: bool = _opt(False, "torch.compile SAM-2's image encoder and mask decoder (GPU; slow first call)")
     # app only
     host: str | None = _opt(None, "address to serve on (default: Gradio's)", app_only=True)
@@ -96,6 +103,8 @@ class Settings:
         preset = INPUT_SIZES[self.input_size]
         self.short_side = preset[0] if self.short_side is None else self.short_side
         self.max_size = preset[1] if self.max_size is None else self.max_size
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.sam_size not in SAM2_SIZES:
             raise InputError(f"sam_size must be one of {', '.join(SAM2_SIZES)}, got {self.sam_size!r}")
         if self.mask_side < 64:

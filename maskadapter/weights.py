@@ -196,6 +196,7 @@ class Models:
     clip_key: str
     real_weights: bool
     description: str
+    sam2_config: Path | None = None  # the SAM-2 config file the model was built from
 
 
 @dataclass
@@ -373,6 +374,7 @@ def build_tiny_random(device: str | torch.device = "cpu", seed: int = 0) -> Mode
         clip_key=f"{TINY_CLIP_NAME}:seed{seed}",
         real_weights=False,
         description=f"tiny random models (seed {seed})",
+        sam2_config=TINY_SAM2_CONFIG,
     )
 
 
@@ -393,6 +395,7 @@ def build_real_size_random(
         clip_key=f"{clip_model}:random-seed{seed}",
         real_weights=False,
         description=f"real-size random models (SAM-2.1 {sam_size}, {clip_model}, head; seed {seed})",
+        sam2_config=SAM2_CONFIG_DIR / SAM2_HUB[sam_size][2],
     )
 
 
@@ -442,4 +445,5 @@ def build_models(files: ModelFiles, device: str | torch.device, progress: Progre
             f"SAM-2 {Path(files.sam2_checkpoint).name}, CLIP {files.clip_model}, "
             f"Mask-Adapter {Path(files.adapter_checkpoint).name}"
         ),
+        sam2_config=Path(files.sam2_config),
     )

@@ -62,9 +62,12 @@ class SyntheticSAM:
     prediction that varies too.
     """
 
-    def __init__(self, model: torch.nn.Module, sharpness: tuple[float, float] = (0.6, 0.5)) -> None:
+    def __init__(
+        self, model: torch.nn.Module, sharpness: tuple[float, float] = (0.6, 0.5), speckle: bool = False
+    ) -> None:
         self.model = model
         self.sharpness = sharpness  # edge sharpness = base + spread * |cos(...)|
+        self.speckle = speckle  # small squares of flipped sign: holes inside the discs, specks outside
         self.coords = None
         self._encoder_forward = model.sam_prompt_encoder.forward
         self._decoder_forward = model.sam_mask_decoder.forward
@@ -88,6 +91,8 @@ class SyntheticSAM:
                 dist = ((xs[None] - centre[:, 0, None, None]) ** 2 + (ys[None] - centre[:, 1, None, None]) ** 2).sqrt()
                 logits[:, k] = sharp[:, None, None] * (radius[:, None, None] - dist)
                 scores[:, k] = 0.75 + 0.24 * torch.sin(seed * 0.9 + 2 * k)
+            if self.speckle:
+                logits = torch.where(_squares(H, W), -2.0 * logits.sign(), logits)
             return logits.to(low_res.dtype), scores.to(ious.dtype), tokens, obj
 
         self.model.sam_prompt_encoder.forward = encoder
@@ -97,6 +102,16 @@ class SyntheticSAM:
     def __exit__(self, *exc) -> None:
         self.model.sam_prompt_encoder.forward = self._encoder_forward
         self.model.sam_mask_decoder.forward = self._decoder_forward
+
+
+def _squares(h: int, w: int, tile: int = 24) -> torch.Tensor:
+    """(h, w) bool: in each ``tile`` x ``tile`` cell one square of side 3 to 13 pixels
+    (areas 9 to 169, both sides of a 100-pixel limit), one cell in three left empty."""
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ty, tx = ys // tile, xs // tile
+    side = 3 + (ty * 5 + tx * 3) % 11
+    inside = (ys % tile >= 2) & (ys % tile < 2 + side) & (xs % tile >= 2) & (xs % tile < 2 + side)
+    return inside & ((ty + 2 * tx) % 3 != 0)
 
 
 @pytest.fixture()

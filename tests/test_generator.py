@@ -4,8 +4,10 @@ against straightforward recomputations written here."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
+import sam2.utils.misc as sam2_misc
 import torch
 import torch.nn.functional as F
 from conftest import SyntheticSAM, small_image
@@ -19,6 +21,7 @@ from maskadapter.generator import (
     boxes_for_nms,
     mask_boxes,
     point_grid,
+    small_regions,
     stability_scores,
 )
 from maskadapter.transforms import WorkingFrame
@@ -29,7 +32,25 @@ SETTINGS = {
     "default": {},  # pred_iou_thresh 0.8, stability_score_thresh 0.95, box_nms_thresh 0.7
     "no-filters": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.7},
     "no-nms": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0},
+    # the demo's settings: holes and specks of up to 100 low-res pixels removed (on
+    # decoder outputs that have both); sam2 labels each mask on its own (see below)
+    "small-regions": {"stability_score_thresh": 0.7, "min_mask_region_area": 100},
 }
+
+
+def per_mask_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A straightforward stand-in for sam2's compiled ``get_connected_components``
+    (absent from CPU installs): (N, 1, H, W) -> labels and the area of each pixel's
+    8-connected component (0 outside), one OpenCV call per mask."""
+    labels = torch.zeros(mask.shape, dtype=torch.int32)
+    areas = torch.zeros(mask.shape, dtype=torch.int32)
+    for i, m in enumerate(mask[:, 0].to(torch.uint8).cpu().numpy()):
+        _, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+        area = stats[:, cv2.CC_STAT_AREA].copy()
+        area[0] = 0
+        labels[i, 0] = torch.from_numpy(lab)
+        areas[i, 0] = torch.from_numpy(area[lab].astype(np.int32))
+    return labels.to(mask.device), areas.to(mask.device)
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +63,17 @@ def generated(tiny_models):
     def run(name: str) -> tuple[list[dict], list[dict]]:
         if name not in done:
             kwargs = {"points_per_side": 16, **SETTINGS[name]}
-            with SyntheticSAM(tiny_models.sam2, sharpness=(0.4, 3.0)):
+            speckle = kwargs.get("min_mask_region_area", 0) > 0
+            synthetic = SyntheticSAM(tiny_models.sam2, sharpness=(0.4, 3.0), speckle=speckle)
+            with synthetic, pytest.MonkeyPatch.context() as mp:
+                mp.setattr(sam2_misc, "get_connected_components", per_mask_components)
                 ours = MaskGenerator(tiny_models.sam2, **kwargs).generate(image)
                 theirs = SAM2AutomaticMaskGenerator(tiny_models.sam2, output_mode="binary_mask", **kwargs).generate(
                     image
                 )
+                if speckle:  # the same decoder outputs, nothing removed
+                    kwargs["min_mask_region_area"] = 0
+                    done[name + "/kept"] = (MaskGenerator(tiny_models.sam2, **kwargs).generate(image), [])
             done[name] = (ours, theirs)
         return done[name]
 
@@ -122,8 +149,31 @@ def test_masks_equal_sam2_automatic_mask_generator(generated, name):
 
 @pytest.mark.slow
 def test_filters_and_nms_remove_masks(generated):
-    counts = [len(generated(name)[0]) for name in SETTINGS]  # about 140, 546, 768 at 451 px
+    counts = [len(generated(name)[0]) for name in ("default", "no-filters", "no-nms")]  # about 140, 546, 768
     assert 0 < counts[0] < counts[1] < counts[2], counts
+
+
+@pytest.mark.slow
+def test_small_regions_are_removed_from_the_masks(generated):
+    """With min_mask_region_area the masks lose their small holes and specks: the
+    squares of 100 pixels or less that SyntheticSAM flipped (at its 256 x 256 low-res
+    scale) are gone, larger ones stay; sam2 agrees (test above)."""
+    removed, _ = generated("small-regions")
+    kept, _ = generated("small-regions/kept")
+    assert removed and kept
+
+    # without removal the flipped squares make many small components in the masks
+    def small_components(records):
+        count = 0
+        for r in records:
+            m = r["segmentation"].astype(np.uint8)
+            for target in (m, 1 - m):
+                _, _, stats, _ = cv2.connectedComponentsWithStats(target, connectivity=8)
+                count += int((stats[1:, cv2.CC_STAT_AREA] <= 250).sum())  # frame pixels
+        return count
+
+    # (a few remain: squares cut by a disc's edge leave small parts joined to larger regions)
+    assert small_components(kept) > 4 * max(1, small_components(removed))
 
 
 # ----------------------------------------------------------------- building blocks
@@ -135,6 +185,47 @@ def test_point_grid_is_sam2s(n):
     expected = build_point_grid(n)
     assert got.shape == expected.shape == (n * n, 2)
     np.testing.assert_array_equal(got, expected)
+
+
+def _components_by_flood_fill(mask: np.ndarray) -> list[list[tuple[int, int]]]:
+    """8-connected components of a 2-D bool array, by breadth-first search."""
+    seen = np.zeros_like(mask)
+    out = []
+    for start in zip(*np.nonzero(mask), strict=True):
+        if seen[start]:
+            continue
+        seen[start] = True
+        queue, component = [start], []
+        while queue:
+            y, x = queue.pop()
+            component.append((y, x))
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    v, u = y + dy, x + dx
+                    if 0 <= v < mask.shape[0] and 0 <= u < mask.shape[1] and mask[v, u] and not seen[v, u]:
+                        seen[v, u] = True
+                        queue.append((v, u))
+        out.append(component)
+    return out
+
+
+@pytest.mark.parametrize("max_area", [0, 3, 12, 40])
+def test_small_regions_match_flood_fill_per_mask(max_area):
+    rng = np.random.default_rng(max_area)
+    # blobs of every size; components touching the top / bottom rows of neighbouring
+    # masks must not join (the masks are labelled together in one image)
+    masks = rng.uniform(size=(9, 23, 31)) < rng.uniform(0.2, 0.7, (9, 1, 1))
+    masks[:, 0] |= rng.uniform(size=(9, 31)) < 0.5
+    masks[:, -1] |= rng.uniform(size=(9, 31)) < 0.5
+    expected = np.zeros_like(masks)
+    for i, mask in enumerate(masks):
+        for component in _components_by_flood_fill(mask):
+            if len(component) <= max_area:
+                ys, xs = zip(*component, strict=True)
+                expected[i, list(ys), list(xs)] = True
+    got = small_regions(masks, max_area)
+    np.testing.assert_array_equal(got, expected)
+    assert expected.any() == (max_area > 0)
 
 
 def test_stability_scores_match_recomputation():

@@ -1,0 +1,82 @@
+"""Where model work runs and in what arithmetic: the device and its precision.
+
+``precision`` (the setting of that name):
+
+- ``"auto"``: bf16 autocast on CUDA GPUs of compute capability 8 or more (fp16 on
+  older ones), bf16 on CPUs that do bf16 arithmetic natively (AMX or AVX-512 BF16,
+  detected once), float32 everywhere else (a CPU without them would emulate bf16,
+  several times slower than float32);
+- ``"float32"``: no autocast anywhere;
+- ``"bf16"``: bf16 autocast on any device.
+
+Under autocast the networks' matrix products and convolutions run in the low
+precision; what the method needs in float32 stays there whatever the setting (the
+adapter's pooling softmax, class logits, mask-pooling sums, SAM-2's mask decisions:
+see ``clip_features`` and ``generator``).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from maskadapter.errors import InputError
+from maskadapter.settings import PRECISIONS
+
+_CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX tiles or AVX-512 BF16)."""
+    cpu = torch.cpu
+    checks = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    if all(callable(check) for check in checks):
+        return any(check() for check in checks)
+    try:  # an older torch without the checks: the kernel's CPU flags
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in _CPU_BF16_FLAGS)
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of model work on ``device`` under ``precision`` (see the
+    module docstring); None means float32, no autocast."""
+    check_precision(precision)
+    if precision == "float32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``"float32"``, ``"bfloat16"`` or ``"float16"``: what an autocast dtype means."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else must be usable here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
