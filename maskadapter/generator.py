@@ -4,16 +4,21 @@
 crop) with the same settings, but keeps the work on tensors:
 
 - a grid of point prompts goes through SAM-2's prompt encoder and mask decoder in
-  batches; the image embedding is computed once (and can come from a cache);
-- the quality filters (predicted IoU, stability score) and the boxes for NMS are
-  computed on the decoder's 256x256 low-resolution logits, batched, on the device;
-- duplicates are removed with ``torchvision.ops.nms`` on boxes bounded from the same
-  logits, made exact only where a decision of the greedy NMS depends on it;
+  batches (on a CPU a few prompts per decoder call, so that its largest tensors stay
+  in reused memory and in cache); the image embedding is computed once (and can come
+  from a cache);
+- every ``COMPACT_EVERY`` batches the candidates are decided together, with a few
+  host synchronisations for the group: the predicted-IoU filter first (it needs no
+  mask), then small holes and specks removed (``min_mask_region_area``) from the
+  survivors only, labelled on the host in batches, then the stability filter and the
+  boxes for NMS, both bounded from the 256x256 low-resolution logits;
+- duplicates are removed with ``torchvision.ops.nms`` on those bounded boxes, made
+  exact (in one call) only for the pairs whose decision the bounds leave open;
 - only the masks that survive are upsampled, to the requested frame, at the end.
 
-Candidates are kept as float16 low-res logits (half the memory); the bounds are taken
-on the decoder's float32 output, and the few candidates upsampled to settle a
-decision, like the kept masks, are upsampled from the float16 copy.
+Candidates are kept as float16 low-res logits (half the memory; bf16 or fp16 as the
+decoder gives them under autocast); bounds, the candidates upsampled to settle a
+decision and the kept masks all come from that copy, in float32 arithmetic.
 
 sam2 instead upsamples every candidate to the original size in float32, computes
 run-length encodings and deep-copies them per batch. Its per-crop "box near crop
@@ -42,9 +47,10 @@ Progress = Callable[[str], None]
 COMPACT_EVERY = 8
 LOW_RES = 256  # side of SAM-2's low-resolution mask logits
 SAMPLE_MARGIN = 1e-4  # a sampled upsampled value counts as positive above this (float rounding)
-FILL_CHUNK = 256  # masks labelled per OpenCV call in remove_small_regions_ (bounds its label image)
+FILL_CHUNK = 256  # masks labelled per OpenCV call in remove_small_regions_ (bounds the label image)
 BOUNDS_CHUNK = 192  # candidates whose bounds are computed at once (bounds the float32 temporaries)
 NMS_ROWS = 512  # rows of the pairwise IoU-bound matrices computed at once
+NMS_ROUNDS = 6  # rounds of boxes made exact for NMS (the last takes every pair that matters)
 # prompts per mask-decoder call on a CPU: the decoder's largest tensor, (n, 32, 256, 256)
 # float32, then stays within the allocator's reused heap blocks (maskadapter.memory) and
 # the CPU's cache; a GPU takes a whole point batch at once
@@ -93,7 +99,9 @@ def small_regions(masks: np.ndarray, max_area: int) -> np.ndarray:
     n, h, w = masks.shape
     canvas = np.zeros((n, h + 1, w), dtype=np.uint8)
     canvas[:, :h] = masks
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(canvas.reshape(n * (h + 1), w), connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
+        canvas.reshape(n * (h + 1), w), 8, cv2.CV_32S, cv2.CCL_BOLELLI
+    )
     small = stats[:, cv2.CC_STAT_AREA] <= max_area
     small[0] = False  # label 0: everything outside the components (and the empty rows)
     return small[labels].reshape(n, h + 1, w)[:, :h]
@@ -106,15 +114,16 @@ def remove_small_regions_(logits: torch.Tensor, max_area: int, threshold: float 
     masks as given, holes set to ``threshold + 10``, specks to ``threshold - 10``.
 
     Labelling runs on the host, ``FILL_CHUNK`` masks per OpenCV call; on a GPU the
-    masks cross to the host and back once per call, not once per mask.
+    masks cross to the host and back once per call of this function, not per mask.
     """
-    for start in range(0, len(logits), FILL_CHUNK):
-        part = logits[start : start + FILL_CHUNK]
-        masks = (part > threshold).cpu().numpy()
-        holes = torch.from_numpy(small_regions(~masks, max_area)).to(part.device, non_blocking=True)
-        specks = torch.from_numpy(small_regions(masks, max_area)).to(part.device, non_blocking=True)
-        part.masked_fill_(holes, threshold + 10.0)
-        part.masked_fill_(specks, threshold - 10.0)
+    masks = (logits > threshold).cpu().numpy()  # (N, h, w) bool
+    holes, specks = np.empty_like(masks), np.empty_like(masks)
+    for start in range(0, len(masks), FILL_CHUNK):
+        part = slice(start, start + FILL_CHUNK)
+        holes[part] = small_regions(~masks[part], max_area)
+        specks[part] = small_regions(masks[part], max_area)
+    logits.masked_fill_(torch.from_numpy(holes).to(logits.device), threshold + 10.0)
+    logits.masked_fill_(torch.from_numpy(specks).to(logits.device), threshold - 10.0)
 
 
 def _masked_max(x: torch.Tensor, keep: torch.Tensor | None, dim: int) -> torch.Tensor:
@@ -280,6 +289,35 @@ def iou_bounds(
     return lo, hi
 
 
+def _pair_bounds(inner: torch.Tensor, outer: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, N) bool ``surely`` and ``maybe``: whether box h's IoU with box i surely / may
+    exceed ``threshold`` (False for a box and itself); ``NMS_ROWS`` rows at a time."""
+    n = len(inner)
+    surely = torch.zeros(n, n, dtype=torch.bool, device=inner.device)
+    maybe = torch.zeros_like(surely)
+    everyone = torch.arange(n, device=inner.device)
+    for start in range(0, n, NMS_ROWS):
+        rows = everyone[start : start + NMS_ROWS]
+        lo, hi = iou_bounds(inner, outer, rows)  # (R, N)
+        surely[rows], maybe[rows] = lo > threshold, hi > threshold
+    surely[everyone, everyone] = maybe[everyone, everyone] = False
+    return surely, maybe
+
+
+def _settled(surely: torch.Tensor, maybe: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes surely kept and surely suppressed by greedy NMS, whatever the exact boxes
+    within bounds: kept when no box that may come first may suppress it (unless that
+    box is surely suppressed), suppressed when a surely kept box that may come first
+    surely does. A fixed point: one host synchronisation per round, a few rounds."""
+    suppressed = torch.zeros(len(first), dtype=torch.bool, device=first.device)
+    while True:  # ``suppressed`` only grows, so this ends
+        kept = ~(maybe & first & ~suppressed[:, None]).any(0)
+        grown = (surely & first & kept[:, None]).any(0)
+        if torch.equal(grown, suppressed):
+            return kept, suppressed
+        suppressed = grown
+
+
 def boxes_for_nms(
     inner: torch.Tensor,
     outer: torch.Tensor,
@@ -290,30 +328,35 @@ def boxes_for_nms(
     """Boxes on which NMS decides as it would on the exact boxes, though most boxes are
     only known within [inner, outer].
 
-    NMS compares pairs of boxes: a box goes when its IoU with a better kept box exceeds
-    ``threshold``. A pair whose IoU bounds lie on one side of the threshold is decided
-    the same for any boxes within bounds; the boxes of every other pair are made exact
-    (``exact_box(indices)`` -> (n, 4)), all in one call. So the decisions on the boxes
-    returned are those on the exact boxes, with no host synchronisation per box (the
-    bound matrices are computed ``NMS_ROWS`` rows at a time). ``scores`` do not change
-    which pairs are open; they are part of the signature NMS callers share.
+    Greedy NMS (best score first; a box goes when its IoU with a kept box exceeds
+    ``threshold``) compares a box only with the kept boxes before it. A pair whose
+    IoU bounds straddle the threshold is undecided; it matters unless one of its
+    boxes is surely suppressed (``_settled``). Each round makes exact
+    (``exact_box(indices)`` -> (n, 4), one call) the boxes of the undecided pairs
+    whose first box is surely kept, which settles more boxes; the last of
+    ``NMS_ROUNDS`` rounds takes every undecided pair that matters. So every decision
+    NMS takes on the boxes returned is the one it takes on the exact boxes, with a
+    few host synchronisations per round and none per box.
 
     Returns (boxes: exact where refined, outer elsewhere; number of boxes refined).
     """
-    n = len(scores)
-    open_pair = torch.zeros(n, dtype=torch.bool, device=scores.device)
-    everyone = torch.arange(n, device=scores.device)
-    for start in range(0, n, NMS_ROWS):
-        rows = everyone[start : start + NMS_ROWS]
-        lo, hi = iou_bounds(inner, outer, rows)  # (R, N)
-        undecided = (lo <= threshold) & (hi > threshold)
-        undecided[torch.arange(len(rows), device=rows.device), rows] = False  # a box and itself
-        open_pair[rows] |= undecided.any(1)  # the bounds are symmetric: rows cover both ends
-    todo = open_pair.nonzero()[:, 0]  # one host synchronisation
-    boxes = outer.clone()
-    if len(todo):
-        boxes[todo] = exact_box(todo).to(boxes.dtype)
-    return boxes, len(todo)
+    inner, outer = inner.clone(), outer.clone()
+    exact = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    first = scores[:, None] >= scores[None, :]  # [h, i]: h may come before i (ties either way)
+    for round_ in range(NMS_ROUNDS):
+        surely, maybe = _pair_bounds(inner, outer, threshold)
+        kept, suppressed = _settled(surely, maybe, first)
+        live = ~suppressed
+        undecided = maybe & ~surely & first & live[:, None] & live[None, :]
+        pick = undecided & kept[:, None] if round_ < NMS_ROUNDS - 1 else undecided
+        if not bool(pick.any()):
+            pick = undecided  # nothing settles from kept boxes: take what is left
+        todo = ((pick.any(0) | pick.any(1)) & ~exact).nonzero()[:, 0]
+        if not len(todo):
+            break
+        boxes = exact_box(todo).to(outer.dtype)
+        inner[todo], outer[todo], exact[todo] = boxes, boxes, True
+    return outer, int(exact.sum())
 
 
 @dataclass

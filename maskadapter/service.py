@@ -349,9 +349,9 @@ class SegmentationService:
         if self._error is not None:
             return f"❌ **The models could not be loaded.** {self._error}"
         seg = self._base
-        text = f"Models: {seg.models.description}; device `{seg.device}`"
+        text = f"Models: {seg.models.description}; device `{seg.device}`, {seg.arithmetic}"
         if seg.amp_dtype is not None:
-            text += f" ({str(seg.amp_dtype).removeprefix('torch.')} autocast)"
+            text += " autocast"
         if not seg.real_weights:
             text = (
                 "⚠️ **Random weights (`--tiny-random`): masks and labels are meaningless.** "

@@ -378,8 +378,32 @@ def test_nms_on_bounded_boxes_decides_as_on_exact_boxes(threshold):
     expected = _greedy_nms(exact, scores, threshold)
     assert nms(boxes, torch.tensor(scores, dtype=torch.float32), threshold).tolist() == expected
     assert refined == len(asked) == len(set(asked))  # each box made exact at most once
-    assert 0 < refined < len(exact)  # bounds decide most pairs, not all
+    assert refined < len(exact)  # bounds decide some pairs (test below: which boxes are made exact)
     assert 1 < len(expected) < len(exact)  # NMS both keeps and drops
+
+
+def test_nms_makes_exact_only_the_boxes_of_pairs_that_matter():
+    """Box 0 is surely kept; its IoUs with boxes 1 and 3 straddle the threshold (those
+    three are made exact); box 2 is surely suppressed by box 0, so its open pair with
+    box 3 does not matter; box 4 is far from everything. Exact: 0 keeps 1 (IoU 0.685)
+    and suppresses 2 (0.95); 1 suppresses 3 (0.97)."""
+    exact = np.array(
+        [[0, 0, 10, 10], [0, 0, 10, 14.6], [0, 0, 10, 10.5], [0, 0, 10, 15], [50, 50, 60, 60]], dtype=np.float32
+    )
+    margin = np.array([0.1, 0.1, -0.1, -0.1], dtype=np.float32)
+    inner, outer = exact + margin, exact - margin
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5], dtype=np.float32)
+    asked: list[int] = []
+
+    def exact_box(index):
+        asked.extend(index.tolist())
+        return torch.tensor(exact[index.numpy()])
+
+    boxes, refined = boxes_for_nms(
+        torch.tensor(inner), torch.tensor(outer), torch.tensor(scores), 0.7, exact_box
+    )
+    assert sorted(asked) == [0, 1, 3] and refined == 3
+    assert nms(boxes, torch.tensor(scores), 0.7).tolist() == _greedy_nms(exact, scores, 0.7) == [0, 1, 4]
 
 
 # ----------------------------------------------------------------- WorkingFrame
