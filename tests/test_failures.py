@@ -76,14 +76,15 @@ def test_out_of_memory_retries_with_smaller_chunks(segmenter, image, monkeypatch
     expected = segmenter.segment_automatic(image, vocabulary, OPEN)
     segmenter.store = type(segmenter.store)(segmenter.store.budget_bytes)  # recompute everything
 
-    batch, embed = generator.MaskGenerator._batch, segmenter_module.mask_embeddings_from_features
-    sizes = {"points": [], "masks": []}
+    decode, embed = generator.MaskGenerator._decode, segmenter_module.mask_embeddings_from_features
+    sizes = {"points": [], "masks": [], "decoded": []}
 
     def small_batches(self, predictor, points, *args):
-        sizes["points"].append(len(points))
-        if len(points) > 16:
+        sizes["points"].append(self.points_per_batch)
+        sizes["decoded"].append(len(points))
+        if self.points_per_batch > 16:  # a device too small for batches of more than 16 points
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return batch(self, predictor, points, *args)
+        return decode(self, predictor, points, *args)
 
     def small_chunks(clip, adapter, raw, dense, masks):
         sizes["masks"].append(masks.shape[1])
@@ -91,10 +92,11 @@ def test_out_of_memory_retries_with_smaller_chunks(segmenter, image, monkeypatch
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return embed(clip, adapter, raw, dense, masks)
 
-    monkeypatch.setattr(generator.MaskGenerator, "_batch", small_batches)
+    monkeypatch.setattr(generator.MaskGenerator, "_decode", small_batches)
     monkeypatch.setattr(segmenter_module, "mask_embeddings_from_features", small_chunks)
     got = segmenter.segment_automatic(image, vocabulary, OPEN)
     assert max(sizes["points"]) == 64 and sizes["points"][-1] == 16  # 64 -> 32 -> 16 points per batch
+    assert max(sizes["decoded"]) <= 16  # each decoder call within the batch
     assert sizes["masks"][-1] <= 2
     np.testing.assert_array_equal(got.label_map, expected.label_map)
     assert [s.label for s in got.segments] == [s.label for s in expected.segments]
