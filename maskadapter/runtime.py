@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from maskadapter.errors import InputError
-from maskadapter.settings import PRECISIONS
+from maskadapter.settings import check_precision
 
 _CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names
 
@@ -40,12 +40,6 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return any(flag in flags for flag in _CPU_BF16_FLAGS)
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:

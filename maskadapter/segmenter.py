@@ -58,7 +58,7 @@ from maskadapter.masks import (
     sam_cache_key,
 )
 from maskadapter.painting import class_presence, per_mask_label_map, semantic_label_map
-from maskadapter.runtime import autocast_dtype, check_precision, precision_name, resolve_device
+from maskadapter.runtime import autocast_dtype, precision_name, resolve_device
 from maskadapter.session import ImageSession, SessionStore
 from maskadapter.settings import Settings
 from maskadapter.transforms import ImageTransform, WorkingFrame, check_box, check_points
@@ -193,8 +193,7 @@ class Segmenter:
         self.device = torch.device(device)
         self.transform = transform or ImageTransform()
         self.mask_side = int(mask_side)
-        self.precision = check_precision(precision)
-        self.amp_dtype = autocast_dtype(self.device, precision)
+        self.amp_dtype = autocast_dtype(self.device, precision)  # checks ``precision``
         self.text_cache = TextEmbeddingCache(
             models.clip,
             models.tokenizer,

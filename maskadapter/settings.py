@@ -103,8 +103,7 @@ class Settings:
         preset = INPUT_SIZES[self.input_size]
         self.short_side = preset[0] if self.short_side is None else self.short_side
         self.max_size = preset[1] if self.max_size is None else self.max_size
-        if self.precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
         if self.sam_size not in SAM2_SIZES:
             raise InputError(f"sam_size must be one of {', '.join(SAM2_SIZES)}, got {self.sam_size!r}")
         if self.mask_side < 64:
@@ -147,6 +146,13 @@ class Settings:
             known = ", ".join(names)
             raise InputError(f"Settings.from_env: unknown setting {', '.join(hints)}; the settings are {known}")
         return _settings(overrides, os.environ)
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of ``PRECISIONS``, else ``InputError``."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 def _field_type(f: dataclasses.Field) -> type:
