@@ -50,7 +50,6 @@ from maskadapter.masks import (
     AutoMaskSettings,
     add_mask_arguments,
     default_mask_settings,
-    encode_image,
     mask_settings_from_args,
 )
 from maskadapter.memory import ENV as ALLOCATOR_ENV
@@ -229,8 +228,8 @@ def run(args: argparse.Namespace) -> dict:
 
     # stages, one after the other, on a fresh session
     session = segmenter.session(image)
-    with clock("sam2_encode"), torch.inference_mode(), segmenter.autocast():
-        encode_image(sam2, session.image, session.sam_cache)
+    with clock("sam2_encode"):
+        segmenter.sam_embedding(session)
     with clock("clip_encode"):
         segmenter.clip_features(session)
     with clock("mask_generation"):
@@ -354,7 +353,7 @@ def compare_precision(
         labels = seg.mask_probabilities(session, found.masks, vocabulary).argmax(1)
         runs.append((found.masks.flatten(1), labels, result.label_map))
     (a, la, map_a), (b, lb, map_b) = runs
-    pairs = match_masks(a[:, :: MATCH_STRIDE], b[:, :: MATCH_STRIDE])  # matched on a sample of pixels
+    pairs = match_masks(a[:, ::MATCH_STRIDE], b[:, ::MATCH_STRIDE])  # matched on a sample of pixels
     ia, ib = pairs[:, 0], pairs[:, 1]
     differ = union = 0
     for start in range(0, len(pairs), 64):  # pixels counted exactly, 64 pairs at a time

@@ -274,9 +274,7 @@ def _intersection(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return wh[..., 0] * wh[..., 1]
 
 
-def iou_bounds(
-    inner: torch.Tensor, outer: torch.Tensor, rows: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def iou_bounds(inner: torch.Tensor, outer: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds of the IoU (as torchvision computes it) between boxes
     ``rows`` and every box, each known to lie between its inner and outer box.
     (N, 4) XYXY bounds, (R,) long indices -> (R, N) lower, (R, N) upper bounds."""

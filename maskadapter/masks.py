@@ -21,6 +21,7 @@ from sam2.modeling.sam2_base import SAM2Base
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from maskadapter.errors import InputError
+from maskadapter.runtime import ModelToken, model_token
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,9 @@ def image_key(image: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def sam_cache_key(sam_model: torch.nn.Module, key: str) -> tuple[int, str]:
+def sam_cache_key(sam_model: torch.nn.Module, key: str) -> tuple[ModelToken, str]:
     """Where ``CachingPredictor`` keeps the embedding of the image with ``image_key`` ``key``."""
-    return (id(sam_model), key)
+    return (model_token(sam_model), key)
 
 
 class CachingPredictor(SAM2ImagePredictor):

@@ -18,6 +18,10 @@ see ``clip_features`` and ``generator``).
 from __future__ import annotations
 
 import functools
+import itertools
+import threading
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -74,3 +78,25 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {name!r} asked for, but CUDA is not available here")
     return device
+
+
+@dataclass(frozen=True)
+class ModelToken:
+    """A name for one model object, never given to another one (unlike ``id``, which
+    Python reuses once an object is freed): cache keys of what a model computed."""
+
+    serial: int
+
+
+_tokens: weakref.WeakKeyDictionary[torch.nn.Module, ModelToken] = weakref.WeakKeyDictionary()
+_serials = itertools.count(1)
+_tokens_lock = threading.Lock()
+
+
+def model_token(model: torch.nn.Module) -> ModelToken:
+    """The ``ModelToken`` of ``model`` (the same for the object's whole life)."""
+    with _tokens_lock:
+        token = _tokens.get(model)
+        if token is None:
+            token = _tokens[model] = ModelToken(next(_serials))
+        return token

@@ -58,7 +58,7 @@ from maskadapter.masks import (
     sam_cache_key,
 )
 from maskadapter.painting import class_presence, per_mask_label_map, semantic_label_map
-from maskadapter.runtime import autocast_dtype, precision_name, resolve_device
+from maskadapter.runtime import autocast_dtype, model_token, precision_name, resolve_device
 from maskadapter.session import ImageSession, SessionStore
 from maskadapter.settings import Settings
 from maskadapter.transforms import ImageTransform, WorkingFrame, check_box, check_points
@@ -203,8 +203,9 @@ class Segmenter:
             disk_bytes=text_cache_bytes,
         )
         self.store = SessionStore(session_bytes)
-        self.lock = threading.RLock()
-        self.stats: Counter[str] = Counter()
+        self.lock = threading.RLock()  # model work, one request at a time
+        self.stats: Counter[str] = Counter()  # what was computed; written under _stats_lock
+        self._stats_lock = threading.Lock()
         self._said_random_defaults = False
 
     @classmethod
@@ -307,27 +308,47 @@ class Segmenter:
 
     # ------------------------------------------------------------------ what an image costs
 
+    def _stage(self, session: ImageSession, table: str, key: tuple, compute: Callable[[], T]) -> T:
+        """``session.once`` (each stage computed once per image, the other requests wait
+        for it), then the store recounts the session."""
+        value, computed = session.once(table, key, compute)
+        if computed:
+            self.store.update(session)
+        return value
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[name] += n
+
     def clip_features(self, session: ImageSession) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw and dense CLIP features of the session's image (computed once)."""
-        key = self._clip_key()
-        with self.lock:
-            if key not in session.clip_cache:
-                x = self.transform.image_to_tensor(session.image, self.device)
-                with torch.inference_mode(), self.autocast():
-                    raw, dense = clip_image_features(self.models.clip, x)
-                session.clip_cache.clear()
-                session.clip_cache[key] = (raw, dense)
-                self.stats["clip_image_encodings"] += 1
-                self.store.update(session)
-            return session.clip_cache[key]
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            x = self.transform.image_to_tensor(session.image, self.device)
+            with self.lock, torch.inference_mode(), self.autocast():
+                features = clip_image_features(self.models.clip, x)
+            self._count("clip_image_encodings")
+            return features
+
+        return self._stage(session, "clip_cache", self._clip_key(), compute)
 
     def _clip_key(self) -> tuple:
         return (self.transform, str(self.device), self.models.clip_key)
 
-    def is_encoded(self, session: ImageSession) -> bool:
-        """Whether both embeddings of the session's image are cached for these models."""
-        sam_key = sam_cache_key(self.models.sam2, session.key)
-        return sam_key in session.sam_cache and self._clip_key() in session.clip_cache
+    def sam_embedding(self, session: ImageSession, progress: Progress = _silent) -> dict:
+        """SAM-2's embedding of the session's image (computed once), as the one-entry
+        cache ``CachingPredictor`` reads."""
+        key = sam_cache_key(self.models.sam2, session.key)
+
+        def compute() -> tuple:
+            progress(0.05, "encoding the image (SAM-2)")
+            cache: dict = {}
+            with self.lock, torch.inference_mode(), self.autocast():
+                encode_image(self.models.sam2, session.image, cache)
+            self._count("sam_image_encodings")
+            return cache[key]
+
+        return {key: self._stage(session, "sam_cache", key, compute)}
 
     def with_sam2(self, sam_model: torch.nn.Module) -> Segmenter:
         """A segmenter with another SAM-2 model, sharing everything else (CLIP, adapter,
@@ -338,16 +359,11 @@ class Segmenter:
 
     def encode(self, session: ImageSession, progress: Progress = _silent) -> None:
         """Compute (once) what the session's image costs: SAM-2 embedding, CLIP features."""
-        with self.lock:
-            if not self.is_encoded(session):
-                progress(0.05, "encoding the image (SAM-2 and CLIP)")
-            with torch.inference_mode(), self.autocast():
-                self.stats["sam_image_encodings"] += encode_image(self.models.sam2, session.image, session.sam_cache)
-            self.store.update(session)
-            self.clip_features(session)
+        self.sam_embedding(session, progress)
+        self.clip_features(session)
 
     def _mask_key(self, settings: AutoMaskSettings) -> tuple:
-        return (sam_cache_key(self.models.sam2, ""), settings, self.mask_side)
+        return (model_token(self.models.sam2), settings, self.mask_side)
 
     def automatic_masks(
         self, session: ImageSession, settings: AutoMaskSettings | None = None, progress: Progress = _silent
@@ -356,9 +372,11 @@ class Segmenter:
         once per mask settings; None: ``default_mask_settings()``), largest first."""
         settings = self._mask_settings(settings)
         key = self._mask_key(settings)
-        if key in session.masks:
-            return session.masks[key]
-        self.encode(session, progress)
+        return self._stage(session, "masks", key, lambda: self._generate(session, settings, progress))
+
+    def _generate(self, session: ImageSession, settings: AutoMaskSettings, progress: Progress) -> MaskSet:
+        cache = self.sam_embedding(session, progress)
+        self.clip_features(session)  # both encodings before the slow part
         frame = self.frame(session)
         generator = MaskGenerator(self.models.sam2, **settings.generator_args)
 
@@ -367,7 +385,7 @@ class Segmenter:
 
         def generate(points_per_batch: int):
             generator.points_per_batch = points_per_batch
-            return generator.generate_masks(session.image, frame.work_hw, session.sam_cache, batch_done)
+            return generator.generate_masks(session.image, frame.work_hw, cache, batch_done)
 
         with self.lock, torch.inference_mode(), self.autocast():
             found = halving_on_oom(generate, generator.points_per_batch, "on SAM-2's point batches")
@@ -380,9 +398,7 @@ class Segmenter:
                 areas=areas[order].cpu(),
                 boxes=frame.boxes(found.masks[order]),
             )
-        self.stats["mask_generations"] += 1
-        session.masks[key] = result
-        self.store.update(session)
+        self._count("mask_generations")
         return result
 
     def mask_probabilities(
@@ -424,7 +440,7 @@ class Segmenter:
 
         with self.lock, torch.inference_mode(), self.autocast():
             logits = halving_on_oom(classify, MASK_CHUNK, f"in {name}")
-        self.stats["adapter_runs" if method == "adapter" else "pooling_runs"] += 1
+        self._count("adapter_runs" if method == "adapter" else "pooling_runs")
         return logits.softmax(-1)
 
     def _probabilities(
@@ -438,10 +454,10 @@ class Segmenter:
     ) -> torch.Tensor:
         """``mask_probabilities`` kept in the session per (masks, vocabulary, method)."""
         key = (mask_key, vocabulary, self._clip_key(), method)
-        if key not in session.probs:
-            session.probs[key] = self.mask_probabilities(session, masks, with_others(vocabulary), progress, method)
-            self.store.update(session)
-        return session.probs[key]
+        classes = with_others(vocabulary)
+        return self._stage(
+            session, "probs", key, lambda: self.mask_probabilities(session, masks, classes, progress, method)
+        )
 
     # ------------------------------------------------------------------ the two tasks
 
@@ -537,12 +553,10 @@ class Segmenter:
         else:
             coords, labels = check_points(points, session.hw, require_positive=box_arr is None)
         self.text_embeddings(with_others(vocabulary), _text_progress(progress))
-        self.encode(session, progress)
+        cache = self.sam_embedding(session, progress)
         frame = self.frame(session)
         with self.lock, self.autocast():
-            mask, iou = prompt_mask(
-                self.models.sam2, session.image, session.sam_cache, coords, labels, box_arr, frame.work_hw
-            )
+            mask, iou = prompt_mask(self.models.sam2, session.image, cache, coords, labels, box_arr, frame.work_hw)
         masks = torch.as_tensor(mask[None] if mask.any() else mask[None][:0], device=self.device)
         found = MaskSet(
             masks=masks,

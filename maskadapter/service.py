@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +28,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from maskadapter.errors import InputError, MaskAdapterError
+from maskadapter.errors import InputError, MaskAdapterError, WeightsNotFoundError
 from maskadapter.export import save_label_map, segments_to_dict, write_segments_json
 from maskadapter.masks import AutoMaskSettings, default_mask_settings
 from maskadapter.render import draw_points, overlay
+from maskadapter.runtime import ModelToken, model_token
 from maskadapter.segmenter import SegmentationResult, Segmenter
-from maskadapter.session import ImageSession
+from maskadapter.session import ImageSession, key_mentions
 from maskadapter.settings import SAM2_SIZES, Settings
 from maskadapter.transforms import box_corners, box_in_image, check_point, check_points, point_list
 from maskadapter.vocabulary import Vocabulary, build_vocabulary
@@ -75,6 +77,15 @@ def plain(text: str) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+!|~$-])", r"\\\1", html.escape(str(text), quote=False))
 
 
+def error_markdown(err: MaskAdapterError) -> str:
+    """An error as Markdown: its text shown literally; the missing files of a
+    ``WeightsNotFoundError`` as a list between its message and its advice."""
+    if not isinstance(err, WeightsNotFoundError) or not err.files:
+        return plain(err.summary)
+    items = "\n".join(f"- {plain(line)}" for line in err.files)
+    return f"{plain(err.args[0])}\n\n{items}\n\n{plain(err.advice)}"
+
+
 CLICK_KINDS = ("positive", "negative", "box")
 MAX_UNDO_STEPS = 256  # undo records kept per user; the oldest are dropped first
 
@@ -89,9 +100,8 @@ class PromptSnapshot(NamedTuple):
 
 @dataclass
 class PointState:
-    """One user's point-prompt tab: a key into the segmenter's session store, the
-    image's size and an on-disk copy of it (to recompute an evicted session), the
-    points and an optional box.
+    """One user's point-prompt tab: a key into the segmenter's session store (which
+    keeps the photo), the image's size, the points and an optional box.
 
     Conventions: XY pixels of the original image (0 <= x <= W, 0 <= y <= H); ``points``
     holds ``[x, y, label]`` with label 1 positive, 0 negative (at most ``MAX_POINTS``);
@@ -104,7 +114,6 @@ class PointState:
 
     key: str | None = None
     hw: tuple[int, int] | None = None
-    source: str | None = None  # .npy copy of the (H, W, 3) uint8 image
     points: list[list[float]] = field(default_factory=list)  # [x, y, label]
     box: list[float] | None = None  # XYXY
     corner: list[float] | None = None  # first corner of a box being drawn
@@ -245,7 +254,7 @@ class SegmentationService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._base: Segmenter | None = None
-        self._by_size: dict[str, Segmenter] = {}
+        self._by_size: OrderedDict[str, Segmenter] = OrderedDict()  # loaded SAM-2 sizes, least recently used first
         self._error: MaskAdapterError | None = None
         self._ready = threading.Event()
         self._load_lock = threading.Lock()
@@ -327,27 +336,48 @@ class SegmentationService:
         size = size or self.default_sam_size
         if size not in self.sam_sizes:
             raise InputError(f"SAM-2 size must be one of {', '.join(self.sam_sizes)}, got {size!r}")
-        found = self._by_size.get(size)
-        if found is not None:
-            return found
+        with self._load_lock:
+            found = self._by_size.get(size)
+            if found is not None:
+                self._by_size.move_to_end(size)
+                return found
+            lock = self._size_locks.setdefault(size, threading.Lock())
         # one lock per size: loading (or downloading) one size never holds up requests
         # for sizes already loaded, and two requests for the same size load it once
-        with self._load_lock:
-            lock = self._size_locks.setdefault(size, threading.Lock())
         with lock:
-            if size not in self._by_size:
+            with self._load_lock:
+                found = self._by_size.get(size)
+            if found is None:
                 report(0.05, f"loading SAM-2.1 {size}")
                 path = resolve_sam2_file(self.settings, size, lambda msg: report(0.05, msg))
                 sam = build_sam2_model(path, base.device, sam2_config_for(self.settings, size))
-                self._by_size[size] = base.with_sam2(sam)
-            return self._by_size[size]
+                found = base.with_sam2(sam)
+                with self._load_lock:
+                    self._by_size[size] = found
+                    unloaded = self._unload_beyond_bound(base, found)
+                for token in unloaded:  # what the unloaded models computed goes too
+                    base.store.forget(lambda key, token=token: key_mentions(key, token))
+            return found
+
+    def _unload_beyond_bound(self, base: Segmenter, loaded: Segmenter) -> list[ModelToken]:
+        """Drop the least recently used SAM-2 sizes past ``settings.sam_models``, never
+        the base size (its segmenter holds the shared models) nor the one just
+        ``loaded``; the tokens of the models dropped."""
+        unloaded = []
+        for size in list(self._by_size):
+            if len(self._by_size) <= self.settings.sam_models:
+                break
+            if self._by_size[size] not in (base, loaded):
+                unloaded.append(model_token(self._by_size.pop(size).models.sam2))
+                log.info("unloaded SAM-2.1 %s (at most %d sizes stay loaded)", size, self.settings.sam_models)
+        return unloaded
 
     def status_markdown(self) -> str:
         """A line for the top of the page: what runs, or why nothing does."""
         if not self._ready.is_set():
             return f"⏳ Loading models: {self._status} The first request waits for them."
         if self._error is not None:
-            return f"❌ **The models could not be loaded.** {self._error}"
+            return "❌ **The models could not be loaded.** " + error_markdown(self._error)
         seg = self._base
         text = f"Models: {seg.models.description}; device `{seg.device}`, {seg.arithmetic}"
         if seg.amp_dtype is not None:
@@ -363,19 +393,10 @@ class SegmentationService:
     # ------------------------------------------------------------------ helpers
 
     def open_point_image(self, image: object) -> PointState:
-        """A fresh point state for an uploaded image: its session is opened in the
-        store, and a copy of the pixels is kept on disk to recompute it if evicted."""
+        """A fresh point state for an uploaded image, whose session (the photo) is kept
+        in the store."""
         session = self.wait().session(image)
-        source: Path | None = self.output_dir / "uploads" / f"{session.key}.npy"
-        try:
-            source.parent.mkdir(parents=True, exist_ok=True)
-            _sweep(source.parent)
-            if not source.exists():
-                np.save(source, session.image)
-        except OSError as err:  # the session works; only its recomputation after eviction won't
-            log.warning("could not keep a copy of the photo in %s: %s", source.parent, err)
-            source = None
-        return PointState(key=session.key, hw=session.hw, source=None if source is None else str(source))
+        return PointState(key=session.key, hw=session.hw)
 
     def prompt_state(self, image: object, points: Sequence[Sequence[float]], box: Sequence[float] | None) -> PointState:
         """A point state for an image with given prompts (the API's one-shot request);
@@ -400,16 +421,11 @@ class SegmentationService:
 
     @staticmethod
     def _point_session(segmenter: Segmenter, state: PointState) -> ImageSession:
-        """The state's image session: from the store, else recomputed from the copy."""
+        """The state's image session, from the store."""
         session = segmenter.store.get(state.key)
-        if session is not None:
-            return session
-        try:
-            if state.source is None:
-                raise OSError("no copy kept")
-            return segmenter.session(np.load(state.source, allow_pickle=False))
-        except (OSError, ValueError, TypeError):
-            raise InputError("this photo is no longer on the server; upload it again") from None
+        if session is None:  # the store keeps photos longest, but newer ones needed the room
+            raise InputError("this photo is no longer on the server; upload it again")
+        return session
 
     @staticmethod
     def vocabulary(text: str | None, predefined: Sequence[str] | None) -> Vocabulary:

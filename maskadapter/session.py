@@ -2,18 +2,27 @@
 
 An ``ImageSession`` keeps what one image costs: its SAM-2 embedding, its CLIP
 features, the masks made with given mask settings, and the class probabilities of
-those masks for a given vocabulary. The ``SessionStore`` owns every session of a
-``Segmenter``; callers (the app's per-user state included) hold only a key. The store
-counts the bytes of every tensor and array a session holds, on the CPU and on the GPU
-alike, and evicts the least recently used sessions past its byte budget. An evicted
-session is recomputed when it is needed again.
+those masks for a given vocabulary (its four *tables*). Each entry is computed once:
+``ImageSession.once`` lets the first request compute it while every other request for
+the same entry waits for that result, and no table is read while another thread writes
+it.
+
+The ``SessionStore`` owns every session of a ``Segmenter`` (callers, the app's per-user
+state included, hold only a key). It counts the bytes of every tensor and array a
+session holds, on the CPU and on the GPU alike, and keeps the total within its budget
+in two steps: first it drops what the least recently used sessions cost (their tables;
+the photo stays, so a user's photo outlives its embeddings), then, if the photos
+alone are still over the budget, whole sessions, least recently used first. The
+session in use is never evicted. What was dropped is recomputed when needed again.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -21,14 +30,18 @@ import torch
 from maskadapter.masks import image_key
 from maskadapter.transforms import check_image
 
+T = TypeVar("T")
+TABLES = ("sam_cache", "clip_cache", "masks", "probs")
 
-@dataclass
+
+@dataclass(eq=False)
 class ImageSession:
     """One image and what it costs to encode and segment (filled lazily by the segmenter).
 
     image: (H, W, 3) uint8 RGB, the original. ``sam_cache`` holds SAM-2 embeddings,
     ``clip_cache`` CLIP features, ``masks`` a ``MaskSet`` per mask-settings key and
-    ``probs`` an (N, C) probability tensor per (mask key, vocabulary) key.
+    ``probs`` an (N, C) probability tensor per (mask key, vocabulary) key. Write them
+    only through ``once``; read them through ``once`` or ``peek``.
     """
 
     image: np.ndarray
@@ -37,6 +50,8 @@ class ImageSession:
     clip_cache: dict = field(default_factory=dict)
     masks: dict = field(default_factory=dict)
     probs: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _pending: dict = field(default_factory=dict, repr=False)  # (table, key) -> Event of the computing thread
 
     @classmethod
     def from_image(cls, image: object) -> ImageSession:
@@ -48,9 +63,67 @@ class ImageSession:
     def hw(self) -> tuple[int, int]:
         return self.image.shape[0], self.image.shape[1]
 
+    def once(self, table: str, key: Hashable, compute: Callable[[], T]) -> tuple[T, bool]:
+        """The entry ``key`` of ``table`` (one of ``TABLES``), made by ``compute()`` if it
+        is not there: (value, whether this call computed it).
+
+        While one thread computes an entry, the others asking for it wait and then take
+        its value; if that computation fails (or is cancelled), the next waiter computes
+        it. Never call it holding a lock that ``compute`` of another thread needs.
+        """
+        entries = getattr(self, table)
+        while True:
+            with self._lock:
+                if key in entries:
+                    return entries[key], False
+                busy = self._pending.get((table, key))
+                if busy is None:
+                    done = self._pending[(table, key)] = threading.Event()
+            if busy is None:
+                break
+            busy.wait()
+        try:
+            value = compute()
+            with self._lock:
+                entries[key] = value
+        finally:
+            with self._lock:
+                del self._pending[(table, key)]
+            done.set()
+        return value, True
+
+    def peek(self, table: str, key: Hashable) -> object | None:
+        """The entry ``key`` of ``table`` if it is there, else None (nothing computed)."""
+        with self._lock:
+            return getattr(self, table).get(key)
+
     def nbytes(self) -> int:
-        """Bytes held by this session's arrays and tensors (CPU and GPU)."""
-        return _nbytes((self.image, self.sam_cache, self.clip_cache, self.masks, self.probs))
+        """Bytes held by this session's arrays and tensors (CPU and GPU), photo included."""
+        with self._lock:
+            return self.image.nbytes + _nbytes([getattr(self, table) for table in TABLES])
+
+    def drop_costs(self) -> None:
+        """Forget every computed entry (the photo stays); entries being computed are
+        stored when they finish."""
+        with self._lock:
+            for table in TABLES:
+                getattr(self, table).clear()
+
+    def forget(self, uses: Callable[[Hashable], bool]) -> None:
+        """Forget the entries whose key ``uses(key)`` says depend on something gone (an
+        unloaded model)."""
+        with self._lock:
+            for table in TABLES:
+                entries = getattr(self, table)
+                for key in [k for k in entries if uses(k)]:
+                    del entries[key]
+
+
+def key_mentions(key: Hashable, part: Hashable) -> bool:
+    """Whether a table key is ``part`` or holds it in its tuples (at any depth)."""
+    if isinstance(key, tuple):
+        return any(key_mentions(item, part) for item in key)
+    return key == part
 
 
 def _nbytes(obj: object) -> int:
@@ -68,17 +141,21 @@ def _nbytes(obj: object) -> int:
 
 
 class SessionStore:
-    """Image sessions by key, least recently used first out past ``budget_bytes``.
+    """Image sessions by key within ``budget_bytes``: the least recently used sessions
+    lose their computed entries first, then, if still needed, their place (see the
+    module docstring). The session in use is never evicted, even alone over budget.
 
-    The session in use is never evicted, even when it alone is over the budget.
+    ``evictions`` counts sessions removed, ``trimmed`` sessions whose entries were dropped.
     """
 
     def __init__(self, budget_bytes: int) -> None:
         self.budget_bytes = int(budget_bytes)
         self._sessions: OrderedDict[str, ImageSession] = OrderedDict()
         self._sizes: dict[str, int] = {}
+        self._total = 0
         self._lock = threading.Lock()
         self.evictions = 0
+        self.trimmed = 0
 
     def open(self, image: object) -> ImageSession:
         """The session of an (H, W, 3) uint8 RGB image: the stored one for the same
@@ -109,32 +186,61 @@ class SessionStore:
         self.update(stored)
         return stored
 
-    def update(self, session: ImageSession) -> None:
-        """Recount ``session``'s bytes and evict others until the store fits its budget."""
+    def update(self, session: ImageSession, touch: bool = True) -> None:
+        """Recount ``session``'s bytes (``touch``: and make it the most recently used)
+        and make the store fit its budget again."""
         size = session.nbytes()
         with self._lock:
-            if session.key not in self._sessions:
-                return
-            self._sizes[session.key] = size
-            self._sessions.move_to_end(session.key)
-            while self.nbytes > self.budget_bytes and len(self._sessions) > 1:
-                key, _ = self._sessions.popitem(last=False)
-                self._sizes.pop(key, None)
+            if self._sessions.get(session.key) is not session:
+                return  # evicted meanwhile (or replaced): nothing of it is counted
+            self._resize(session.key, size)
+            if touch:
+                self._sessions.move_to_end(session.key)
+            others = [s for s in self._sessions.values() if s is not session]  # least recently used first
+            for old in others:
+                if self._total <= self.budget_bytes:
+                    return
+                if self._sizes[old.key] > old.image.nbytes:
+                    old.drop_costs()
+                    self._resize(old.key, old.nbytes())
+                    self.trimmed += 1
+            for old in others:
+                if self._total <= self.budget_bytes:
+                    return
+                del self._sessions[old.key]
+                self._resize(old.key, 0)
+                del self._sizes[old.key]
                 self.evictions += 1
+
+    def _resize(self, key: str, size: int) -> None:
+        self._total += size - self._sizes.get(key, 0)
+        self._sizes[key] = size
 
     def discard(self, key: str) -> None:
         """Forget the session with ``key`` (nothing happens when it is not stored): for
         callers that know an image will not come back, such as an evaluation run."""
         with self._lock:
-            self._sessions.pop(key, None)
-            self._sizes.pop(key, None)
+            if self._sessions.pop(key, None) is not None:
+                self._total -= self._sizes.pop(key)
+
+    def forget(self, uses: Callable[[Hashable], bool]) -> None:
+        """``ImageSession.forget`` on every stored session, then recount them."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            session.forget(uses)
+            self.update(session, touch=False)
 
     @property
     def nbytes(self) -> int:
-        return sum(self._sizes.values())
+        """Bytes the stored sessions hold, as last counted."""
+        with self._lock:
+            return self._total
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        with self._lock:
+            return len(self._sessions)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._sessions
+        with self._lock:
+            return key in self._sessions

@@ -82,6 +82,9 @@ class Settings:
     )
     compile: bool = _opt(False, "torch.compile SAM-2's image encoder and mask decoder (GPU; slow first call)")
     # app only
+    sam_models: int = _opt(
+        2, "SAM-2 sizes kept loaded at once; the least recently used other than --sam-size is unloaded", app_only=True
+    )
     host: str | None = _opt(None, "address to serve on (default: Gradio's)", app_only=True)
     port: int | None = _opt(None, "port to serve on (default: Gradio's, 7860)", app_only=True)
     share: bool = _opt(False, "create a public Gradio share link", app_only=True)
@@ -112,7 +115,7 @@ class Settings:
             raise InputError(f"session_cache_mb must be at least 1, got {self.session_cache_mb}")
         if self.short_side < 32 or self.max_size < self.short_side:
             raise InputError(f"expected 32 <= short_side <= max_size, got {self.short_side} and {self.max_size}")
-        for name in ("concurrency", "queue_size", "max_upload_mb"):
+        for name in ("concurrency", "queue_size", "max_upload_mb", "sam_models"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.text_cache_entries < 0 or self.text_cache_mb < 0:

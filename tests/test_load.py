@@ -1,6 +1,6 @@
-"""Many users at once against `python app.py --tiny-random`: concurrent requests all
-succeed, and memory stays flat over many distinct images (sessions are evicted from
-the bounded store, nothing else accumulates)."""
+"""Many users at once through the running app's API: concurrent requests on distinct
+photos all succeed, and what the app keeps stays bounded over many photos (counted in
+the session store, which holds everything an image costs)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,17 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, AppProcess
+from conftest import EXAMPLES
 from PIL import Image
+from test_concurrency import _serve
+
+from maskadapter.service import SegmentationService
+from maskadapter.session import TABLES
+from maskadapter.settings import Settings
 
 pytestmark = pytest.mark.slow
+
+BUDGET_MB = 16
 
 
 def _distinct_photos(tmp_path, count: int, width: int = 160) -> list:
@@ -29,16 +36,43 @@ def _distinct_photos(tmp_path, count: int, width: int = 160) -> list:
     return paths
 
 
+def _held_bytes(store) -> int:
+    """Bytes of every array and tensor the store's sessions hold, walked here."""
+
+    def size(obj) -> int:
+        if hasattr(obj, "untyped_storage"):
+            return obj.numel() * obj.element_size()
+        if isinstance(obj, np.ndarray):
+            return obj.nbytes
+        if isinstance(obj, dict):
+            return sum(size(v) for v in obj.values())
+        if isinstance(obj, list | tuple):
+            return sum(size(v) for v in obj)
+        if hasattr(obj, "__dataclass_fields__"):
+            return sum(size(getattr(obj, f)) for f in obj.__dataclass_fields__)
+        return 0
+
+    sessions = list(store._sessions.values())
+    return sum(s.image.nbytes + sum(size(getattr(s, t)) for t in TABLES) for s in sessions)
+
+
 def test_concurrent_and_sequential_requests(tmp_path):
     from gradio_client import Client, handle_file
 
-    # a store of 64 MB holds a few tiny-model sessions, so most of the 30 are evicted
-    with AppProcess(tmp_path, {"MASKADAPTER_SESSION_CACHE_MB": "64"}) as app:
-        photos = _distinct_photos(tmp_path, 36)
+    settings = Settings(
+        tiny_random=True, device="cpu", cache_dir=str(tmp_path / "cache"), short_side=320, max_size=480,
+        session_cache_mb=BUDGET_MB, concurrency=3,
+    )  # fmt: skip
+    service = SegmentationService(settings)
+    service.start(background=False)
+    store = service.wait().store
+    demo, url = _serve(service)
+    photos = _distinct_photos(tmp_path, 30)
+    try:
         results: dict[int, object] = {}
 
         def request(i: int) -> None:
-            client = Client(app.url, verbose=False)
+            client = Client(url, verbose=False, httpx_kwargs={"timeout": 600})
             try:
                 out = client.predict(
                     handle_file(str(photos[i])), "cat, wall, floor", points_per_side=6, api_name="/segment_automatic"
@@ -51,20 +85,24 @@ def test_concurrent_and_sequential_requests(tmp_path):
         for t in threads:
             t.start()
         for t in threads:
-            t.join(timeout=300)
+            t.join(timeout=600)
         assert results == {i: 160 for i in range(6)}, results
 
-        client = Client(app.url, verbose=False)
-        rss = []
+        client = Client(url, verbose=False, httpx_kwargs={"timeout": 600})
+        held = []
         for path in photos[6:]:
             out = client.predict(
                 handle_file(str(path)), "cat, wall, floor", points_per_side=6, api_name="/segment_automatic"
             )
             assert out[4]["segments"]
-            rss.append(app.rss())
-        after_fifth, last = rss[4], rss[-1]
-        mib = 2**20
-        print(f"\nRSS after the 5th request: {after_fifth / mib:.0f} MiB; after the 30th: {last / mib:.0f} MiB")
-        assert last <= 1.5 * after_fifth, (after_fifth, last)
-        assert max(rss[5:]) <= 1.5 * after_fifth
-    assert "Traceback" not in app.log, app.log[-3000:]
+            held.append((store.nbytes, _held_bytes(store), len(store)))
+    finally:
+        demo.close()
+    # the store's count is what its sessions really hold, and it stays within the budget
+    assert all(counted == walked for counted, walked, _ in held), held
+    assert max(counted for counted, _, _ in held) <= BUDGET_MB * 2**20
+    # older photos lost their embeddings and results first; all 30 photos (30 x 160 x 107
+    # x 3 bytes, 1.5 MB) fit, so none had to leave
+    assert store.trimmed >= 1 and store.evictions == 0 and held[-1][2] == 30
+    costly = [s for s in store._sessions.values() if any(getattr(s, t) for t in TABLES)]
+    assert 1 <= len(costly) < 30

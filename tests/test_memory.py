@@ -1,66 +1,55 @@
-"""A 6000x4000 photo through the automatic path stays within a memory bound."""
+"""A 6000x4000 photo through the automatic path: the engine works at its working
+resolution, so what the photo's session keeps is counted in the store and is far
+smaller than the photo itself; only the outputs are at the original size. (Peak
+memory is a benchmark figure: `python -m maskadapter.benchmark` reports it.)"""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
+import cv2
+import numpy as np
 import pytest
+from conftest import EXAMPLES
+from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-
-SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import cv2, numpy as np
-    from PIL import Image
-    from maskadapter import AutoMaskSettings, Segmenter, Settings, build_vocabulary
-    from maskadapter.export import segments_to_dict
-    from maskadapter.render import overlay
-
-    def status(field):
-        for line in open("/proc/self/status"):
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-
-    segmenter = Segmenter.from_settings(Settings(tiny_random=True, device="cpu", cache_dir=sys.argv[1]))
-    photo = np.asarray(Image.open("examples/rocket.jpg").convert("RGB"))
-    image = cv2.resize(photo, (6000, 4000), interpolation=cv2.INTER_CUBIC)
-    open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current RSS
-    base = status("VmRSS")
-    settings = AutoMaskSettings(pred_iou_thresh=0.0, stability_score_thresh=0.0)
-    result = segmenter.segment_automatic(image, build_vocabulary("rocket, sky, smoke, tree"), settings)
-    picture = overlay(image, result)
-    data = segments_to_dict(result)
-    print(json.dumps({
-        "base": base, "peak": status("VmHWM"), "label_map": list(result.label_map.shape),
-        "overlay": list(picture.shape), "segments": len(data["segments"]),
-        "rle_size": data["segments"][0]["segmentation"]["size"] if data["segments"] else None,
-    }))
-    """
-)
+from maskadapter import AutoMaskSettings, build_vocabulary
+from maskadapter.export import segments_to_dict
+from maskadapter.render import overlay
+from maskadapter.session import TABLES
 
 
 @pytest.mark.slow
-def test_large_photo_peak_rss_within_2gb_of_loaded_models(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "cache")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads(run.stdout.strip().splitlines()[-1])
-    growth = report["peak"] - report["base"]
-    print(f"RSS after model load {report['base'] / 2**20:.0f} MiB, peak growth {growth / 2**20:.0f} MiB")
-    assert report["label_map"] == [4000, 6000]
-    assert report["overlay"][1] == 6000 and report["overlay"][0] >= 4000
-    assert report["segments"] >= 1 and report["rle_size"] == [4000, 6000]
-    assert growth <= 2 * 2**30
+def test_large_photo_is_kept_at_the_working_resolution(segmenter):
+    photo = np.asarray(Image.open(EXAMPLES / "rocket.jpg").convert("RGB"))
+    image = cv2.resize(photo, (6000, 4000), interpolation=cv2.INTER_CUBIC)
+    settings = AutoMaskSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    result = segmenter.segment_automatic(image, build_vocabulary("rocket, sky, smoke, tree"), settings)
+    picture = overlay(image, result)
+    data = segments_to_dict(result)
+
+    assert result.label_map.shape == (4000, 6000)
+    assert picture.shape[1] == 6000 and picture.shape[0] >= 4000
+    assert data["segments"] and data["segments"][0]["segmentation"]["size"] == [4000, 6000]
+
+    session = segmenter.store.get(segmenter.session(image).key)
+    (found,) = session.masks.values()
+    assert tuple(found.masks.shape[1:]) == (683, 1024)  # 4000 x 1024 / 6000 = 682.7 rows
+    assert result.working_label_map.shape == (683, 1024)
+    tensors = list(_tensors([getattr(session, name) for name in TABLES]))
+    costs = sum(t.nbytes if isinstance(t, np.ndarray) else t.numel() * t.element_size() for t in tensors)
+    assert segmenter.store.nbytes == image.nbytes + costs  # the store counts all of it
+    assert costs < image.nbytes / 2  # 72 MB photo; one full-size float mask alone would be 96 MB
+    assert all(t.shape[-2:] != (4000, 6000) for t in tensors)
+
+
+def _tensors(obj):
+    if hasattr(obj, "untyped_storage") or isinstance(obj, np.ndarray):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, list | tuple):
+        for value in obj:
+            yield from _tensors(value)
+    elif hasattr(obj, "__dataclass_fields__"):
+        for name in obj.__dataclass_fields__:
+            yield from _tensors(getattr(obj, name))
