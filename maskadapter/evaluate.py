@@ -87,6 +87,7 @@ RUN_VERSION = 1  # bump when predictions change meaning, so that old ones are re
 RANDOM_NOTE = "random weights: these numbers are meaningless (they only show that the command runs)"
 REGION_PIXELS = 2**26  # mask pixels made at once when classifying ground-truth segments
 METRICS_NAME = "metrics.json"
+HEADLINE = ("mIoU", "fwIoU", "pACC", "mACC")  # detectron2's, in its order
 SIZE_SETTINGS = ("input_size", "short_side", "max_size")  # the CLIP input size
 SAM2_MASK_FIELDS = tuple(f.name for f in fields(AutoMaskSettings))  # their flags: --points-per-side ...
 log = logging.getLogger(__name__)
@@ -404,19 +405,19 @@ def report(
     timed = [seconds[s.stem] for s in samples if s.stem in seconds]
     per_class = [
         {"id": i, "name": names[i], "IoU": found["IoU"][i], "ACC": found["ACC"][i],
-         "gt_pixels": found["gt_pixels"][i], "predicted_pixels": found["predicted_pixels"][i]}
+         "strict_IoU": found["strict_IoU"][i], "gt_pixels": found["gt_pixels"][i],
+         "predicted_pixels": found["predicted_pixels"][i]}
         for i in range(data.num_classes)
     ]  # fmt: skip
     return {
         "dataset": data.key,
         "title": data.title,
         "images": len(samples) - len(failed),
-        "mIoU": found["mIoU"],
-        "fwIoU": found["fwIoU"],
-        "pACC": found["pACC"],
-        "mACC": found["mACC"],
-        "mIoU_gt_classes": found["mIoU_gt_classes"],
+        "compare_with_paper": "mIoU",
+        **{name: found[name] for name in HEADLINE},
         "IoU": {names[i]: found["IoU"][i] for i in range(data.num_classes)},
+        "unlabelled_share": found["unlabelled_share"],
+        **{f"strict_{name}": found[f"strict_{name}"] for name in HEADLINE},
         "per_class": per_class,
         "pixels": found["pixels"],
         "unlabelled_pixels": found["unlabelled_pixels"],
@@ -445,10 +446,10 @@ def table(metrics: dict, per_class: bool = False) -> str:
     lines = [
         f"{metrics['title']}: {plural(metrics['images'], 'image')}, masks {source}, classified by "
         f"{'Mask-Adapter' if settings['method'] == 'adapter' else 'mask pooling'}",
-        f"{'mIoU':>8} {'fwIoU':>8} {'pACC':>8} {'mACC':>8}",
-        "".join(f"{_cell(metrics[k]):>8} " for k in ("mIoU", "fwIoU", "pACC", "mACC")).rstrip(),
-        "mIoU over the classes in the ground truth only (detectron2 since 2022-07, the paper's average): "
-        + _cell(metrics["mIoU_gt_classes"]),
+        f"{'':<34}" + "".join(f"{name:>8}" for name in HEADLINE),
+        f"{'detectron2 (the paper compares mIoU)':<34}" + "".join(f"{_cell(metrics[k]):>8}" for k in HEADLINE),
+        f"{'strict (unlabelled counted wrong)':<34}" + "".join(f"{_cell(metrics['strict_' + k]):>8}" for k in HEADLINE),
+        f"unlabelled pixels: {_cell(metrics['unlabelled_share'])} % (detectron2's void predictions: not counted)",
     ]
     if metrics["seconds_per_image"] is not None:
         lines.append(

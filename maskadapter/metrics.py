@@ -1,7 +1,15 @@
-"""Semantic segmentation metrics as detectron2's ``SemSegEvaluator`` computes them.
+"""Semantic segmentation metrics: exactly detectron2's ``SemSegEvaluator``, plus strict variants.
 
-One confusion matrix over every pixel whose ground truth is not ignore, summed over
-the images; from it per-class IoU and accuracy, mIoU, fwIoU, pACC and mACC, in percent.
+One confusion matrix over every pixel whose ground truth is not ignore, summed over the
+images. An unlabelled pixel of ours (no mask, or below the score threshold) is what
+detectron2 calls a void prediction: its evaluator keeps such pixels in the last row of
+its matrix and leaves that row out of every sum, so they count for nothing. The
+headline metrics (``mIoU``, ``fwIoU``, ``pACC``, ``mACC``, per-class ``IoU`` and ``ACC``)
+are those numbers, the ones the paper's tables report.
+
+Because leaving pixels unlabelled costs nothing there, the share of unlabelled pixels
+is reported beside them, with ``strict_*`` variants that count an unlabelled pixel as
+wrong for its ground-truth class. The strict figures are this project's, not the paper's.
 """
 
 from __future__ import annotations
@@ -12,13 +20,11 @@ from maskadapter.errors import InputError
 
 
 class ConfusionMatrix:
-    """Pixel counts of (predicted class, ground-truth class), as detectron2's
-    ``SemSegEvaluator`` keeps them.
+    """Pixel counts of (predicted class, ground-truth class).
 
     Only pixels whose ground truth is not ignore are counted. Rows are the predicted
-    class 0..K-1 and K for an unlabelled pixel; columns the ground-truth class 0..K-1.
-    An unlabelled pixel is wrong for its ground-truth class and a false positive of no
-    class.
+    class 0..K-1, then K for an unlabelled pixel (detectron2's void prediction);
+    columns the ground-truth class 0..K-1.
     """
 
     def __init__(self, num_classes: int) -> None:
@@ -39,43 +45,58 @@ class ConfusionMatrix:
         self.counts += np.bincount(p * k + g, minlength=self.counts.size).reshape(self.counts.shape)
 
     def metrics(self) -> dict:
-        """Percentages (None where undefined):
+        """Percentages, None where undefined (detectron2's NaN; its fwIoU is 0 then).
 
-        - ``IoU`` per class: TP / (TP + FP + FN); None for a class with no ground-truth
-          and no predicted pixel;
-        - ``mIoU``: the mean over classes with ground-truth or predicted pixels;
-        - ``mIoU_gt_classes``: the mean over classes with ground-truth pixels (detectron2
-          since July 2022; the two agree whenever every predicted class is in the ground truth);
-        - ``fwIoU``: IoU weighted by each class's share of ground-truth pixels;
-        - ``ACC`` per class: TP / ground-truth pixels; ``mACC`` its mean over classes
-          with ground-truth pixels; ``pACC``: correct pixels / counted pixels.
+        detectron2's, unlabelled pixels not counted (TP: diagonal; GT and predicted
+        pixels: column and row sums over labelled predictions only):
+
+        - ``IoU`` per class: TP / (GT + predicted - TP), for classes with ground-truth
+          pixels (None for the others, even when predicted);
+        - ``mIoU``: its mean over the classes with ground-truth pixels;
+        - ``fwIoU``: IoU weighted by each class's share of (labelled-prediction) GT pixels;
+        - ``ACC`` per class: TP / GT; ``mACC`` its mean; ``pACC``: sum TP / sum GT.
+
+        This project's, unlabelled pixels counted as wrong (not comparable with the
+        paper): ``strict_IoU``, ``strict_mIoU``, ``strict_fwIoU``, ``strict_pACC``,
+        ``strict_mACC``, the same formulas with every counted pixel in GT; and
+        ``unlabelled_share``, the share of counted pixels left unlabelled.
         """
         k = self.num_classes
-        tp = np.diag(self.counts[:k]).astype(np.float64)
-        pos_gt = self.counts.sum(0).astype(np.float64)  # unlabelled predictions included
-        pos_pred = self.counts[:k].sum(1).astype(np.float64)
-        union = pos_gt + pos_pred - tp
-        in_gt, seen = pos_gt > 0, union > 0
-        iou = np.divide(tp, union, out=np.full(k, np.nan), where=seen)
-        acc = np.divide(tp, pos_gt, out=np.full(k, np.nan), where=in_gt)
-        total = pos_gt.sum()
-
-        def percent(value: float) -> float | None:
-            return None if not np.isfinite(value) else round(100.0 * float(value), 6)
-
-        def mean(values: np.ndarray) -> float | None:
-            return percent(values.mean()) if values.size else None
-
+        labelled = self.counts[:k].astype(np.float64)
+        found = _scores(np.diag(labelled), labelled.sum(0), labelled.sum(1))
+        strict = _scores(np.diag(labelled), self.counts.sum(0).astype(np.float64), labelled.sum(1))
+        pixels = int(self.counts.sum())
+        unlabelled = int(self.counts[k].sum())
         return {
-            "mIoU": mean(iou[seen]),
-            "fwIoU": percent((iou[in_gt] * pos_gt[in_gt]).sum() / total) if total else None,
-            "pACC": percent(tp.sum() / total) if total else None,
-            "mACC": mean(acc[in_gt]),
-            "mIoU_gt_classes": mean(iou[in_gt]),
-            "IoU": [percent(v) for v in iou],
-            "ACC": [percent(v) for v in acc],
-            "gt_pixels": pos_gt.astype(np.int64).tolist(),
-            "predicted_pixels": pos_pred.astype(np.int64).tolist(),
-            "pixels": int(total),
-            "unlabelled_pixels": int(self.counts[k].sum()),
+            **{name: found[name] for name in ("mIoU", "fwIoU", "pACC", "mACC", "IoU", "ACC")},
+            **{f"strict_{name}": strict[name] for name in ("mIoU", "fwIoU", "pACC", "mACC", "IoU")},
+            "unlabelled_share": _percent(unlabelled / pixels) if pixels else None,
+            "gt_pixels": self.counts.sum(0).tolist(),  # every counted pixel, unlabelled ones too
+            "predicted_pixels": self.counts[:k].sum(1).tolist(),
+            "pixels": pixels,
+            "unlabelled_pixels": unlabelled,
         }
+
+
+def _percent(value: float) -> float | None:
+    return None if not np.isfinite(value) else 100.0 * float(value)
+
+
+def _scores(tp: np.ndarray, pos_gt: np.ndarray, pos_pred: np.ndarray) -> dict:
+    """detectron2's formulas on (K,) true positives, ground-truth and predicted counts."""
+    k = len(tp)
+    union = pos_gt + pos_pred - tp
+    acc_valid = pos_gt > 0
+    iou_valid = acc_valid & (union > 0)
+    acc = np.divide(tp, pos_gt, out=np.full(k, np.nan), where=acc_valid)
+    iou = np.divide(tp, union, out=np.full(k, np.nan), where=iou_valid)
+    total = pos_gt.sum()
+    weights = pos_gt / total if total else np.zeros(k)
+    return {
+        "mIoU": _percent(iou[iou_valid].mean()) if iou_valid.any() else None,
+        "fwIoU": _percent((iou[iou_valid] * weights[iou_valid]).sum()),  # 0 when no class counts, as detectron2
+        "pACC": _percent(tp.sum() / total) if total else None,
+        "mACC": _percent(acc[acc_valid].mean()) if acc_valid.any() else None,
+        "IoU": [_percent(v) for v in iou],
+        "ACC": [_percent(v) for v in acc],
+    }
