@@ -107,7 +107,7 @@ def user_message(err: Exception, where: str) -> str:
     if isinstance(err, gr.Error):
         return str(err.message)
     if isinstance(err, MaskAdapterError):
-        return str(err)
+        return err.summary
     ref = uuid.uuid4().hex[:8]
     log.error("error %s in %s", ref, where, exc_info=err)
     return f"Something went wrong on the server (error id {ref}). Please try again; if it keeps failing, report the id."
@@ -122,7 +122,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            raise gr.Error(html.escape(user_message(err, fn.__name__)), print_exception=False) from None
+            raise gr.Error(user_message(err, fn.__name__), print_exception=False) from None
 
     return wrapper
 

@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--prefetch", type=int, default=2, help="images decoded ahead in a background thread (default 2)"
     )
-    ray = parser.add_argument_group("ray engine (--engine ray; needs pip install 'maskadapter[ray]')")
+    ray = parser.add_argument_group("ray engine (--engine ray; needs Ray Data: pip install 'ray[data]')")
     ray.add_argument(
         "--ray-address",
         metavar="ADDRESS",

@@ -30,7 +30,9 @@ from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.segmenter import Segmenter
 from maskadapter.vocabulary import build_vocabulary
 
-RAY_MISSING = "the ray engine needs Ray Data: pip install 'maskadapter[ray]'"
+RAY_MISSING = (
+    "the ray engine needs Ray Data: pip install 'ray[data]' (or, in a clone of the repository: pip install -e '.[ray]')"
+)
 # an actor's rows when its models could not be loaded: the run stops with this reason
 MODELS_FAILED = "models-failed"
 

@@ -9,6 +9,11 @@ from __future__ import annotations
 class MaskAdapterError(Exception):
     """Base class of every error this package raises on purpose."""
 
+    @property
+    def summary(self) -> str:
+        """The message on one line, for a toast or an API answer."""
+        return " ".join(str(self).split())
+
 
 class InputError(MaskAdapterError, ValueError):
     """An image, point list, vocabulary or setting is not what was expected."""
@@ -19,7 +24,30 @@ class VocabularyError(InputError):
 
 
 class WeightsNotFoundError(MaskAdapterError, FileNotFoundError):
-    """Model files are neither on disk nor downloadable."""
+    """Model files are neither on disk nor downloadable.
+
+    One message in three parts, each written once: ``args[0]`` says what is wrong (one
+    line), ``files`` names each missing file and how to give a local copy, ``advice``
+    says what to do. ``str()`` joins them in lines (the command line, the log); the app
+    shows ``summary`` in a toast and the parts as Markdown in its banner.
+    """
+
+    files: tuple[str, ...] = ()
+    advice: str = ""
+
+    @classmethod
+    def missing(cls, message: str, files: tuple[str, ...], advice: str) -> WeightsNotFoundError:
+        err = cls(message)
+        err.files, err.advice = tuple(files), advice
+        return err
+
+    def __str__(self) -> str:
+        advice = [self.advice] if self.advice else []
+        return "\n".join([str(self.args[0]), *(f"  - {f}" for f in self.files), *advice])
+
+    @property
+    def summary(self) -> str:
+        return " ".join(str(part) for part in (self.args[0], self.advice) if part)
 
 
 class CheckpointError(MaskAdapterError, RuntimeError):

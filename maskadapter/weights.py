@@ -220,7 +220,7 @@ class _HubFile:
     def describe(self) -> str:
         files = " or ".join(self.filenames)
         env = Settings.env_name(self.flag.removeprefix("--").replace("-", "_"))
-        return f"  - {self.what}: hub repo {self.repo}, file {files}\n    local copy: {self.flag} PATH (or {env}=PATH)"
+        return f"{self.what}: file {files} of hub repo {self.repo}; a local copy: {self.flag} PATH or {env}=PATH"
 
 
 def _cached(entry: _HubFile) -> Path | None:
@@ -276,14 +276,15 @@ def _fetch(entries: dict[str, tuple[Path | None, _HubFile]], progress: Progress 
     if missing and not _hub_reachable():
         from huggingface_hub import constants
 
-        lines = "\n".join(entries[key][1].describe() for key in missing)
-        raise WeightsNotFoundError(
-            f"Model weights missing: the Hugging Face Hub ({constants.ENDPOINT}) cannot be reached "
-            f"and these files are not in the cache ({constants.HF_HUB_CACHE}):\n{lines}\n"
-            "Download them where the hub is reachable (e.g. `hf download REPO FILE`) and pass the "
-            "paths with the flags or environment variables above (from Python: Settings(sam_checkpoint=PATH, "
-            "...), or Settings.from_env() to read the MASKADAPTER_* variables), or run with --tiny-random "
-            "(random weights, meaningless labels)."
+        raise WeightsNotFoundError.missing(
+            f"Model weights missing: the Hugging Face Hub ({constants.ENDPOINT}) cannot be reached and "
+            f"{'this file is' if len(missing) == 1 else f'these {len(missing)} files are'} not in its cache "
+            f"({constants.HF_HUB_CACHE}).",
+            tuple(entries[key][1].describe() for key in missing),
+            "Download them where the hub is reachable (e.g. hf download REPO FILE) and give their paths with "
+            f"{' / '.join(entries[key][1].flag for key in missing)} or the MASKADAPTER_* variables (from Python: "
+            "Settings(sam_checkpoint=PATH, ...), or Settings.from_env() to read the variables), or run with "
+            "--tiny-random (random weights, meaningless labels).",
         )
     for key in missing:
         entry = entries[key][1]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -26,14 +25,11 @@ def test_ray_engine_matches_local(tree, tmp_path, monkeypatch, capsys):  # noqa:
     assert batch.main([str(tree), "--out", str(local_out), *_common(tmp_path)]) == 3
     capsys.readouterr()
 
-    started = time.perf_counter()
     ray_args = ["--engine", "ray", "--ray-cpus", "2", "--ray-actors", "2", "--ray-batch-size", "1"]
     code = batch.main([str(tree), "--out", str(ray_out), *ray_args, *_common(tmp_path)])
     err = capsys.readouterr().err
-    seconds = time.perf_counter() - started
     assert code == batch.EXIT_PARTIAL == 3, err[-3000:]
     assert not ray.is_initialized()  # the engine started Ray, so it shut it down
-    assert seconds < 90, seconds
 
     summary = json.loads((ray_out / "summary.json").read_text())
     assert summary["engine"] == "ray"
@@ -70,5 +66,5 @@ def test_ray_missing_is_a_clear_error(tree, tmp_path, monkeypatch, capsys):  # n
     monkeypatch.setitem(sys.modules, "ray.data", None)
     out = tmp_path / "out"
     assert batch.main([str(tree), "--engine", "ray", "--out", str(out), *_common(tmp_path)]) == batch.EXIT_ERROR == 2
-    assert "the ray engine needs Ray Data: pip install 'maskadapter[ray]'" in capsys.readouterr().err
+    assert "the ray engine needs Ray Data: pip install 'ray[data]'" in capsys.readouterr().err
     assert not out.exists()  # nothing run, nothing written

@@ -34,7 +34,7 @@ def _refused(*args):
 def test_api_errors_are_short_and_unexpected_ones_get_an_id(caplog):
     with pytest.raises(gr.Error) as err:
         app.friendly(_refused)()
-    assert err.value.message == "the vocabulary is empty: type &lt;b&gt;class&lt;/b&gt; names"
+    assert err.value.message == "the vocabulary is empty: type <b>class</b> names"  # plain text for API clients
 
     with caplog.at_level(logging.ERROR, logger="app"), pytest.raises(gr.Error) as err:
         app.friendly(_broken)()
@@ -119,8 +119,7 @@ def test_unwritable_output_directory_still_gives_the_result(tiny_files, tmp_path
     out, _ = service.automatic(image, "cat, wall", mask_settings=OPEN)
     assert out.label_map_path is None and out.json_path is None
     assert out.segments["segments"] and "Downloads are unavailable" in out.message
-    state = service.open_point_image(image)  # no on-disk copy, but the session works
-    assert state.source is None
+    state = service.open_point_image(image)  # the photo lives in the session store, not on disk
     state.add(80, 50, "positive")
     assert service.points(state, "cat, wall").segments["segments"]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 import warnings
 import zlib
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from PIL import Image
+from PIL import Image, ImageFile
 
 from maskadapter.errors import InputError
 from maskadapter.images import (
@@ -282,17 +281,29 @@ def _png_header(width: int, height: int) -> bytes:
 
 
 @pytest.mark.parametrize("width,height", [(100_000, 100_000), (10_000, 10_000), (7_000, 7_000)])
-def test_huge_header_is_refused_before_decoding(tmp_path, width, height):
+def test_huge_header_is_refused_before_decoding(tmp_path, width, height, monkeypatch):
     # beyond PIL's bomb error, between its warning and error, and just past our limit
     path = tmp_path / "huge.png"
     path.write_bytes(_png_header(width, height))
-    start = time.perf_counter()
+    small = _png_bytes(16, 12)  # made before the spy is in place (saving loads too)
+    decoded = []  # every pixel decode goes through load(): record it and decode nothing
+
+    def no_decoding(self, *args, **kwargs):
+        decoded.append(self.size)
+        raise OSError("decoding was attempted")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(InputError, match=f"too large.*at most {MAX_IMAGE_PIXELS // 1_000_000} MP"):
             load_image(path)
-    assert time.perf_counter() - start < 1.0
+    assert decoded == []  # refused from the header alone
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    # the spy sees decoding where there is some: a small PNG within the limits is decoded
+    with pytest.raises(InputError, match="truncated or damaged"):
+        load_image(small)
+    assert decoded == [(12, 16)]
 
 
 def test_size_limits():

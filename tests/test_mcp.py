@@ -34,7 +34,8 @@ async def _list_and_call(server: str, arguments: dict):
             await session.initialize()
             tools = (await session.list_tools()).tools
             result = await session.call_tool("segment_points", arguments)
-            return tools, result
+            refused = await session.call_tool("segment_points", {**arguments, "vocabulary": " , "})
+            return tools, result, refused
 
 
 def test_tools_over_streamable_http(tmp_path):
@@ -45,7 +46,9 @@ def test_tools_over_streamable_http(tmp_path):
     prompts = json.dumps([[110, 75, 1], [10, 10, 0]])
     arguments = {"image": _data_url(pixels), "points": prompts, "vocabulary": "cat, wall"}
     with app:
-        tools, result = asyncio.run(asyncio.wait_for(_list_and_call(app.url + "gradio_api/mcp/", arguments), 180))
+        tools, result, refused = asyncio.run(
+            asyncio.wait_for(_list_and_call(app.url + "gradio_api/mcp/", arguments), 180)
+        )
 
     by_name = {tool.name: tool for tool in tools}
     assert set(by_name) == TOOLS  # the UI's private events are no tools
@@ -72,6 +75,11 @@ def test_tools_over_streamable_http(tmp_path):
     seg = segments["segments"][0]
     assert seg["label"] in ("cat", "wall") and seg["segmentation"]["size"] == [h, w]
     assert "Traceback" not in app.log, app.log[-3000:]
+
+    # a refusal arrives as the package's own text, not HTML-escaped
+    assert refused.isError
+    text = " ".join(c.text for c in refused.content if c.type == "text")
+    assert "e.g. 'car, road, tree | bush'" in text and "&#x27;" not in text, text
 
 
 @pytest.mark.parametrize("value, served", [("1", True), (None, False)])

@@ -1,10 +1,13 @@
 """The app's service object, without a browser."""
 
 import json
+import re
 
 import numpy as np
 import pytest
+from markdown_it import MarkdownIt
 
+import app
 from maskadapter.errors import InputError, MaskAdapterError, WeightsNotFoundError
 from maskadapter.masks import AutoMaskSettings
 from maskadapter.service import PointState, SegmentationService, parse_box, parse_points
@@ -38,9 +41,23 @@ def test_failed_loading_is_reported_not_raised_at_start(tmp_path, monkeypatch):
     broken = SegmentationService(Settings(device="cpu", cache_dir=str(tmp_path)))
     broken.start(background=False)
     assert not broken.ready
-    assert "could not be loaded" in broken.status_markdown() and "--sam-checkpoint" in broken.status_markdown()
-    with pytest.raises(WeightsNotFoundError):
+    with pytest.raises(WeightsNotFoundError) as err:
         broken.wait()
+
+    # one message, three readings: the log's lines, the toast's one line, the banner's list
+    log_lines = str(err.value).splitlines()
+    assert log_lines[0].startswith("Model weights missing") and len(log_lines) == 1 + 3 + 1
+    assert log_lines[1] == (
+        "  - SAM-2.1 large: file sam2.1_hiera_large.pt of hub repo facebook/sam2.1-hiera-large; "
+        "a local copy: --sam-checkpoint PATH or MASKADAPTER_SAM_CHECKPOINT=PATH"
+    )
+    toast = app.user_message(err.value, "test")
+    assert "\n" not in toast and toast.startswith(log_lines[0]) and toast.endswith(log_lines[-1])
+    html = MarkdownIt().render(broken.status_markdown())
+    text = re.sub(r"<[^>]+>", "", html)
+    assert "\\" not in text and html.count("<li>") == 3  # no stray escapes; one item per missing file
+    assert "The models could not be loaded. " + log_lines[0] in text
+    assert log_lines[1].removeprefix("  - ") in text and log_lines[-1] in text
 
 
 def test_automatic_output(service, image):
@@ -49,8 +66,18 @@ def test_automatic_output(service, image):
     assert out.picture.dtype == np.uint8 and out.picture.shape[1] == image.shape[1]
     assert out.label_map_path.exists() and out.json_path.exists()
     assert json.loads(out.json_path.read_text()) == out.segments
-    assert len(out.rows) == len(out.segments["segments"])
-    assert all(len(row) == 4 for row in out.rows)
+    # one table row per segment of the JSON, in its order: label, score, area in percent
+    # of the image, the next three labels of its top 5 with their scores
+    assert len(out.rows) == len(out.segments["segments"]) > 0
+    h, w = image.shape[:2]
+    for row, seg in zip(out.rows, out.segments["segments"], strict=True):
+        assert len(row) == 4 and row[0] == seg["label"]
+        assert row[1] == pytest.approx(seg["score"], abs=5e-4)
+        assert row[2] == pytest.approx(100.0 * seg["area"] / (h * w), abs=5e-3)
+        alternatives = [part.rsplit(" (", 1) for part in row[3].split(", ")] if row[3] else []
+        assert [label for label, _ in alternatives] == [t["label"] for t in seg["top5"][1:4]]
+        for (_, score), top in zip(alternatives, seg["top5"][1:4], strict=True):
+            assert float(score.rstrip(")")) == pytest.approx(top["score"], abs=5e-3)
     again, same = service.automatic(image, "dog, sky", ["pascal_voc"], session, mask_settings=grid)
     assert same == session  # the same pixels keep their stored session
     other, new = service.automatic(image[::-1].copy(), "dog", [], session, mask_settings=grid)
@@ -72,7 +99,10 @@ def test_point_state_clicks_undo_clear(service, image):
     state.add(150, 100, "box")
     assert state.box == [10, 10, 150, 100] and state.corner is None
     out = service.points(state, "cat, wall", [])
-    assert len(out.segments["segments"]) <= 1 and out.picture.shape == image.shape
+    assert out.picture.shape == image.shape
+    (seg,) = out.segments["segments"]  # one named mask (random weights: a large one)
+    assert seg["label"] in ("cat", "wall") and seg["segmentation"]["size"] == list(image.shape[:2])
+    assert out.rows[0][0] == seg["label"] and seg["label"] in out.message
     assert json.loads(state.points_json()) == [[20, 30, 0], [80, 50, 1]]
     state.undo()  # back to the first corner
     assert state.box is None and state.corner == [10, 10] and len(state.points) == 2

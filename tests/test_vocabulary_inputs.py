@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_clip_features import reference_text_embeddings
+from test_predefined import TITLES, published_classes
 
-from maskadapter.clip_features import encode_vocabulary
+from maskadapter.clip_features import VILD_TEMPLATES, encode_vocabulary
 from maskadapter.errors import VocabularyError
 from maskadapter.export import segments_json, segments_to_dict
 from maskadapter.render import legend_panel, overlay
@@ -27,9 +29,7 @@ from maskadapter.vocabulary import (
     Vocabulary,
     build_vocabulary,
     context_notes,
-    load_predefined,
     parse_vocabulary,
-    predefined_key,
 )
 
 MARKUP = ["<b>x</b>", "**bold**", "$x^2$", "[link](http://a)", "<script>alert(1)</script>", "{0} %s \\n"]
@@ -246,8 +246,11 @@ def test_batch_size_does_not_change_the_rows(tiny_models):
         tiny_models.clip, tiny_models.tokenizer, classes, batch_size=5, progress=lambda f, m: calls.append(f)
     )
     default, index2 = encode_vocabulary(tiny_models.clip, tiny_models.tokenizer, classes)
-    torch.testing.assert_close(small, default)
-    assert index.tolist() == index2.tolist() == [0, 0, 1, 2, 2, 2]
+    with torch.no_grad():
+        expected, owners = reference_text_embeddings(tiny_models.clip, tiny_models.tokenizer, classes, VILD_TEMPLATES)
+    torch.testing.assert_close(small, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(default, expected, rtol=0, atol=1e-5)
+    assert index.tolist() == index2.tolist() == owners == [0, 0, 1, 2, 2, 2]
     assert len(calls) == -(-6 * 14 // 5) and calls == sorted(calls) and calls[-1] == 1.0
     with pytest.raises(ValueError, match="batch_size"):
         encode_vocabulary(tiny_models.clip, tiny_models.tokenizer, classes, batch_size=0)
@@ -346,6 +349,17 @@ def _label_key(label):
     return unicodedata.normalize("NFC", label.casefold())
 
 
+def _list_key(name: str) -> str | None:
+    """The key of a predefined list named by its key or title; case, surrounding
+    spaces and "-" / "_" / " " do not matter."""
+
+    def plain(text: str) -> str:
+        return text.strip().lower().replace("-", "_").replace(" ", "_")
+
+    found = [key for key, title in TITLES.items() if plain(name) in (plain(key), plain(title))]
+    return found[0] if found else None
+
+
 def _check_classes(classes, unique_labels=True):
     labels = [c[0] for c in classes]
     assert len({label.casefold() for label in labels}) == len(labels) or not unique_labels
@@ -370,7 +384,9 @@ def test_build_vocabulary_on_any_input(text, predefined):
         return
     assert 1 <= len(voc) <= MAX_CLASSES
     # the typed classes (less those a chosen predefined list has), then each list whole
-    lists = [load_predefined(key) for key in dict.fromkeys(predefined_key(name) for name in predefined)]
+    keys = [_list_key(name) for name in predefined]
+    assert None not in keys  # accepted: every name is a list's key or title
+    lists = [published_classes(key) for key in dict.fromkeys(keys)]
     tail = [synonyms for classes in lists for synonyms in classes]
     taken = {_label_key(synonyms[0]) for synonyms in tail}
     typed = [c for c in parse_vocabulary(text) if _label_key(c[0]) not in taken]

@@ -1,5 +1,7 @@
 """Loading: tiny random models through the real builders, hub resolution offline."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,26 +69,39 @@ def _offline_env(tmp_path) -> dict:
 
 
 def test_default_models_fail_fast_offline(tmp_path):
-    """With no network and no local files the default path fails in under 10 s,
-    naming the files to fetch and the flags for local copies."""
+    """With no network and no local files the default path fails at once: one
+    connection attempt (the hub probe, with a short timeout), no download, and a
+    message naming the files to fetch and the flags for local copies."""
     code = (
-        f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
+        f"import json, socket, sys; sys.path.insert(0, {str(ROOT)!r})\n"
+        "import huggingface_hub\n"
+        "connects, downloads = [], []\n"
+        "connect = socket.socket.connect\n"
+        "def counted(self, address):\n"
+        "    connects.append([list(address)[:2], self.gettimeout()])\n"
+        "    return connect(self, address)\n"
+        "socket.socket.connect = counted\n"
+        "def download(*args, **kwargs):\n"
+        "    downloads.append([str(a) for a in args])\n"
+        "    raise OSError('no network')\n"
+        "huggingface_hub.hf_hub_download = download\n"
         "from maskadapter.segmenter import Segmenter\n"
         "from maskadapter.settings import settings_from_args\n"
-        "t = time.perf_counter()\n"
         "try:\n"
         "    Segmenter.from_settings(settings_from_args(env={}))\n"
         "except Exception as e:\n"
-        "    print(type(e).__name__); print(e); print('SECONDS', time.perf_counter() - t)\n"
+        "    print(type(e).__name__); print(e)\n"
+        "print('CALLS', json.dumps({'connects': connects, 'downloads': downloads}))\n"
     )
-    import os
-
     env = {**os.environ, **_offline_env(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     text = out.stdout
     assert text.startswith("WeightsNotFoundError"), out.stdout + out.stderr[-2000:]
-    seconds = float(text.split("SECONDS")[1])
-    assert seconds < 10
+    calls = json.loads(text.split("CALLS")[1])
+    assert calls["downloads"] == []  # nothing tried file by file
+    ((address, timeout),) = calls["connects"]  # one probe of the endpoint nobody listens on
+    assert address == ["127.0.0.1", 9]
+    assert timeout is not None and 0 < timeout <= 5  # a probe that cannot hang
     for needle in [
         "facebook/sam2.1-hiera-large",
         "sam2.1_hiera_large.pt",
