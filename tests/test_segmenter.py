@@ -4,6 +4,8 @@ import json
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from maskadapter.errors import InputError, VocabularyError
@@ -39,8 +41,12 @@ def _check_segments(result, image, vocabulary):
 def test_automatic_end_to_end_with_real_tiny_sam(segmenter, image, tmp_path):
     voc = build_vocabulary(VOCAB)
     result = segmenter.segment_automatic(image, voc, OPEN_FILTERS)
-    assert len(result.segments) >= 1
     _check_segments(result, image, voc)
+    # semantic mode: exactly one segment per class in the label map, its pixels those of the class
+    present = sorted(int(c) for c in np.unique(result.label_map) if c >= 0)
+    assert present and sorted(s.class_id for s in result.segments) == present
+    for seg in result.segments:
+        np.testing.assert_array_equal(seg.mask, result.label_map == seg.class_id)
     picture = overlay(image, result, alpha=0.6)
     assert picture.dtype == np.uint8 and picture.shape[1:] == image.shape[1:]
     assert picture.shape[0] > image.shape[0]  # legend below
@@ -55,8 +61,16 @@ def test_automatic_varied_masks_per_mask_and_semantic(segmenter, image, syntheti
     voc = build_vocabulary(VOCAB)
     session = ImageSession.from_image(image)
     per_mask = segmenter.segment_automatic(session, voc, AutoMaskSettings(points_per_side=8), mode="per_mask")
-    assert len(per_mask.segments) > 5  # the demo's default filters let varied masks through
     _check_segments(per_mask, image, voc)
+    # one segment per mask (no score threshold, no "others"), in the masks' order, each
+    # labelled with its most probable class
+    found = segmenter.automatic_masks(session, AutoMaskSettings(points_per_side=8))  # kept in the session
+    probs = segmenter.mask_probabilities(session, found.masks, voc)
+    assert len(found.masks) > 5  # the demo's default filters let varied masks through
+    assert len(per_mask.segments) == len(found.masks)
+    for seg, mask, row in zip(per_mask.segments, found.masks.numpy(), probs, strict=True):
+        np.testing.assert_array_equal(seg.mask, mask)
+        assert seg.class_id == int(row.argmax()) and seg.score == pytest.approx(float(row.max()), abs=1e-6)
     # smaller masks are painted over larger ones: every segment's last pixel shows its class
     areas = [s.area for s in per_mask.segments]
     assert areas == sorted(areas, reverse=True)
@@ -66,6 +80,7 @@ def test_automatic_varied_masks_per_mask_and_semantic(segmenter, image, syntheti
     semantic = segmenter.segment_automatic(session, voc, AutoMaskSettings(points_per_side=8))  # the default
     assert semantic.mode == "semantic"
     _check_segments(semantic, image, voc)
+    np.testing.assert_array_equal(semantic.label_map, demo_semantic_map(found.masks, probs, 0.8))
     assert len({s.class_id for s in semantic.segments}) == len(semantic.segments)  # one per class
     for seg in semantic.segments:
         np.testing.assert_array_equal(seg.mask, semantic.label_map == seg.class_id)
@@ -82,12 +97,43 @@ def test_automatic_varied_masks_per_mask_and_semantic(segmenter, image, syntheti
     assert segmenter.stats["clip_image_encodings"] == 1
 
 
+def demo_semantic_map(masks, probs, granularity: float) -> np.ndarray:
+    """The Mask-Adapter demo's semantic map (OVSeg's SAM visualisation), written from it:
+    below granularity 1 a mask is selected when its probability for some class exceeds
+    granularity x that class's best; at 1, the best mask of each class. Selected masks
+    add their probability rows per pixel; each pixel takes the argmax, and -1 where the
+    first class's sum is 0 (no selected mask)."""
+    masks = torch.as_tensor(np.asarray(masks)).to(torch.float64)
+    probs = torch.as_tensor(np.asarray(probs)).to(torch.float64)
+    if granularity < 1:
+        selected = (probs > granularity * probs.max(0).values).any(1)
+    else:
+        selected = torch.zeros(len(probs), dtype=torch.bool)
+        selected[probs.max(0).indices] = True
+    semseg = torch.einsum("qc,qhw->chw", torch.where(selected[:, None], probs, 0.0), masks)
+    labels = semseg.argmax(0)
+    labels[semseg[0] == 0] = -1
+    return labels.numpy().astype(np.int32)
+
+
 def test_semantic_granularity_keeps_fewer_masks_when_higher(segmenter, image, synthetic_sam):
     voc = build_vocabulary(VOCAB)
     session = ImageSession.from_image(image)
-    loose = segmenter.segment_automatic(session, voc, AutoMaskSettings(points_per_side=8), "semantic", granularity=0.0)
-    tight = segmenter.segment_automatic(session, voc, AutoMaskSettings(points_per_side=8), "semantic", granularity=1.0)
-    assert (loose.label_map >= 0).sum() >= (tight.label_map >= 0).sum()
+    settings = AutoMaskSettings(points_per_side=8)
+    loose = segmenter.segment_automatic(session, voc, settings, "semantic", granularity=0.0)
+    tight = segmenter.segment_automatic(session, voc, settings, "semantic", granularity=1.0)
+    found = segmenter.automatic_masks(session, settings)  # kept in the session
+    masks = found.masks.numpy()
+    probs = segmenter.mask_probabilities(session, found.masks, voc)
+    # granularity 0 keeps every mask: every pixel of a mask is labelled
+    np.testing.assert_array_equal(loose.label_map >= 0, masks.any(0))
+    np.testing.assert_array_equal(loose.label_map, demo_semantic_map(masks, probs, 0.0))
+    # granularity 1 keeps only the best mask of each class
+    best = sorted(set(probs.argmax(0).tolist()))
+    assert len(best) < len(masks)
+    np.testing.assert_array_equal(tight.label_map >= 0, masks[best].any(0))
+    np.testing.assert_array_equal(tight.label_map, demo_semantic_map(masks, probs, 1.0))
+    assert (tight.label_map >= 0).sum() < (loose.label_map >= 0).sum()
 
 
 def test_points_give_one_labelled_mask(segmenter, image, synthetic_sam):
@@ -107,10 +153,22 @@ def test_points_give_one_labelled_mask(segmenter, image, synthetic_sam):
 
 
 def test_points_with_real_tiny_sam(segmenter, image):
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
     voc = build_vocabulary(VOCAB)
     result = segmenter.segment_points(image, [[80, 50, 1], [10, 10, 0]], voc)
-    assert len(result.segments) <= 1
     _check_segments(result, image, voc)
+    # sam2's own predictor on the same points: two points ask for one mask
+    predictor = SAM2ImagePredictor(segmenter.models.sam2)
+    predictor.set_image(image)
+    coords, labels = np.array([[80, 50], [10, 10]], np.float32), np.array([1, 0])
+    masks, ious, _ = predictor.predict(point_coords=coords, point_labels=labels, multimask_output=False)
+    expected = masks[0] > 0
+    assert expected.any()  # so one segment: its mask is sam2's, pixel for pixel
+    assert len(result.segments) == 1
+    np.testing.assert_array_equal(result.segments[0].mask, expected)
+    np.testing.assert_array_equal(result.label_map >= 0, expected)
+    assert result.segments[0].sam_iou == pytest.approx(float(ious[0]), abs=1e-6)
 
 
 def test_bad_input_is_reported(segmenter, image):
@@ -158,33 +216,122 @@ def test_class_colors_are_distinct():
         assert len({tuple(c) for c in colors}) == n
 
 
-def test_pooling_probabilities_equal_mask_pooling_logits_from_scratch(segmenter, image):
-    import torch
+# ViLD's prompt templates, as FC-CLIP and Mask-Adapter use them
+VILD_PROMPTS = (
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+)
 
-    import maskadapter
 
+def _reference_text(models, classes) -> tuple[torch.Tensor, list[int]]:
+    """Text rows written from FC-CLIP's recipe: every synonym in every VILD template
+    through open_clip's tokenizer and ``encode_text``, each prompt normalised, the
+    mean over templates normalised again. Returns (K, D) rows and the class of each."""
+    rows, owners = [], []
+    for c, synonyms in enumerate(classes):
+        for name in synonyms:
+            tokens = models.tokenizer([t.format(name) for t in VILD_PROMPTS])
+            per_prompt = models.clip.encode_text(tokens).float()
+            per_prompt = per_prompt / per_prompt.norm(dim=-1, keepdim=True)
+            mean = per_prompt.mean(0)
+            rows.append(mean / mean.norm())
+            owners.append(c)
+    return torch.stack(rows), owners
+
+
+def _reference_probabilities(models, image, masks, classes, method):
+    """(N, C) class probabilities of (N, H, W) masks of a (106, 160) image, from the
+    spec, with plain torch ops and the models' own layers.
+
+    CLIP frame (short side 224, long side at most 320): scale min(224 / 106, 320 / 160)
+    = 2, so 212 x 320, padded to 224 x 320. The masks are enlarged exactly 2x, where
+    bilinear coverage (weights 0.75 / 0.25 per axis, 0.5625 on the nearest pixel)
+    thresholded at 0.5 equals the nearest mask pixel: each pixel becomes a 2 x 2 block.
+    CLIP's trunk gives (C, 7, 10) raw features; dense features are the trunk head's
+    channel LayerNorm and the projection head at every position.
+
+    adapter: the head's maps over the 7 x 10 grid, softmax over positions of
+    log-sigmoid(map), the raw features pooled with those weights, each pooled vector
+    through the LayerNorm and the projection head, the mean over the maps.
+    pooling: each CLIP-frame mask resized bilinearly to 7 x 10 (align_corners False:
+    cell (i, j) reads rows 32i+15, 32i+16 and columns 32j+15, 32j+16 with weight 1/4
+    each) and binarised (> 0.5: 3 or 4 of those pixels), raw features averaged inside
+    (a zero vector for an empty one), then the LayerNorm and the projection head.
+    Logits: min(exp(logit_scale), 100) x cosine with the text rows, max over a class's
+    synonyms; softmax over classes.
+    """
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    assert image.shape == (106, 160, 3)
+    visual, trunk = models.clip.visual, models.clip.visual.trunk
+    resized = np.asarray(Image.fromarray(image).resize((320, 212), Image.BILINEAR), dtype=np.float32)
+    mean, std = np.array(OPENAI_DATASET_MEAN) * 255, np.array(OPENAI_DATASET_STD) * 255
+    x = torch.zeros(1, 3, 224, 320)
+    x[0, :, :212] = torch.from_numpy(((resized - mean) / std).astype(np.float32)).permute(2, 0, 1)
+    frame = torch.zeros(len(masks), 224, 320)
+    frame[:, :212] = torch.from_numpy(np.repeat(np.repeat(masks, 2, axis=1), 2, axis=2)).float()
+
+    def norm_and_project(v: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., D)
+        ln = trunk.head.norm
+        return visual.head(F.layer_norm(v, v.shape[-1:], ln.weight, ln.bias, ln.eps))
+
+    raw = trunk.forward_features(x)[0]  # (C, 7, 10)
+    assert raw.shape[1:] == (7, 10)
+    flat = raw.flatten(1).T  # (70, C)
+    if method == "adapter":
+        dense = norm_and_project(raw.permute(1, 2, 0)).permute(2, 0, 1)  # (D, 7, 10)
+        maps = models.adapter(dense[None], frame[None])[0]  # (N * M, 7, 10)
+        m = models.adapter.num_output_maps
+        weights = torch.log(torch.sigmoid(maps.flatten(1))).softmax(-1)  # (N * M, 70)
+        emb = norm_and_project(weights @ flat).reshape(len(masks), m, -1).mean(1)
+    else:
+        taps = [15, 16]
+        rows = torch.tensor([32 * i + t for i in range(7) for t in taps])
+        cols = torch.tensor([32 * j + t for j in range(10) for t in taps])
+        blocks = frame[:, rows][:, :, cols].reshape(len(masks), 7, 2, 10, 2)
+        inside = (blocks.sum((2, 4)) >= 3).float().flatten(1)  # (N, 70)
+        emb = norm_and_project((inside @ flat) / inside.sum(1, keepdim=True).clamp(min=1))
+    text, owners = _reference_text(models, classes)
+    scale = min(float(models.clip.logit_scale.exp()), 100.0)
+    sims = scale * (emb / emb.norm(dim=-1, keepdim=True)) @ text.T  # (N, K)
+    owners = torch.tensor(owners)
+    logits = torch.stack([sims[:, owners == c].max(1).values for c in range(len(classes))], 1)
+    return logits.softmax(-1)
+
+
+def test_probabilities_equal_a_recomputation_from_the_spec(segmenter, image):
     voc = build_vocabulary(VOCAB)
     session = segmenter.session(image)
     h, w = session.hw
     masks = np.zeros((4, h, w), bool)
     masks[0, : h // 2] = True
     masks[1, 20:60, 40:120] = True
-    masks[2, 5:8, 5:8] = True  # vanishes at the features' resolution
+    masks[2, 5:8, 5:8] = True  # vanishes at the features' resolution (one of 4 pixels of cell (0, 0))
     masks[3, :, w // 3 :] = True
     adapter = segmenter.mask_probabilities(session, masks, voc)
     encodings = segmenter.stats["clip_image_encodings"]
-    got = segmenter.mask_probabilities(session, masks, voc, method="pooling")
+    pooling = segmenter.mask_probabilities(session, masks, voc, method="pooling")
     assert segmenter.stats["clip_image_encodings"] == encodings == 1  # the cached features serve both
-    assert segmenter.stats["pooling_runs"] == 1
-    models = segmenter.models
+    assert segmenter.stats["pooling_runs"] == segmenter.stats["adapter_runs"] == 1
     with torch.no_grad():
-        x = segmenter.transform.image_to_tensor(image)
-        m = segmenter.transform.masks_to_tensor(masks, image_hw=(h, w))
-        text, class_index = maskadapter.encode_vocabulary(models.clip, models.tokenizer, list(voc.classes))
-        want = maskadapter.mask_pooling_logits(models.clip, x, m, text, class_index)[0].softmax(-1)
-    assert got.shape == (4, len(voc)) and got.dtype == torch.float32
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
-    assert (got - adapter).abs().max() > 1e-4  # another method, other probabilities
+        want_adapter = _reference_probabilities(segmenter.models, image, masks, voc.classes, "adapter")
+        want_pooling = _reference_probabilities(segmenter.models, image, masks, voc.classes, "pooling")
+    for got, want in ((adapter, want_adapter), (pooling, want_pooling)):
+        assert got.shape == (4, len(voc)) and got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert (pooling - adapter).abs().max() > 1e-4  # another method, other probabilities
     with pytest.raises(InputError, match="method"):
         segmenter.mask_probabilities(session, masks, voc, method="average")
 
@@ -218,6 +365,9 @@ def test_random_weights_open_the_quality_filters_by_default(segmenter, image, mo
     with caplog.at_level(logging.WARNING, logger="maskadapter.segmenter"):
         result = segmenter.segment_automatic(session, build_vocabulary(VOCAB))
         segmenter.compare(session, build_vocabulary("dog, sky"))
-    assert len(result.segments) >= 1
+    # the defaults are exactly small_grid: the same masks and picture as when it is given
+    explicit = segmenter.segment_automatic(session, build_vocabulary(VOCAB), small_grid)
+    np.testing.assert_array_equal(result.label_map, explicit.label_map)
+    assert len(result.segments) == len(explicit.segments) >= 1
     assert all(key[1] == small_grid for key in segmenter.store.get(session.key).masks)
     assert sum("quality filters are opened" in r.getMessage() for r in caplog.records) == 1

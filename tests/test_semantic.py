@@ -1,9 +1,11 @@
-"""The demo's semantic map (against loops written here), "others" for one-class
-vocabularies, and the semantic map as the default automatic mode."""
+"""The demo's semantic map (against loops and the Mask-Adapter demo's construction
+written here), "others" for one-class vocabularies, and the semantic map as the
+default automatic mode."""
 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import torch
 from maskadapter import semantic_map
 from maskadapter.export import segments_to_dict
 from maskadapter.masks import AutoMaskSettings
+from maskadapter.painting import semantic_label_map
 from maskadapter.segmenter import MaskSet
 from maskadapter.service import SegmentationService
 from maskadapter.vocabulary import build_vocabulary
@@ -62,6 +65,70 @@ def test_semantic_map_refuses_mismatched_inputs():
         semantic_map(np.zeros((2, 4, 4), bool), np.ones((3, 5)), 0.8)
     with pytest.raises(InputError, match="granularity"):
         semantic_map(np.zeros((2, 4, 4), bool), np.ones((2, 5)), 0.0)
+
+
+def _demo(masks: torch.Tensor, probs: torch.Tensor, granularity: float, others: bool) -> torch.Tensor:
+    """The Mask-Adapter demo's semantic map (OVSeg's ``SAMVisualizationDemo``), as it is
+    written there: below granularity 1 the masks whose probability for some class is
+    above granularity x the class's best are selected, at 1 the best mask of each class;
+    with a last class "others" (a one-class vocabulary) its column selects nothing.
+    semseg = einsum("qc,qhw->chw", selected rows, masks); each pixel takes the argmax,
+    and is blank (-1 here, 255 there) where the first class's sum is 0. Where the demo
+    then paints "others", the package leaves the pixel unlabelled: -1."""
+    real = probs[:, :-1] if others else probs
+    max_scores, best = real.max(0)
+    if granularity < 1:
+        selected = (real > granularity * max_scores).any(1)
+    else:
+        selected = torch.zeros(len(probs), dtype=torch.bool)
+        selected[best] = True
+    select_cls = torch.where(selected[:, None], probs, torch.zeros_like(probs))
+    semseg = torch.einsum("qc,qhw->chw", select_cls, masks.to(probs.dtype))
+    labels = semseg.argmax(0)
+    labels[semseg[0] == 0] = -1
+    if others:
+        labels[labels == probs.shape[1] - 1] = -1
+    return labels
+
+
+def _random_case(seed: int, n: int, h: int, w: int, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, h, w), dtype=bool)
+    for i in range(n):  # rectangles of all sizes, overlapping
+        y0, x0 = rng.integers(0, h - 2), rng.integers(0, w - 2)
+        masks[i, y0 : y0 + rng.integers(1, h), x0 : x0 + rng.integers(1, w)] = True
+    masks[3] = rng.random((h, w)) < 0.3  # a ragged one
+    masks[5] = False  # an empty one
+    masks[:, -1, -1] = False  # a pixel no mask covers
+    logits = rng.normal(size=(n, c)) * 2
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return torch.from_numpy(masks), torch.from_numpy(probs)
+
+
+@pytest.mark.parametrize("granularity", [0.3, 0.8, 1.0])
+@pytest.mark.parametrize("classes,others", [(6, False), (1, True)])
+def test_semantic_label_map_equals_the_demos_construction(granularity, classes, others):
+    masks, probs = _random_case(7, 60, 20, 27, classes + others)
+    got, kept = semantic_label_map(masks, probs, granularity, extra_classes=int(others))
+    want = _demo(masks, probs, granularity, others)
+    assert got.shape == (20, 27) and len(kept) == 60
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    # the kept masks are the demo's selection (no probability ties at the threshold here)
+    real = probs[:, :classes]
+    if granularity < 1:
+        selected = (real > granularity * real.max(0).values).any(1)
+    else:
+        selected = torch.zeros(60, dtype=torch.bool)
+        selected[real.max(0).indices] = True
+    np.testing.assert_array_equal(kept.numpy(), selected.numpy())
+    # the case is not trivial: labels and blanks both occur
+    assert want[-1, -1] == -1 and (want >= 0).any()
+    if classes > 1:
+        assert len(torch.unique(want[want >= 0])) >= 2
+    if granularity == 0.3:  # more than 24 kept masks: the sets are keyed in two steps
+        assert int(selected.sum()) > 24
+        if others:  # "others" wins some covered pixels, which stay unlabelled
+            assert (masks[selected].any(0) & (want == -1)).any()
 
 
 # ---------------------------------------------------------------------------- "others"
@@ -128,29 +195,86 @@ def test_one_class_vocabulary_gets_others_that_labels_nothing(segmenter, monkeyp
     assert asked == [["cat", "dog"]]
 
 
-def test_others_is_a_real_text_class(segmenter, image):
+def test_others_is_a_real_text_class(segmenter, image, synthetic_sam):
     """Without controlled probabilities: "others" is encoded from the same templates and
-    takes part in the softmax (the single class no longer has probability 1)."""
-    result = segmenter.segment_automatic(
-        image, build_vocabulary("cat"), AutoMaskSettings(points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
-    )
+    takes part in the softmax, so a one-class vocabulary is classified as the two-class
+    vocabulary "<class>, others". With these random weights every mask scores about 0.64
+    for "dog" and 0.35 for "cat" against "others": dog wins every mask, cat none."""
+    session = segmenter.session(image)
+    settings = AutoMaskSettings(points_per_side=4)
+    masks = segmenter.automatic_masks(session, settings).masks
+    assert len(masks) > 1
+
+    dog = segmenter.mask_probabilities(session, masks, build_vocabulary("dog, others"))[:, 0]
+    assert (dog > 0.5).all()
+    result = segmenter.segment_automatic(session, build_vocabulary("dog"), settings)
     assert result.mode == "semantic"  # the default
-    assert result.labels == ["cat"]
-    assert all(0.0 < s.score < 1.0 for s in result.segments)
+    assert result.labels == ["dog"]
+    # one segment: every mask is kept (all score within 0.8 of the best) and dog wins every pixel
+    assert len(result.segments) == 1
+    np.testing.assert_array_equal(result.label_map >= 0, masks.numpy().any(0))
+    assert result.segments[0].score == pytest.approx(float(dog.max()), abs=1e-6)
+    assert result.segments[0].score < 1.0  # "others" took part in the softmax
+    per_mask = segmenter.segment_automatic(session, build_vocabulary("dog"), settings, "per_mask")
+    assert [s.score for s in per_mask.segments] == pytest.approx(dog.tolist(), abs=1e-6)
+
+    cat = segmenter.mask_probabilities(session, masks, build_vocabulary("cat, others"))[:, 0]
+    assert (cat < 0.5).all()
+    for mode in ("semantic", "per_mask"):  # "others" wins every mask and every pixel: nothing is labelled
+        result = segmenter.segment_automatic(session, build_vocabulary("cat"), settings, mode)
+        assert result.segments == [] and (result.label_map == -1).all()
     embeddings, class_index = segmenter.text_embeddings(build_vocabulary("cat, others"))
     assert len(embeddings) == 2
 
 
-def test_default_mode_is_the_semantic_map(tmp_path):
-    import inspect
+def test_default_mode_is_the_semantic_map(segmenter, monkeypatch, tmp_path):
+    """The Python API, the service and the command line without a mode paint the
+    semantic map: with granularity 0.8, masks 0 (cat 0.9) and 1 (dog 0.8) are kept, mask
+    2 (cat 0.6 < 0.72, dog 0.4 < 0.64) is not, so the right band stays unlabelled;
+    one label per mask would paint it cat."""
+    from PIL import Image
 
-    from maskadapter.__main__ import build_parser
-    from maskadapter.segmenter import Segmenter
+    import maskadapter.__main__ as cli
+    from maskadapter.settings import Settings
 
-    assert inspect.signature(Segmenter.segment_automatic).parameters["mode"].default == "semantic"
-    assert inspect.signature(SegmentationService.automatic).parameters["mode"].default == "semantic"
-    args = build_parser().parse_args(["x.png", "--vocab", "cat", "--out", str(tmp_path)])
-    assert args.mode == "semantic"
+    _controlled(segmenter, monkeypatch, [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    image = np.full((40, 60, 3), 128, dtype=np.uint8)
+    semantic = np.full((40, 60), -1, dtype=np.int32)
+    semantic[:, :20], semantic[:, 20:40] = 0, 1
+    per_mask = semantic.copy()
+    per_mask[:, 40:] = 0
+    vocabulary, settings = build_vocabulary("cat, dog"), AutoMaskSettings()
+
+    result = segmenter.segment_automatic(image, vocabulary, settings)
+    assert result.mode == "semantic"
+    np.testing.assert_array_equal(result.label_map, semantic)
+    np.testing.assert_array_equal(
+        segmenter.segment_automatic(image, vocabulary, settings, "per_mask").label_map, per_mask
+    )
+
+    service = SegmentationService(Settings(tiny_random=True, device="cpu", cache_dir=str(tmp_path / "cache")))
+    service.output_dir = tmp_path / "service"
+    monkeypatch.setattr(service, "segmenter", lambda size, report=None: segmenter)
+    for mode, expected in ((None, semantic), ("semantic", semantic), ("per_mask", per_mask)):
+        extra = {} if mode is None else {"mode": mode}
+        out, _ = service.automatic(image, "cat, dog", mask_settings=settings, **extra)
+        assert out.segments["mode"] == (mode or "semantic")
+        with Image.open(out.label_map_path) as im:
+            np.testing.assert_array_equal(np.asarray(im).astype(np.int32) - 1, expected)
+
+    Image.fromarray(image).save(tmp_path / "grey.png")
+    monkeypatch.setattr(cli, "Segmenter", SimpleNamespace(from_settings=lambda settings, progress: segmenter))
+    monkeypatch.setattr(cli, "setup_logging", lambda verbose: None)  # the test process's logging stays as it is
+    for mode, expected in ((None, semantic), ("per_mask", per_mask)):
+        out = tmp_path / f"cli-{mode}"
+        extra = [] if mode is None else ["--mode", mode]
+        assert (
+            cli.main([str(tmp_path / "grey.png"), "--vocab", "cat, dog", "--out", str(out), "--tiny-random"] + extra)
+            == 0
+        )
+        assert json.loads((out / "grey_segments.json").read_text())["mode"] == (mode or "semantic")
+        with Image.open(out / "grey_labels.png") as im:
+            np.testing.assert_array_equal(np.asarray(im).astype(np.int32) - 1, expected)
 
 
 # ---------------------------------------------------------------------------- Mask-Adapter vs mask pooling

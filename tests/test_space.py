@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 import app
-from maskadapter.service import gpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,8 +48,13 @@ def test_gpu_time_is_asked_per_call(monkeypatch):
 
     assert app.gpu(segment)(np.zeros((768, 1024, 3), np.uint8), "cat", points_per_side=32) == "cat"
     app.gpu(segment)(np.zeros((4000, 6000, 3), np.uint8), "cat", 64)
+    app.gpu(segment)(np.zeros((1000, 1000, 3), np.uint8), "cat", 64)
     app.gpu(click)("positive", "cat")
-    assert asked == [gpu_seconds((768, 1024), 32), 120, gpu_seconds(None)]
-    assert 15 <= asked[0] < asked[1] and asked[2] == 15
+    # seconds = int(min(120, max(15, 2 * (5 + 2 * megapixels + 3 * points / 1024)))), points = side**2:
+    # 768 x 1024, 32: 2 * (5 + 2 * 0.786432 + 3 * 1024 / 1024) = 19.145728 -> 19
+    # 4000 x 6000, 64: 2 * (5 + 2 * 24 + 3 * 4096 / 1024) = 130 -> capped at 120
+    # 1000 x 1000, 64: 2 * (5 + 2 * 1 + 3 * 4096 / 1024) = 38 -> 38
+    # a click (no image argument: 1 megapixel assumed, no grid): 2 * (5 + 2 * 1 + 0) = 14 -> raised to 15
+    assert asked == [19, 120, 38, 15]
     monkeypatch.setattr(app, "spaces", None)
     assert app.gpu(segment) is segment  # nothing to do off a Space
