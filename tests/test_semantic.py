@@ -41,16 +41,8 @@ def _loops(masks: np.ndarray, probs: np.ndarray, granularity: float) -> np.ndarr
 @pytest.mark.parametrize("granularity", [0.5, 0.8, 1.0])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_semantic_map_equals_the_construction(granularity, seed):
-    rng = np.random.default_rng(seed)
-    n, h, w, c = 30, 24, 31, 7
-    masks = np.zeros((n, h, w), dtype=bool)
-    for i in range(n):  # rectangles of all sizes, overlapping
-        y0, x0 = rng.integers(0, h - 2), rng.integers(0, w - 2)
-        masks[i, y0 : y0 + rng.integers(1, h), x0 : x0 + rng.integers(1, w)] = True
-    masks[3] = rng.random((h, w)) < 0.3  # a ragged one
-    masks[5] = False  # an empty one
-    logits = rng.normal(size=(n, c)) * 2
-    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    masks, probs = (t.numpy() for t in _random_case(seed, 30, 24, 31, 7))
+    h, w = masks.shape[1:]
     got = semantic_map(masks, probs, granularity)
     assert got.dtype == np.int32 and got.shape == (h, w)
     np.testing.assert_array_equal(got, _loops(masks, probs, granularity))
