@@ -43,11 +43,16 @@ class WeightsNotFoundError(MaskAdapterError, FileNotFoundError):
 
     def __str__(self) -> str:
         advice = [self.advice] if self.advice else []
-        return "\n".join([str(self.args[0]), *(f"  - {f}" for f in self.files), *advice])
+        return "\n".join([self.message, *(f"  - {f}" for f in self.files), *advice])
+
+    @property
+    def message(self) -> str:
+        """What is wrong, one line."""
+        return " ".join(str(self.args[0]).split()) if self.args else ""
 
     @property
     def summary(self) -> str:
-        return " ".join(str(part) for part in (self.args[0], self.advice) if part)
+        return " ".join(part for part in (self.message, self.advice) if part)
 
 
 class CheckpointError(MaskAdapterError, RuntimeError):

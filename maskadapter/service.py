@@ -83,7 +83,7 @@ def error_markdown(err: MaskAdapterError) -> str:
     if not isinstance(err, WeightsNotFoundError) or not err.files:
         return plain(err.summary)
     items = "\n".join(f"- {plain(line)}" for line in err.files)
-    return f"{plain(err.args[0])}\n\n{items}\n\n{plain(err.advice)}"
+    return f"{plain(err.message)}\n\n{items}\n\n{plain(err.advice)}"
 
 
 CLICK_KINDS = ("positive", "negative", "box")

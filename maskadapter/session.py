@@ -182,35 +182,36 @@ class SessionStore:
         session for its image (an equal one already stored wins)."""
         with self._lock:
             stored = self._sessions.setdefault(session.key, session)
-            self._sessions.move_to_end(session.key)
-        self.update(stored)
+            self._fit(stored, touch=True)
         return stored
 
     def update(self, session: ImageSession, touch: bool = True) -> None:
         """Recount ``session``'s bytes (``touch``: and make it the most recently used)
         and make the store fit its budget again."""
-        size = session.nbytes()
         with self._lock:
-            if self._sessions.get(session.key) is not session:
-                return  # evicted meanwhile (or replaced): nothing of it is counted
-            self._resize(session.key, size)
-            if touch:
-                self._sessions.move_to_end(session.key)
-            others = [s for s in self._sessions.values() if s is not session]  # least recently used first
-            for old in others:
-                if self._total <= self.budget_bytes:
-                    return
-                if self._sizes[old.key] > old.image.nbytes:
-                    old.drop_costs()
-                    self._resize(old.key, old.nbytes())
-                    self.trimmed += 1
-            for old in others:
-                if self._total <= self.budget_bytes:
-                    return
-                del self._sessions[old.key]
-                self._resize(old.key, 0)
-                del self._sizes[old.key]
-                self.evictions += 1
+            if self._sessions.get(session.key) is session:  # else evicted meanwhile: not counted
+                self._fit(session, touch)
+
+    def _fit(self, session: ImageSession, touch: bool) -> None:
+        """With the store's lock held (then each session's: always in that order)."""
+        self._resize(session.key, session.nbytes())
+        if touch:
+            self._sessions.move_to_end(session.key)
+        others = [s for s in self._sessions.values() if s is not session]  # least recently used first
+        for old in others:
+            if self._total <= self.budget_bytes:
+                return
+            if self._sizes[old.key] > old.image.nbytes:
+                old.drop_costs()
+                self._resize(old.key, old.nbytes())
+                self.trimmed += 1
+        for old in others:
+            if self._total <= self.budget_bytes:
+                return
+            del self._sessions[old.key]
+            self._resize(old.key, 0)
+            del self._sizes[old.key]
+            self.evictions += 1
 
     def _resize(self, key: str, size: int) -> None:
         self._total += size - self._sizes.get(key, 0)
@@ -221,7 +222,7 @@ class SessionStore:
         callers that know an image will not come back, such as an evaluation run."""
         with self._lock:
             if self._sessions.pop(key, None) is not None:
-                self._total -= self._sizes.pop(key)
+                self._total -= self._sizes.pop(key, 0)
 
     def forget(self, uses: Callable[[Hashable], bool]) -> None:
         """``ImageSession.forget`` on every stored session, then recount them."""

@@ -150,3 +150,20 @@ def test_sam2_sizes_beyond_the_bound_are_unloaded(tmp_path, monkeypatch, image):
 
     with pytest.raises(Exception, match="at least 1"):
         Settings(sam_models=0)
+
+
+def test_store_stays_consistent_while_photos_arrive_and_leave():
+    store = SessionStore(budget_bytes=5 * 300)  # five 10 x 10 photos
+
+    def arrive(i: int) -> int:
+        for j in range(200):
+            session = store.adopt(_session(f"{i}-{j}"))
+            session.once("probs", "p", lambda: torch.zeros(25))  # 100 bytes
+            store.update(session)
+            if j % 7 == 0:
+                store.discard(f"{i}-{j - 1}")
+        return i
+
+    assert _in_threads(6, arrive) == list(range(6))  # no KeyError from a session adopted meanwhile
+    walked = sum(s.nbytes() for s in store._sessions.values())
+    assert store.nbytes == walked <= 5 * 300 + 100 and len(store) == len(store._sizes)
