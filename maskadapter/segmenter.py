@@ -357,11 +357,6 @@ class Segmenter:
         other.models = dataclasses.replace(self.models, sam2=sam_model)
         return other
 
-    def encode(self, session: ImageSession, progress: Progress = _silent) -> None:
-        """Compute (once) what the session's image costs: SAM-2 embedding, CLIP features."""
-        self.sam_embedding(session, progress)
-        self.clip_features(session)
-
     def _mask_key(self, settings: AutoMaskSettings) -> tuple:
         return (model_token(self.models.sam2), settings, self.mask_side)
 

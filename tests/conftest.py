@@ -31,6 +31,26 @@ def small_image(name: str = "chelsea.png", width: int = 160) -> np.ndarray:
         return np.asarray(im.resize((width, height), Image.BILINEAR))
 
 
+def held_arrays(obj: object):
+    """Every tensor and array in ``obj`` (dicts, lists, tuples and dataclasses walked),
+    as the tests count what a session holds."""
+    if isinstance(obj, torch.Tensor | np.ndarray):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from held_arrays(value)
+    elif isinstance(obj, list | tuple):
+        for value in obj:
+            yield from held_arrays(value)
+    elif hasattr(obj, "__dataclass_fields__"):
+        for name in obj.__dataclass_fields__:
+            yield from held_arrays(getattr(obj, name))
+
+
+def array_bytes(arrays) -> int:
+    return sum(a.nbytes if isinstance(a, np.ndarray) else a.numel() * a.element_size() for a in arrays)
+
+
 @pytest.fixture(scope="session")
 def tiny_files(tmp_path_factory) -> ModelFiles:
     return save_tiny_random(tmp_path_factory.mktemp("tiny_models"))

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES
+from conftest import EXAMPLES, array_bytes, held_arrays
 from PIL import Image
 from test_concurrency import _serve
 
@@ -38,22 +38,8 @@ def _distinct_photos(tmp_path, count: int, width: int = 160) -> list:
 
 def _held_bytes(store) -> int:
     """Bytes of every array and tensor the store's sessions hold, walked here."""
-
-    def size(obj) -> int:
-        if hasattr(obj, "untyped_storage"):
-            return obj.numel() * obj.element_size()
-        if isinstance(obj, np.ndarray):
-            return obj.nbytes
-        if isinstance(obj, dict):
-            return sum(size(v) for v in obj.values())
-        if isinstance(obj, list | tuple):
-            return sum(size(v) for v in obj)
-        if hasattr(obj, "__dataclass_fields__"):
-            return sum(size(getattr(obj, f)) for f in obj.__dataclass_fields__)
-        return 0
-
     sessions = list(store._sessions.values())
-    return sum(s.image.nbytes + sum(size(getattr(s, t)) for t in TABLES) for s in sessions)
+    return array_bytes(held_arrays([[s.image, *(getattr(s, t) for t in TABLES)] for s in sessions]))
 
 
 def test_concurrent_and_sequential_requests(tmp_path):

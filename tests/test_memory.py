@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from conftest import EXAMPLES
+from conftest import EXAMPLES, array_bytes, held_arrays
 from PIL import Image
 
 from maskadapter import AutoMaskSettings, build_vocabulary
@@ -34,22 +34,8 @@ def test_large_photo_is_kept_at_the_working_resolution(segmenter):
     (found,) = session.masks.values()
     assert tuple(found.masks.shape[1:]) == (683, 1024)  # 4000 x 1024 / 6000 = 682.7 rows
     assert result.working_label_map.shape == (683, 1024)
-    tensors = list(_tensors([getattr(session, name) for name in TABLES]))
-    costs = sum(t.nbytes if isinstance(t, np.ndarray) else t.numel() * t.element_size() for t in tensors)
+    tensors = list(held_arrays([getattr(session, name) for name in TABLES]))
+    costs = array_bytes(tensors)
     assert segmenter.store.nbytes == image.nbytes + costs  # the store counts all of it
     assert costs < image.nbytes / 2  # 72 MB photo; one full-size float mask alone would be 96 MB
     assert all(t.shape[-2:] != (4000, 6000) for t in tensors)
-
-
-def _tensors(obj):
-    if hasattr(obj, "untyped_storage") or isinstance(obj, np.ndarray):
-        yield obj
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from _tensors(value)
-    elif isinstance(obj, list | tuple):
-        for value in obj:
-            yield from _tensors(value)
-    elif hasattr(obj, "__dataclass_fields__"):
-        for name in obj.__dataclass_fields__:
-            yield from _tensors(getattr(obj, name))
