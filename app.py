@@ -22,11 +22,12 @@ from typing import Any, NamedTuple
 
 import gradio as gr
 
+from maskadapter.engine.images import load_image
+from maskadapter.engine.mask_settings import AutoMaskSettings
+from maskadapter.engine.vocabulary import PREDEFINED
 from maskadapter.errors import InputError, MaskAdapterError
-from maskadapter.images import load_image
 from maskadapter.logs import setup_logging
-from maskadapter.masks import AutoMaskSettings
-from maskadapter.render import COMPARE_TITLES
+from maskadapter.output.render import COMPARE_TITLES
 from maskadapter.service import (
     TABLE_HEADERS,
     PointState,
@@ -37,7 +38,6 @@ from maskadapter.service import (
     plain,
 )
 from maskadapter.settings import Settings, add_arguments, settings_from_args
-from maskadapter.vocabulary import PREDEFINED
 
 try:  # ZeroGPU Spaces: GPU work runs inside spaces.GPU-decorated functions
     import spaces

@@ -16,22 +16,31 @@ Also: ``Segmenter.compare`` and ``Comparison`` (Mask-Adapter vs plain mask pooli
 ``PREDEFINED`` (the benchmark class lists), ``load_image`` and ``check_image`` (any
 image in -> HWC uint8 RGB or ``InputError``), ``pooled_embeddings_from_features``, and
 the errors (``MaskAdapterError`` and its subclasses). Pictures and files:
-``maskadapter.render`` and ``maskadapter.export``. Collections: ``maskadapter.batch``.
-Benchmarks: ``maskadapter.datasets`` (the prepared layouts), ``maskadapter.metrics``
-(the confusion matrix and mIoU) and ``maskadapter.evaluate`` (the evaluation command).
+``maskadapter.output.render`` and ``maskadapter.output.export``. Collections: ``maskadapter.cli.batch``.
+Benchmarks: ``maskadapter.cli.datasets`` (the prepared layouts), ``maskadapter.cli.metrics``
+(the confusion matrix and mIoU) and ``maskadapter.cli.evaluate`` (the evaluation command).
 """
 
 # isort: off
-import maskadapter.memory  # noqa: F401  (first: tunes the allocator before torch is imported)
+import maskadapter.memory
+
+import maskadapter._moved  # noqa: F401  (old module paths such as maskadapter.segmenter keep working)
 
 # isort: on
-from maskadapter.clip_features import (
+from maskadapter.engine.clip_features import (
     VILD_TEMPLATES,
     encode_vocabulary,
     mask_logits,
     mask_pooling_logits,
     pooled_embeddings_from_features,
 )
+from maskadapter.engine.generator import MaskGenerator
+from maskadapter.engine.images import check_image, load_image
+from maskadapter.engine.mask_settings import AutoMaskSettings
+from maskadapter.engine.painting import semantic_map
+from maskadapter.engine.segmenter import Comparison, Segment, SegmentationResult, Segmenter
+from maskadapter.engine.session import ImageSession, SessionStore
+from maskadapter.engine.vocabulary import PREDEFINED, Vocabulary, build_vocabulary, parse_vocabulary
 from maskadapter.errors import (
     CheckpointError,
     InputError,
@@ -40,15 +49,8 @@ from maskadapter.errors import (
     VocabularyError,
     WeightsNotFoundError,
 )
-from maskadapter.generator import MaskGenerator
-from maskadapter.images import check_image, load_image
-from maskadapter.masks import AutoMaskSettings
 from maskadapter.modeling import MaskAdapterHead
-from maskadapter.painting import semantic_map
-from maskadapter.segmenter import Comparison, Segment, SegmentationResult, Segmenter
-from maskadapter.session import ImageSession, SessionStore
 from maskadapter.settings import Settings
-from maskadapter.vocabulary import PREDEFINED, Vocabulary, build_vocabulary, parse_vocabulary
 
 __all__ = [
     "PREDEFINED",

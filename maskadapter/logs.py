@@ -17,7 +17,7 @@ NumPy's "The given NumPy array is not writable" warning does not happen any more
 
 ``setup_logging`` installs the filters (unless ``verbose``) and nothing else: importing
 ``maskadapter`` as a library silences nothing beyond sam2's post-processing warning,
-which ``maskadapter.masks`` shows once.
+which ``maskadapter.engine.predictor`` shows once.
 """
 
 from __future__ import annotations

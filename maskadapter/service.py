@@ -28,17 +28,17 @@ from typing import NamedTuple
 
 import numpy as np
 
+from maskadapter.engine.mask_settings import AutoMaskSettings, default_mask_settings
+from maskadapter.engine.runtime import ModelToken, model_token
+from maskadapter.engine.segmenter import SegmentationResult, Segmenter
+from maskadapter.engine.session import ImageSession, key_mentions
+from maskadapter.engine.transforms import box_corners, box_in_image, check_point, check_points, point_list
+from maskadapter.engine.vocabulary import Vocabulary, build_vocabulary
+from maskadapter.engine.weights import build_sam2_model, resolve_sam2_file, sam2_config_for
 from maskadapter.errors import InputError, MaskAdapterError, WeightsNotFoundError
-from maskadapter.export import save_label_map, segments_to_dict, write_segments_json
-from maskadapter.masks import AutoMaskSettings, default_mask_settings
-from maskadapter.render import draw_points, overlay
-from maskadapter.runtime import ModelToken, model_token
-from maskadapter.segmenter import SegmentationResult, Segmenter
-from maskadapter.session import ImageSession, key_mentions
+from maskadapter.output.export import save_label_map, segments_to_dict, write_segments_json
+from maskadapter.output.render import draw_points, overlay
 from maskadapter.settings import SAM2_SIZES, Settings
-from maskadapter.transforms import box_corners, box_in_image, check_point, check_points, point_list
-from maskadapter.vocabulary import Vocabulary, build_vocabulary
-from maskadapter.weights import build_sam2_model, resolve_sam2_file, sam2_config_for
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class Output:
 
     picture: np.ndarray  # (H', W, 3) uint8 RGB
     rows: list[list]  # table rows, TABLE_HEADERS
-    segments: dict  # the segments JSON (see maskadapter.export)
+    segments: dict  # the segments JSON (see maskadapter.output.export)
     label_map_path: Path | None
     json_path: Path | None
     message: str
@@ -221,7 +221,7 @@ def parse_points(text: str | Sequence | None) -> list[list[float]]:
     with float XY pixels of the original image and int labels (1 positive, 0 negative).
 
     None, blank text and JSON ``null`` give ``[]``. The form is checked here (see
-    ``maskadapter.transforms.point_list``: at most ``MAX_POINTS``, finite numbers, no
+    ``maskadapter.engine.transforms.point_list``: at most ``MAX_POINTS``, finite numbers, no
     booleans); the image bounds and the need for a positive point are checked by
     ``check_points`` when the points are used. Raises ``InputError``.
     """

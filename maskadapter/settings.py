@@ -23,7 +23,7 @@ from maskadapter.errors import InputError
 
 ENV_PREFIX = "MASKADAPTER_"
 SAM2_SIZES = ("tiny", "small", "base-plus", "large")
-PRECISIONS = ("auto", "float32", "bf16")  # maskadapter.runtime explains them
+PRECISIONS = ("auto", "float32", "bf16")  # maskadapter.engine.runtime explains them
 # CLIP input size presets: (short side, cap on the long side); both pad to a multiple of 32
 INPUT_SIZES = {"detectron2": (800, 1333), "eval896": (896, 896)}
 _TRUE = {"1", "true", "yes", "on"}

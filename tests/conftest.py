@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from maskadapter.segmenter import Segmenter  # noqa: E402
-from maskadapter.transforms import ImageTransform  # noqa: E402
-from maskadapter.weights import ModelFiles, build_models, save_tiny_random  # noqa: E402
+from maskadapter.engine.segmenter import Segmenter  # noqa: E402
+from maskadapter.engine.transforms import ImageTransform  # noqa: E402
+from maskadapter.engine.weights import ModelFiles, build_models, save_tiny_random  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 

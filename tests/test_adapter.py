@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import maskadapter
+from maskadapter.engine.weights import build_adapter
 from maskadapter.errors import CheckpointError
 from maskadapter.modeling import MaskAdapterHead
-from maskadapter.weights import build_adapter
 
 SPEC = Path(__file__).resolve().parent.parent.parent / "shared" / "spec" / "adapter_state_dict.json"
 OFFICIAL_SHAPES = {

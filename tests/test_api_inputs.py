@@ -17,7 +17,7 @@ import pytest
 from conftest import EXAMPLES, AppProcess
 from PIL import Image
 
-from maskadapter.export import decode_rle
+from maskadapter.output.export import decode_rle
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskadapter.export import decode_rle
+from maskadapter.output.export import decode_rle
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"

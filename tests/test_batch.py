@@ -12,7 +12,7 @@ from PIL import Image
 
 from maskadapter import __main__ as cli
 from maskadapter import batch
-from maskadapter.export import decode_rle
+from maskadapter.output.export import decode_rle
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,7 +29,7 @@ USER, SYSTEM = 0.5, 0.125  # CPU seconds per reading of the fake CPU counter
 
 
 class FakeTime:
-    """Stands for the ``time`` module inside ``maskadapter.benchmark``: ``perf_counter``
+    """Stands for the ``time`` module inside ``maskadapter.cli.benchmark``: ``perf_counter``
     gives the listed readings in turn, or ``TICK`` more on every reading when none are listed."""
 
     def __init__(self, readings: list[float] | None = None) -> None:

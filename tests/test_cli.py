@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskadapter.__main__ import EXIT_ERROR, EXIT_PARTIAL, expand_inputs, plural
+from maskadapter.cli.common import EXIT_ERROR, EXIT_PARTIAL, expand_inputs, plural
 from maskadapter.errors import InputError
-from maskadapter.export import decode_rle
+from maskadapter.output.export import decode_rle
 
 ROOT = Path(__file__).resolve().parent.parent
 

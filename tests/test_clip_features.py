@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import maskadapter
-from maskadapter.weights import TINY_CLIP_NAME, build_clip
+from maskadapter.engine.weights import TINY_CLIP_NAME, build_clip
 
 SYNONYM_CLASSES = [["cat", "kitten"], "table", ["cup", "mug", "coffee cup"], "wall"]
 
@@ -273,7 +273,7 @@ def test_pooled_embeddings_are_chunk_independent_and_batched(tiny_models):
     images = torch.randn(2, 3, 96, 128)
     masks = torch.stack([_pooling_masks(96, 128), _pooling_masks(96, 128).flip(-1)])  # (2, 7, 96, 128)
     with torch.no_grad():
-        raw, _ = maskadapter.clip_features.clip_image_features(model, images)
+        raw, _ = maskadapter.engine.clip_features.clip_image_features(model, images)
         whole = maskadapter.pooled_embeddings_from_features(model, raw, masks, chunk=100)
         parts = maskadapter.pooled_embeddings_from_features(model, raw, masks, chunk=3)
         single = maskadapter.pooled_embeddings_from_features(model, raw[1:], masks[1:, 2:3])

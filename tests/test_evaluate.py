@@ -13,7 +13,7 @@ from PIL import Image
 
 from maskadapter import evaluate
 from maskadapter.__main__ import main as cli_main
-from maskadapter.datasets import DatasetError, find_samples, layout, read_labels, scan
+from maskadapter.cli.datasets import DatasetError, find_samples, layout, read_labels, scan
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = [(96, 72), (120, 90), (80, 64)]  # (width, height) of the images

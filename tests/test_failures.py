@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import app
+from maskadapter.engine.mask_settings import AutoMaskSettings
+from maskadapter.engine.vocabulary import build_vocabulary
 from maskadapter.errors import InputError, ResourceError
-from maskadapter.masks import AutoMaskSettings
 from maskadapter.service import SegmentationService, plain
 from maskadapter.settings import Settings
-from maskadapter.vocabulary import build_vocabulary
 
 OPEN = AutoMaskSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
 
@@ -69,8 +69,8 @@ def test_plain_shows_markup_literally():
 
 
 def test_out_of_memory_retries_with_smaller_chunks(segmenter, image, monkeypatch):
-    import maskadapter.generator as generator
-    import maskadapter.segmenter as segmenter_module
+    import maskadapter.engine.generator as generator
+    import maskadapter.engine.segmenter as segmenter_module
 
     vocabulary = build_vocabulary("cat, wall")
     expected = segmenter.segment_automatic(image, vocabulary, OPEN)
@@ -132,8 +132,8 @@ class _Payload:
 
 
 def test_checkpoints_with_code_are_refused(tiny_files, tmp_path, monkeypatch):
+    from maskadapter.engine.weights import build_models
     from maskadapter.errors import CheckpointError
-    from maskadapter.weights import build_models
 
     marker = tmp_path / "pwned"
     monkeypatch.setenv("PWNED", str(marker))

@@ -15,7 +15,7 @@ from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 from sam2.utils.amg import batched_mask_to_box, build_point_grid, calculate_stability_score
 from torchvision.ops import nms
 
-from maskadapter.generator import (
+from maskadapter.engine.generator import (
     FrameBounds,
     MaskGenerator,
     boxes_for_nms,
@@ -24,7 +24,7 @@ from maskadapter.generator import (
     small_regions,
     stability_scores,
 )
-from maskadapter.transforms import WorkingFrame
+from maskadapter.engine.transforms import WorkingFrame
 
 # ----------------------------------------------------------------- equivalence with sam2
 

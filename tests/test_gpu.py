@@ -15,11 +15,11 @@ import torch
 from conftest import EXAMPLES, small_image
 
 from maskadapter import batch
-from maskadapter.masks import AutoMaskSettings
-from maskadapter.segmenter import Segmenter, compile_sam2
-from maskadapter.transforms import ImageTransform
-from maskadapter.vocabulary import build_vocabulary
-from maskadapter.weights import build_models
+from maskadapter.engine.mask_settings import AutoMaskSettings
+from maskadapter.engine.segmenter import Segmenter, compile_sam2
+from maskadapter.engine.transforms import ImageTransform
+from maskadapter.engine.vocabulary import build_vocabulary
+from maskadapter.engine.weights import build_models
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 

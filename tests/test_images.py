@@ -19,17 +19,17 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageFile
 
-from maskadapter.errors import InputError
-from maskadapter.images import (
+from maskadapter.engine.images import (
     MAX_ASPECT_RATIO,
     MAX_IMAGE_PIXELS,
     MIN_IMAGE_SIDE,
     check_image,
     load_image,
 )
-from maskadapter.masks import AutoMaskSettings
-from maskadapter.transforms import check_image as check_image_from_transforms
-from maskadapter.vocabulary import build_vocabulary
+from maskadapter.engine.mask_settings import AutoMaskSettings
+from maskadapter.engine.transforms import check_image as check_image_from_transforms
+from maskadapter.engine.vocabulary import build_vocabulary
+from maskadapter.errors import InputError
 
 RNG = np.random.default_rng(1234)
 H, W = 24, 40

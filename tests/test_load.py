@@ -12,8 +12,8 @@ from conftest import EXAMPLES, array_bytes, held_arrays
 from PIL import Image
 from test_concurrency import _serve
 
+from maskadapter.engine.session import TABLES
 from maskadapter.service import SegmentationService
-from maskadapter.session import TABLES
 from maskadapter.settings import Settings
 
 pytestmark = pytest.mark.slow

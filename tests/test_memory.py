@@ -1,7 +1,7 @@
 """A 6000x4000 photo through the automatic path: the engine works at its working
 resolution, so what the photo's session keeps is counted in the store and is far
 smaller than the photo itself; only the outputs are at the original size. (Peak
-memory is a benchmark figure: `python -m maskadapter.benchmark` reports it.)"""
+memory is a benchmark figure: `python -m maskadapter.cli.benchmark` reports it.)"""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from conftest import EXAMPLES, array_bytes, held_arrays
 from PIL import Image
 
 from maskadapter import AutoMaskSettings, build_vocabulary
-from maskadapter.export import segments_to_dict
-from maskadapter.render import overlay
-from maskadapter.session import TABLES
+from maskadapter.engine.session import TABLES
+from maskadapter.output.export import segments_to_dict
+from maskadapter.output.render import overlay
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskadapter.metrics import ConfusionMatrix
+from maskadapter.cli.metrics import ConfusionMatrix
 
 HEADLINE = ("mIoU", "fwIoU", "pACC", "mACC")
 

@@ -17,12 +17,12 @@ from conftest import ROOT
 
 from maskadapter import runtime
 from maskadapter import segmenter as segmenter_module
+from maskadapter.engine.mask_settings import AutoMaskSettings
+from maskadapter.engine.segmenter import Segmenter
+from maskadapter.engine.transforms import ImageTransform
+from maskadapter.engine.vocabulary import build_vocabulary
 from maskadapter.errors import InputError
-from maskadapter.masks import AutoMaskSettings
-from maskadapter.segmenter import Segmenter
 from maskadapter.settings import Settings
-from maskadapter.transforms import ImageTransform
-from maskadapter.vocabulary import build_vocabulary
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from maskadapter.errors import VocabularyError
-from maskadapter.vocabulary import (
+from maskadapter.engine.vocabulary import (
     MAX_CLASSES,
     MAX_NAMES,
     PREDEFINED,
@@ -24,6 +23,7 @@ from maskadapter.vocabulary import (
     load_predefined,
     predefined_key,
 )
+from maskadapter.errors import VocabularyError
 
 SIZES = {
     "ade20k": 150,

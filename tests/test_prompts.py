@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from maskadapter.engine.transforms import MAX_POINTS, check_box, check_points
 from maskadapter.errors import InputError
 from maskadapter.service import MAX_PROMPT_CHARS, MAX_UNDO_STEPS, PointState, parse_box, parse_points
-from maskadapter.transforms import MAX_POINTS, check_box, check_points
 
 HW = (100, 150)  # (H, W): x from 0 to 150, y from 0 to 100
 PROPERTY = settings(max_examples=200, deadline=None)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from maskadapter.masks import AutoMaskSettings
-from maskadapter.painting import per_mask_label_map, semantic_label_map
-from maskadapter.session import SessionStore
-from maskadapter.vocabulary import build_vocabulary
+from maskadapter.engine.mask_settings import AutoMaskSettings
+from maskadapter.engine.painting import per_mask_label_map, semantic_label_map
+from maskadapter.engine.session import SessionStore
+from maskadapter.engine.vocabulary import build_vocabulary
 
 GRID = AutoMaskSettings(points_per_side=8)
 

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from maskadapter.engine.mask_settings import AutoMaskSettings
+from maskadapter.engine.segmenter import ImageSession
+from maskadapter.engine.vocabulary import build_vocabulary
 from maskadapter.errors import InputError, VocabularyError
-from maskadapter.export import decode_rle, label_map_image, save_label_map, segments_json, segments_to_dict
-from maskadapter.masks import AutoMaskSettings
-from maskadapter.render import class_colors, overlay
-from maskadapter.segmenter import ImageSession
-from maskadapter.vocabulary import build_vocabulary
+from maskadapter.output.export import decode_rle, label_map_image, save_label_map, segments_json, segments_to_dict
+from maskadapter.output.render import class_colors, overlay
 
 VOCAB = "cat | kitten, table | desk, cup, wall, floor | ground"
 # SAM-2 with random weights predicts low quality, so its filters are opened up
@@ -353,7 +353,7 @@ def test_random_weights_open_the_quality_filters_by_default(segmenter, image, mo
     import logging
 
     from maskadapter import segmenter as segmenter_module
-    from maskadapter.masks import default_mask_settings
+    from maskadapter.engine.mask_settings import default_mask_settings
 
     opened = AutoMaskSettings(pred_iou_thresh=0.0, stability_score_thresh=0.0)
     assert default_mask_settings(real_weights=False) == opened
@@ -362,7 +362,7 @@ def test_random_weights_open_the_quality_filters_by_default(segmenter, image, mo
     small_grid = dataclasses.replace(opened, points_per_side=4)  # the test's speed only
     monkeypatch.setattr(segmenter_module, "default_mask_settings", lambda real_weights: small_grid)
     session = ImageSession.from_image(image)
-    with caplog.at_level(logging.WARNING, logger="maskadapter.segmenter"):
+    with caplog.at_level(logging.WARNING, logger="maskadapter.engine.segmenter"):
         result = segmenter.segment_automatic(session, build_vocabulary(VOCAB))
         segmenter.compare(session, build_vocabulary("dog, sky"))
     # the defaults are exactly small_grid: the same masks and picture as when it is given

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from maskadapter import semantic_map
-from maskadapter.export import segments_to_dict
-from maskadapter.masks import AutoMaskSettings
-from maskadapter.painting import semantic_label_map
-from maskadapter.segmenter import MaskSet
+from maskadapter.engine.mask_settings import AutoMaskSettings
+from maskadapter.engine.painting import semantic_label_map
+from maskadapter.engine.segmenter import MaskSet
+from maskadapter.engine.vocabulary import build_vocabulary
+from maskadapter.output.export import segments_to_dict
 from maskadapter.service import SegmentationService
-from maskadapter.vocabulary import build_vocabulary
 
 
 def _loops(masks: np.ndarray, probs: np.ndarray, granularity: float) -> np.ndarray:
@@ -152,7 +152,7 @@ def _controlled(segmenter, monkeypatch, probs: list[list[float]]):
 
 @pytest.mark.parametrize("mode", ["semantic", "per_mask"])
 def test_one_class_vocabulary_gets_others_that_labels_nothing(segmenter, monkeypatch, mode):
-    from maskadapter.render import overlay
+    from maskadapter.output.render import overlay
 
     image = np.full((40, 60, 3), 128, dtype=np.uint8)
     # cat wins the left band, "others" the middle one, the right one is cat again but weakly

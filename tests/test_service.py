@@ -8,8 +8,8 @@ import pytest
 from markdown_it import MarkdownIt
 
 import app
+from maskadapter.engine.mask_settings import AutoMaskSettings
 from maskadapter.errors import InputError, MaskAdapterError, WeightsNotFoundError
-from maskadapter.masks import AutoMaskSettings
 from maskadapter.service import PointState, SegmentationService, parse_box, parse_points
 from maskadapter.settings import Settings
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from maskadapter import service as service_module
-from maskadapter.runtime import model_token
+from maskadapter.engine.runtime import model_token
+from maskadapter.engine.session import ImageSession, SessionStore, key_mentions
+from maskadapter.engine.weights import TINY_SAM2_CONFIG, build_sam2_model
 from maskadapter.service import SegmentationService
-from maskadapter.session import ImageSession, SessionStore, key_mentions
 from maskadapter.settings import Settings
-from maskadapter.weights import TINY_SAM2_CONFIG, build_sam2_model
 
 
 def _session(key: str, side: int = 10) -> ImageSession:

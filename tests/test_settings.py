@@ -73,11 +73,11 @@ def test_from_env_errors(monkeypatch):
 
 
 def test_missing_weights_advice_names_from_env(tmp_path, monkeypatch):
+    from maskadapter.engine.weights import _fetch, _HubFile
     from maskadapter.errors import WeightsNotFoundError
-    from maskadapter.weights import _fetch, _HubFile
 
-    monkeypatch.setattr("maskadapter.weights._cached", lambda entry: None)
-    monkeypatch.setattr("maskadapter.weights._hub_reachable", lambda: False)
+    monkeypatch.setattr("maskadapter.engine.weights._cached", lambda entry: None)
+    monkeypatch.setattr("maskadapter.engine.weights._hub_reachable", lambda: False)
     entry = _HubFile("SAM-2.1 large", "facebook/sam2.1-hiera-large", ("sam2.1_hiera_large.pt",), "--sam-checkpoint")
     with pytest.raises(WeightsNotFoundError) as err:
         _fetch({"sam2": (None, entry)}, None)

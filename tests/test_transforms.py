@@ -5,8 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskadapter.errors import InputError
-from maskadapter.transforms import (
+from maskadapter.engine.transforms import (
     CLIP_PIXEL_MEAN,
     CLIP_PIXEL_STD,
     ImageTransform,
@@ -14,6 +13,7 @@ from maskadapter.transforms import (
     check_image,
     check_points,
 )
+from maskadapter.errors import InputError
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskadapter.clip_features import VILD_TEMPLATES
-from maskadapter.errors import VocabularyError
-from maskadapter.vocabulary import (
+from maskadapter.engine.clip_features import VILD_TEMPLATES
+from maskadapter.engine.vocabulary import (
     MAX_NAME_CHARS,
     PREDEFINED,
     TextEmbeddingCache,
@@ -23,6 +22,7 @@ from maskadapter.vocabulary import (
     load_predefined,
     parse_vocabulary,
 )
+from maskadapter.errors import VocabularyError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -159,9 +159,9 @@ def test_new_process_reuses_disk_cache(tiny_files, tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from maskadapter.segmenter import Segmenter
-        from maskadapter.vocabulary import build_vocabulary
-        from maskadapter.weights import ModelFiles, build_models
+        from maskadapter.engine.segmenter import Segmenter
+        from maskadapter.engine.vocabulary import build_vocabulary
+        from maskadapter.engine.weights import ModelFiles, build_models
         from pathlib import Path
         files = ModelFiles(Path({str(tiny_files.sam2_checkpoint)!r}), Path({str(tiny_files.sam2_config)!r}),
                            {tiny_files.clip_model!r}, Path({str(tiny_files.clip_checkpoint)!r}),
@@ -280,13 +280,14 @@ def test_unusable_cache_directory_does_not_raise(tiny_models, tmp_path, caplog, 
     reference = _reference(tiny_models.clip, tiny_models.tokenizer, ["cat", "kitten", "table", "lamp"])
     try:
         cache = TextEmbeddingCache(tiny_models.clip, tiny_models.tokenizer, "key", cache_dir)
-        with caplog.at_level(logging.WARNING, logger="maskadapter.vocabulary"):
+        with caplog.at_level(logging.WARNING, logger="maskadapter.engine.vocabulary"):
             first, idx = cache.embed(build_vocabulary("cat | kitten, table"))
             second, _ = cache.embed(build_vocabulary("lamp"))
         assert torch.allclose(first, reference[:3], atol=1e-6) and idx.tolist() == [0, 0, 1]
         assert torch.allclose(second, reference[3:], atol=1e-6)
         assert cache.encoder_calls == 2
-        warnings = [r for r in caplog.records if r.name == "maskadapter.vocabulary" and r.levelno == logging.WARNING]
+        name = "maskadapter.engine.vocabulary"
+        warnings = [r for r in caplog.records if r.name == name and r.levelno == logging.WARNING]
         assert len(warnings) == 1  # said once, not on every write
     finally:
         if how == "read_only_dir":

@@ -15,13 +15,9 @@ from hypothesis import strategies as st
 from test_clip_features import reference_text_embeddings
 from test_predefined import TITLES, published_classes
 
-from maskadapter.clip_features import VILD_TEMPLATES, encode_vocabulary
-from maskadapter.errors import VocabularyError
-from maskadapter.export import segments_json, segments_to_dict
-from maskadapter.render import legend_panel, overlay
-from maskadapter.segmenter import SegmentationResult
-from maskadapter.service import SegmentationService
-from maskadapter.vocabulary import (
+from maskadapter.engine.clip_features import VILD_TEMPLATES, encode_vocabulary
+from maskadapter.engine.segmenter import SegmentationResult
+from maskadapter.engine.vocabulary import (
     MAX_CLASSES,
     MAX_NAME_CHARS,
     PREDEFINED,
@@ -31,6 +27,10 @@ from maskadapter.vocabulary import (
     context_notes,
     parse_vocabulary,
 )
+from maskadapter.errors import VocabularyError
+from maskadapter.output.export import segments_json, segments_to_dict
+from maskadapter.output.render import legend_panel, overlay
+from maskadapter.service import SegmentationService
 
 MARKUP = ["<b>x</b>", "**bold**", "$x^2$", "[link](http://a)", "<script>alert(1)</script>", "{0} %s \\n"]
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskadapter.errors import CheckpointError, WeightsNotFoundError
-from maskadapter.settings import Settings, add_arguments, settings_from_args
-from maskadapter.weights import (
+from maskadapter.engine.weights import (
     build_clip,
     build_sam2_model,
     build_tiny_random,
     resolve_model_files,
 )
+from maskadapter.errors import CheckpointError, WeightsNotFoundError
+from maskadapter.settings import Settings, add_arguments, settings_from_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,7 +85,7 @@ def test_default_models_fail_fast_offline(tmp_path):
         "    downloads.append([str(a) for a in args])\n"
         "    raise OSError('no network')\n"
         "huggingface_hub.hf_hub_download = download\n"
-        "from maskadapter.segmenter import Segmenter\n"
+        "from maskadapter.engine.segmenter import Segmenter\n"
         "from maskadapter.settings import settings_from_args\n"
         "try:\n"
         "    Segmenter.from_settings(settings_from_args(env={}))\n"
@@ -127,7 +127,7 @@ def test_local_files_need_no_hub(tiny_files, tmp_path, monkeypatch):
         clip_checkpoint=str(tiny_files.clip_checkpoint),
         adapter_checkpoint=str(tiny_files.adapter_checkpoint),
     )
-    import maskadapter.weights as weights
+    import maskadapter.engine.weights as weights
 
     def no_hub():
         raise AssertionError("the hub was probed although every file is local")

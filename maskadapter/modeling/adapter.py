@@ -2,7 +2,7 @@
 
 Given dense CLIP features and a set of binary masks, the head predicts, for every
 mask, ``num_output_maps`` attention maps over the feature grid. Pooling CLIP
-features with those maps (see ``maskadapter.clip_features``) gives one embedding per
+features with those maps (see ``maskadapter.engine.clip_features``) gives one embedding per
 mask that is compared with text embeddings.
 
 Parameter names and shapes follow the published checkpoint exactly, so that the

@@ -4,7 +4,7 @@ The driver (this process) only lists the jobs and gathers the outcomes: the jobs
 ``ray.data.from_items`` (paths and output locations, no pixels), ``map_batches`` hands
 them to a pool of ``LabelActor`` actors (``--ray-actors``, each with
 ``--ray-gpus-per-actor`` GPUs), which build the ``Segmenter`` once from the run's
-``Settings`` and label each image with ``maskadapter.batch.label_job`` (the local
+``Settings`` and label each image with ``maskadapter.cli.batch.label_job`` (the local
 engine's steps: decode, segment, ``write_outputs``), and the rows of outcomes stream
 back. Workers write the outputs themselves, so ``--out`` must be a path every worker can
 write (a shared filesystem on a cluster), and the workers need maskadapter installed
@@ -24,11 +24,11 @@ from types import ModuleType
 
 import numpy as np
 
-from maskadapter.__main__ import read_image_file
-from maskadapter.batch import BatchOptions, ImageJob, ImageOutcome, Report, label_job
+from maskadapter.cli.batch import BatchOptions, ImageJob, ImageOutcome, Report, label_job
+from maskadapter.cli.common import read_image_file
+from maskadapter.engine.segmenter import Segmenter
+from maskadapter.engine.vocabulary import build_vocabulary
 from maskadapter.errors import InputError, MaskAdapterError
-from maskadapter.segmenter import Segmenter
-from maskadapter.vocabulary import build_vocabulary
 
 RAY_MISSING = (
     "the ray engine needs Ray Data: pip install 'ray[data]' (or, in a clone of the repository: pip install -e '.[ray]')"

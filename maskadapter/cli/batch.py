@@ -1,6 +1,6 @@
 """Batch labelling: label a whole tree of images, resumably, with one summary.
 
-    python -m maskadapter.batch INPUT... --out DIR [--coco results.json]
+    python -m maskadapter.cli.batch INPUT... --out DIR [--coco results.json]
     maskadapter batch INPUT... --out DIR
 
 Inputs are image files, directories (searched recursively for image extensions), glob
@@ -11,7 +11,7 @@ writes ``DIR/a/b_labels.png``; a file named directly (or by a list) is written a
 ``DIR/NAME_*``; a glob's root is its longest folder without wildcards.
 
 Per image: ``NAME_labels.png`` (0 unlabelled, k = class k-1), ``NAME_segments.json``
-(``maskadapter.export``'s format plus ``"batch": {"fingerprint", "source"}``) and with
+(``maskadapter.output.export``'s format plus ``"batch": {"fingerprint", "source"}``) and with
 ``--overlay`` ``NAME_overlay.png``; each written under a temporary name in its folder,
 then renamed (``os.replace``), the JSON last. ``DIR/summary.json`` records the run.
 
@@ -20,7 +20,7 @@ Resume: an image is skipped when its JSON holds the fingerprint of this run's se
 
 Engines: an engine is a function ``(jobs, options, report) -> list[ImageOutcome]``
 (``ENGINES``); ``local`` runs in this process with the models loaded once and images
-decoded ahead in a background thread; ``ray`` (``maskadapter.batch_ray``) runs Ray Data
+decoded ahead in a background thread; ``ray`` (``maskadapter.cli.batch_ray``) runs Ray Data
 actors, each with its own models, on this machine or a Ray cluster.
 
 Exit codes: 0 every image labelled (or already done), 3 some failed (see the summary),
@@ -40,52 +40,44 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from maskadapter.__main__ import (
+from maskadapter.cli.common import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_PARTIAL,
     IMAGE_EXTENSIONS,
-    Progress,
-    _random_weights_warning,
+    ProgressBar,
     add_chatter_arguments,
     add_labelling_arguments,
+    atomic_write,
+    is_image_name,
+    model_description,
     plural,
+    random_weights_warning,
     read_image_file,
+    save_png,
+    utc_now,
+    write_json,
 )
+from maskadapter.engine.mask_settings import (
+    AutoMaskSettings,
+    add_mask_arguments,
+    default_mask_settings,
+    mask_settings_from_args,
+)
+from maskadapter.engine.segmenter import SegmentationResult, Segmenter
+from maskadapter.engine.vocabulary import Vocabulary, build_vocabulary
 from maskadapter.errors import InputError, MaskAdapterError
-from maskadapter.export import label_map_image, segments_to_dict, write_segments_json
 from maskadapter.logs import setup_logging
-from maskadapter.masks import AutoMaskSettings, add_mask_arguments, default_mask_settings, mask_settings_from_args
-from maskadapter.render import overlay
-from maskadapter.segmenter import SegmentationResult, Segmenter
+from maskadapter.output.export import label_map_image, segments_to_dict, write_segments_json
+from maskadapter.output.render import overlay
 from maskadapter.settings import Settings, add_arguments, settings_from_args
-from maskadapter.vocabulary import Vocabulary, build_vocabulary
 
 SUMMARY_NAME = "summary.json"
 FINGERPRINT_VERSION = 1  # bump when the outputs' format changes, so that old outputs are redone
-# the settings fields that change what the models produce (the others: caches, server)
-MODEL_FIELDS = (
-    "sam_size",
-    "sam_checkpoint",
-    "sam_config",
-    "clip_model",
-    "clip_pretrained",
-    "clip_checkpoint",
-    "adapter_repo",
-    "adapter_file",
-    "adapter_checkpoint",
-    "tiny_random",
-    "input_size",
-    "short_side",
-    "max_size",
-    "mask_side",
-)
 
 
 @dataclass(frozen=True)
@@ -155,10 +147,6 @@ Engine = Callable[[Sequence[ImageJob], BatchOptions, Report], list[ImageOutcome]
 # ---------------------------------------------------------------------------- inputs
 
 
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
 def _glob_root(pattern: str) -> Path:
     """The longest leading folder of ``pattern`` without wildcards."""
     parts = Path(pattern).parts
@@ -188,7 +176,7 @@ def _expand_item(item: str, base: Path, seen_lists: frozenset[Path]) -> Iterator
         return
     path = base / Path(item).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _is_image_name(p))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))
         if not files:
             raise InputError(f"no images in directory {item} or below (looked for {', '.join(IMAGE_EXTENSIONS)})")
         for file in files:
@@ -196,7 +184,7 @@ def _expand_item(item: str, base: Path, seen_lists: frozenset[Path]) -> Iterator
     elif glob.has_magic(item) and not path.exists():
         root = base / _glob_root(str(Path(item).expanduser()))
         matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
-        files = [p for p in matches if p.is_file() and _is_image_name(p)]
+        files = [p for p in matches if p.is_file() and is_image_name(p)]
         if not files:
             raise InputError(f"no image file matches {item!r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
         for file in files:
@@ -250,11 +238,6 @@ def fingerprint(
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def model_description(settings: Settings) -> dict:
-    """The model-relevant settings (``MODEL_FIELDS``) as a dict."""
-    return {name: getattr(settings, name) for name in MODEL_FIELDS}
-
-
 def finished_segments(job: ImageJob, options: BatchOptions) -> int | None:
     """The segment count of ``job`` when its outputs exist and were made with
     ``options.fingerprint``, else None (the image is to be labelled)."""
@@ -272,21 +255,6 @@ def finished_segments(job: ImageJob, options: BatchOptions) -> int | None:
 # ---------------------------------------------------------------------------- writing
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """``write`` to a temporary name in ``path``'s folder, then rename it to ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_png(pixels: np.ndarray, path: Path) -> None:
-    """A uint8 or uint16 array as a PNG at ``path``, written atomically."""
-    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
-
-
 def write_outputs(job: ImageJob, image: np.ndarray, result: SegmentationResult, options: BatchOptions) -> None:
     """Write one image's outputs atomically, the segments JSON (the resume marker) last."""
     job.out_stem.parent.mkdir(parents=True, exist_ok=True)
@@ -296,12 +264,6 @@ def write_outputs(job: ImageJob, image: np.ndarray, result: SegmentationResult, 
     data = segments_to_dict(result, file_name=job.relative)
     data["batch"] = {"fingerprint": options.fingerprint, "source": str(job.source)}
     atomic_write(job.output("_segments.json"), lambda tmp: write_segments_json(data, tmp))
-
-
-def write_json(data: dict, path: Path) -> None:
-    """``data`` as indented UTF-8 JSON at ``path``, written atomically."""
-    text = json.dumps(data, ensure_ascii=False, indent=1)
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 # ---------------------------------------------------------------------------- engines
@@ -367,13 +329,13 @@ def label_job(
 
 
 def run_ray(jobs: Sequence[ImageJob], options: BatchOptions, report: Report) -> list[ImageOutcome]:
-    """The Ray Data engine (``maskadapter.batch_ray.run_ray``; Ray is imported only here).
+    """The Ray Data engine (``maskadapter.cli.batch_ray.run_ray``; Ray is imported only here).
 
     Raises:
         MaskAdapterError: Ray Data is not installed, Ray cannot start or connect, or the
             models cannot be loaded on the workers.
     """
-    from maskadapter.batch_ray import run_ray as run
+    from maskadapter.cli.batch_ray import run_ray as run
 
     return run(jobs, options, report)
 
@@ -420,7 +382,7 @@ def coco_results(outcomes: Sequence[ImageOutcome], labels: Sequence[str]) -> dic
 def build_parser() -> argparse.ArgumentParser:
     """The batch CLI's parser (labelling, mask and model flags shared with the single-image CLI)."""
     parser = argparse.ArgumentParser(
-        prog="python -m maskadapter.batch",
+        prog="maskadapter batch",
         description="Batch labelling: label every image of folders, globs and lists; resumable.",
         epilog="Outputs per image (folder structure kept): NAME_labels.png, NAME_segments.json, "
         "NAME_overlay.png with --overlay; DIR/summary.json for the run. A rerun skips images done "
@@ -466,11 +428,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_mask_arguments(parser, random_weight_defaults=True)
     add_arguments(parser)
     return parser
-
-
-def utc_now() -> str:
-    """The time now, UTC, ISO 8601 to the second (run records)."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _options(args: argparse.Namespace) -> tuple[BatchOptions, Vocabulary]:
@@ -525,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     started_at, started = utc_now(), time.perf_counter()
     try:
         if args.engine == "ray":
-            from maskadapter.batch_ray import require_ray
+            from maskadapter.cli.batch_ray import require_ray
 
             require_ray()
         options, vocabulary = _options(args)
@@ -545,9 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     if skipped and not args.quiet:
         print(f"{plural(len(skipped), 'image')} already labelled with these settings: skipped", file=sys.stderr)
     if options.settings.tiny_random:
-        print(_random_weights_warning(args), file=sys.stderr, flush=True)
+        print(random_weights_warning(args), file=sys.stderr, flush=True)
 
-    progress = Progress(len(todo), options.show_progress)
+    progress = ProgressBar(len(todo), options.show_progress)
 
     def report(outcome: ImageOutcome) -> None:
         progress.start(outcome.job.source)

@@ -4,7 +4,7 @@ Works for any open_clip CLIP whose image tower is a timm ConvNeXt (``model.visua
 is an ``open_clip.timm_model.TimmModel``): any trunk width, any embedding size.
 
 Conventions: images are (B, 3, H, W) float tensors normalised with CLIP's mean and
-std on the 0-255 scale (see ``maskadapter.transforms``), H and W multiples of 32;
+std on the 0-255 scale (see ``maskadapter.engine.transforms``), H and W multiples of 32;
 masks are (B, N, H, W) floats in [0, 1] at image resolution.
 """
 

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskadapter.clip_features import TEXT_CHUNK, VILD_TEMPLATES, encode_vocabulary
+from maskadapter.engine.clip_features import TEXT_CHUNK, VILD_TEMPLATES, encode_vocabulary
 from maskadapter.errors import VocabularyError
 from maskadapter.resources import package_path
 

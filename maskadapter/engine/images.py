@@ -28,6 +28,7 @@ decoded, so a huge image is refused without allocating it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import threading
@@ -325,3 +326,10 @@ def check_image(image: object) -> np.ndarray:
         except Exception as err:  # exotic array subclasses and dtypes
             raise InputError(f"expected an HxWx3 uint8 RGB array; this one cannot be read ({err})") from None
     return load_image(image)  # type: ignore[arg-type]
+
+
+def image_key(image: np.ndarray) -> str:
+    """Content hash of an image array (shape and pixels): the key of its session."""
+    digest = hashlib.sha1(np.ascontiguousarray(image).data)
+    digest.update(str(image.shape).encode())
+    return digest.hexdigest()

@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from maskadapter.errors import InputError
-from maskadapter.images import (  # noqa: F401 - re-exported: images are checked in maskadapter.images
+from maskadapter.engine.images import (  # noqa: F401 - re-exported: images are checked in maskadapter.engine.images
     MAX_ASPECT_RATIO,
     MAX_IMAGE_PIXELS,
     MIN_IMAGE_SIDE,
     check_image,
 )
+from maskadapter.errors import InputError
 
 CLIP_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
 CLIP_PIXEL_STD = (68.5005327, 66.6321579, 70.32316305)

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import nms
 
-from maskadapter.masks import CachingPredictor
+from maskadapter.engine.predictor import CachingPredictor
 
 Progress = Callable[[str], None]
 # candidates are gathered, then filtered, every this many point batches: one host

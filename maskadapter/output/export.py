@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from maskadapter.segmenter import SegmentationResult
+from maskadapter.engine.segmenter import SegmentationResult
 
 
 def encode_rle(mask: np.ndarray) -> dict:

@@ -1,6 +1,6 @@
 """Stage timings, CPU time and memory of the automatic path, and sam2's own generator beside ours.
 
-    python -m maskadapter.benchmark --real-size-random --json bench.json
+    python -m maskadapter.cli.benchmark --real-size-random --json bench.json
 
 Models: ``--tiny-random``, ``--real-size-random`` (SAM-2.1 ``--sam-size-random`` +
 ConvNeXt-L CLIP + head, random weights), or the real weights (the usual settings
@@ -43,21 +43,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maskadapter.errors import MaskAdapterError
-from maskadapter.export import save_label_map, segments_to_dict
-from maskadapter.images import load_image
-from maskadapter.masks import (
+from maskadapter.engine.images import load_image
+from maskadapter.engine.mask_settings import (
     AutoMaskSettings,
     add_mask_arguments,
     default_mask_settings,
     mask_settings_from_args,
 )
+from maskadapter.engine.segmenter import Segmenter
+from maskadapter.engine.vocabulary import build_vocabulary
+from maskadapter.errors import MaskAdapterError
 from maskadapter.memory import ENV as ALLOCATOR_ENV
 from maskadapter.memory import tune_allocator
-from maskadapter.render import overlay
-from maskadapter.segmenter import Segmenter
+from maskadapter.output.export import save_label_map, segments_to_dict
+from maskadapter.output.render import overlay
 from maskadapter.settings import add_arguments, settings_from_args
-from maskadapter.vocabulary import build_vocabulary
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "rocket.jpg"
 VOCABULARY = "rocket, smoke | steam, sky, tower, trees, ground, person, car, building, road"
@@ -172,7 +172,7 @@ def _timed_network(sam2, clock: Clock, fn: Callable[[], object]) -> tuple[float,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m maskadapter.benchmark", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="maskadapter benchmark", description=__doc__.split("\n\n")[0])
     models = parser.add_mutually_exclusive_group()
     models.add_argument("--real-size-random", action="store_true", help="real architectures, random weights")
     parser.add_argument("--sam-size-random", default="large", help="SAM-2.1 size with --real-size-random")
@@ -269,7 +269,7 @@ def run(args: argparse.Namespace) -> dict:
     figures = {
         "date": date.today().isoformat(),
         "machine": _machine(device),
-        "command": "python -m maskadapter.benchmark " + " ".join(sys.argv[1:]),
+        "command": "python -m maskadapter.cli.benchmark " + " ".join(sys.argv[1:]),
         "models": segmenter.models.description,
         "device": str(device),
         "precision": segmenter.arithmetic,
@@ -393,7 +393,7 @@ def _batch_figures(segmenter: Segmenter, image: np.ndarray, settings: AutoMaskSe
     """Images per second of the batch command's local engine (decoding ahead, writing
     label maps and segments JSON) over ``--batch-images`` distinct variants of the
     image, the models already loaded."""
-    from maskadapter.batch import BatchOptions, plan_jobs, run_local
+    from maskadapter.cli.batch import BatchOptions, plan_jobs, run_local
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp, "in")

@@ -27,8 +27,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from maskadapter.masks import image_key
-from maskadapter.transforms import check_image
+from maskadapter.engine.images import image_key
+from maskadapter.engine.transforms import check_image
 
 T = TypeVar("T")
 TABLES = ("sam_cache", "clip_cache", "masks", "probs")

@@ -14,7 +14,7 @@ granularity re-runs only painting; neither calls SAM-2 again.
 Two ways of turning classified masks into a picture (``mode``):
 
 - ``"semantic"`` (the default, as the Mask-Adapter demo draws it): the semantic map of
-  ``maskadapter.painting.semantic_label_map`` at ``granularity`` (0.8); one segment
+  ``maskadapter.engine.painting.semantic_label_map`` at ``granularity`` (0.8); one segment
   per class present, scored by the class's best kept mask.
 - ``"per_mask"``: every SAM-2 mask is one segment labelled with its best class;
   smaller masks are drawn over larger.
@@ -40,30 +40,30 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from maskadapter.clip_features import (
+from maskadapter.engine.clip_features import (
     MASK_CHUNK,
     classify_embeddings,
     clip_image_features,
     mask_embeddings_from_features,
     pooled_embeddings_from_features,
 )
-from maskadapter.errors import InputError, ResourceError
-from maskadapter.generator import MaskGenerator
-from maskadapter.masks import (
-    RANDOM_WEIGHT_NOTE,
-    AutoMaskSettings,
-    default_mask_settings,
-    encode_image,
-    prompt_mask,
-    sam_cache_key,
+from maskadapter.engine.generator import MaskGenerator
+from maskadapter.engine.mask_settings import RANDOM_WEIGHT_NOTE, AutoMaskSettings, default_mask_settings
+from maskadapter.engine.painting import class_presence, per_mask_label_map, semantic_label_map
+from maskadapter.engine.predictor import encode_image, prompt_mask, sam_cache_key
+from maskadapter.engine.runtime import autocast_dtype, model_token, precision_name, resolve_device
+from maskadapter.engine.session import ImageSession, SessionStore
+from maskadapter.engine.transforms import ImageTransform, WorkingFrame, check_box, check_points
+from maskadapter.engine.vocabulary import TextEmbeddingCache, Vocabulary, build_vocabulary, context_notes
+from maskadapter.engine.weights import (
+    Models,
+    build_models,
+    build_real_size_random,
+    build_tiny_random,
+    resolve_model_files,
 )
-from maskadapter.painting import class_presence, per_mask_label_map, semantic_label_map
-from maskadapter.runtime import autocast_dtype, model_token, precision_name, resolve_device
-from maskadapter.session import ImageSession, SessionStore
+from maskadapter.errors import InputError, ResourceError
 from maskadapter.settings import Settings
-from maskadapter.transforms import ImageTransform, WorkingFrame, check_box, check_points
-from maskadapter.vocabulary import TextEmbeddingCache, Vocabulary, build_vocabulary, context_notes
-from maskadapter.weights import Models, build_models, build_real_size_random, build_tiny_random, resolve_model_files
 
 MODES = ("semantic", "per_mask")
 OTHERS = "others"  # the extra class of one-class vocabularies
@@ -263,7 +263,7 @@ class Segmenter:
     @property
     def arithmetic(self) -> str:
         """What the networks compute in: ``"float32"``, ``"bfloat16"`` or ``"float16"``
-        (autocast; see ``maskadapter.runtime``)."""
+        (autocast; see ``maskadapter.engine.runtime``)."""
         return precision_name(self.amp_dtype)
 
     def autocast(self) -> contextlib.AbstractContextManager:

@@ -1,9 +1,9 @@
 """Evaluation: mIoU of this pipeline on the open-vocabulary semantic segmentation benchmarks.
 
-    python -m maskadapter.evaluate --dataset ade20k --root DIR --out OUT [--masks sam2|ground-truth]
+    python -m maskadapter.cli.evaluate --dataset ade20k --root DIR --out OUT [--masks sam2|ground-truth]
     maskadapter evaluate --dataset ade20k ...
 
-Datasets and their layouts: ``maskadapter.datasets``. Each image is labelled with the
+Datasets and their layouts: ``maskadapter.cli.datasets``. Each image is labelled with the
 benchmark's predefined vocabulary (class id = benchmark id) from one of two mask sources:
 
 - ``sam2``: the demo's pipeline, SAM-2's automatic masks named by Mask-Adapter and
@@ -46,18 +46,21 @@ import cv2
 import numpy as np
 import torch
 
-from maskadapter.__main__ import (
+from maskadapter.cli.common import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_PARTIAL,
-    Progress,
+    ProgressBar,
     add_chatter_arguments,
     add_painting_arguments,
+    model_description,
     plural,
     read_image_file,
+    save_png,
+    utc_now,
+    write_json,
 )
-from maskadapter.batch import model_description, save_png, utc_now, write_json
-from maskadapter.datasets import (
+from maskadapter.cli.datasets import (
     LAYOUTS,
     DatasetError,
     Layout,
@@ -70,15 +73,20 @@ from maskadapter.datasets import (
     read_prediction,
     scan,
 )
+from maskadapter.cli.metrics import ConfusionMatrix
+from maskadapter.engine.mask_settings import (
+    AutoMaskSettings,
+    add_mask_arguments,
+    default_mask_settings,
+    mask_settings_from_args,
+)
+from maskadapter.engine.runtime import autocast_dtype, resolve_device
+from maskadapter.engine.segmenter import METHODS, Segmenter
+from maskadapter.engine.session import ImageSession
+from maskadapter.engine.vocabulary import Vocabulary
 from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.logs import setup_logging
-from maskadapter.masks import AutoMaskSettings, add_mask_arguments, default_mask_settings, mask_settings_from_args
-from maskadapter.metrics import ConfusionMatrix
-from maskadapter.runtime import autocast_dtype, resolve_device
-from maskadapter.segmenter import METHODS, Segmenter
-from maskadapter.session import ImageSession
 from maskadapter.settings import Settings, add_arguments, settings_from_args
-from maskadapter.vocabulary import Vocabulary
 
 MASK_SOURCES = ("sam2", "ground-truth")
 GT_SEGMENTS = ("regions", "classes")
@@ -347,7 +355,7 @@ def evaluate(
     out: Path,
     options: EvalOptions,
     seconds: dict[str, float],
-    progress: Progress | None = None,
+    progress: ProgressBar | None = None,
 ) -> EvalRun:
     """Predict (or read back) each sample and count it; ``seconds``: those of images
     predicted by earlier runs (``prepare_out``).
@@ -475,7 +483,7 @@ def table(metrics: dict, per_class: bool = False) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m maskadapter.evaluate",
+        prog="maskadapter evaluate",
         description="mIoU, fwIoU, pACC and mACC of SAM-2 + Mask-Adapter on an open-vocabulary semantic "
         "segmentation benchmark (detectron2-prepared layouts; detectron2's metrics).",
         epilog="Outputs: OUT/metrics.json, OUT/predictions/STEM.png (benchmark ids; 255, or 65535 in 16-bit PNGs, "
@@ -615,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     for text in _unused_flags(args, parser):
         print(f"note: {text}", file=sys.stderr)
 
-    progress = Progress(len(samples), not args.quiet and sys.stderr.isatty())
+    progress = ProgressBar(len(samples), not args.quiet and sys.stderr.isatty())
     try:
         # the class names once, before the clock runs per image (cached on disk for reruns)
         text_started = time.perf_counter()
