@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from maskadapter.engine.clip_features import VILD_TEMPLATES
+from maskadapter.engine.text_embeddings import TextEmbeddingCache
 from maskadapter.engine.vocabulary import (
     MAX_NAME_CHARS,
     PREDEFINED,
-    TextEmbeddingCache,
     build_vocabulary,
     load_predefined,
     parse_vocabulary,
@@ -280,13 +280,13 @@ def test_unusable_cache_directory_does_not_raise(tiny_models, tmp_path, caplog, 
     reference = _reference(tiny_models.clip, tiny_models.tokenizer, ["cat", "kitten", "table", "lamp"])
     try:
         cache = TextEmbeddingCache(tiny_models.clip, tiny_models.tokenizer, "key", cache_dir)
-        with caplog.at_level(logging.WARNING, logger="maskadapter.engine.vocabulary"):
+        with caplog.at_level(logging.WARNING, logger="maskadapter.engine.text_embeddings"):
             first, idx = cache.embed(build_vocabulary("cat | kitten, table"))
             second, _ = cache.embed(build_vocabulary("lamp"))
         assert torch.allclose(first, reference[:3], atol=1e-6) and idx.tolist() == [0, 0, 1]
         assert torch.allclose(second, reference[3:], atol=1e-6)
         assert cache.encoder_calls == 2
-        name = "maskadapter.engine.vocabulary"
+        name = "maskadapter.engine.text_embeddings"
         warnings = [r for r in caplog.records if r.name == name and r.levelno == logging.WARNING]
         assert len(warnings) == 1  # said once, not on every write
     finally:

@@ -17,14 +17,13 @@ from test_predefined import TITLES, published_classes
 
 from maskadapter.engine.clip_features import VILD_TEMPLATES, encode_vocabulary
 from maskadapter.engine.segmenter import SegmentationResult
+from maskadapter.engine.text_embeddings import TextEmbeddingCache, context_notes
 from maskadapter.engine.vocabulary import (
     MAX_CLASSES,
     MAX_NAME_CHARS,
     PREDEFINED,
-    TextEmbeddingCache,
     Vocabulary,
     build_vocabulary,
-    context_notes,
     parse_vocabulary,
 )
 from maskadapter.errors import VocabularyError

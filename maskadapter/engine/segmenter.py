@@ -53,8 +53,9 @@ from maskadapter.engine.painting import class_presence, per_mask_label_map, sema
 from maskadapter.engine.predictor import encode_image, prompt_mask, sam_cache_key
 from maskadapter.engine.runtime import autocast_dtype, model_token, precision_name, resolve_device
 from maskadapter.engine.session import ImageSession, SessionStore
+from maskadapter.engine.text_embeddings import TextEmbeddingCache, context_notes
 from maskadapter.engine.transforms import ImageTransform, WorkingFrame, check_box, check_points
-from maskadapter.engine.vocabulary import TextEmbeddingCache, Vocabulary, build_vocabulary, context_notes
+from maskadapter.engine.vocabulary import Vocabulary, build_vocabulary
 from maskadapter.engine.weights import (
     Models,
     build_models,
