@@ -25,10 +25,12 @@ import subprocess
 import sys
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
+
+from maskadapter.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -173,9 +175,9 @@ def test_marked_example_runs(example: Block, clone):
     check = CHECKS.get((example.page, example.name))
     if check is not None:
         check(example.code, work, done.stdout)
-    written = written_files(work)
-    if shutil.which("git") and (ROOT / ".git").exists():
-        assert not not_ignored(written), f".gitignore misses what {example.page}:{example.name} writes"
+    if shutil.which("git") and (ROOT / ".git").exists():  # a checkout, as the examples assume
+        missed = not_ignored(written_files(work))
+        assert not missed, f".gitignore misses what {example.page}:{example.name} writes: {missed}"
 
 
 def slug(heading: str) -> str:
@@ -246,3 +248,11 @@ def test_broken_links_are_found(tmp_path: Path):
 def test_links_resolve(page: Path):
     broken = broken_links(page)
     assert not broken, f"{page.relative_to(ROOT)}: broken links: {broken}"
+
+
+def test_settings_page_lists_every_setting():
+    text = (ROOT / "docs" / "settings.md").read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| `--")]
+    for field in fields(Settings):
+        flag, variable = f"--{field.name.replace('_', '-')}", f"MASKADAPTER_{field.name.upper()}"
+        assert any(f"`{flag}`" in row and f"`{variable}`" in row for row in rows), f"docs/settings.md lacks {flag}"
