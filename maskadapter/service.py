@@ -1,28 +1,27 @@
 """The app's service object: one per process, shared by every user.
 
 It builds the models once (in a background thread, so the page comes up at once),
-hands out a ``Segmenter`` per SAM-2 size, turns UI inputs (text, slider values, JSON
-strings) into engine calls and results into pictures, table rows and files. Image
-sessions live in the segmenter's bounded ``SessionStore``; per-user state is a
-session key (and, for the point tab, ``PointState``), passed in and returned.
-UI-free: ``app.py`` wires it to Gradio.
+hands out a ``Segmenter`` per SAM-2 size, turns the app's inputs (text, slider values,
+JSON strings) into engine calls and results into data: pictures, segments JSON, files
+to download and the notes to pass on (``Output``, ``ComparedOutput``, ``LoadStatus``);
+errors are raised as the package's typed errors. Image sessions live in the
+segmenter's bounded ``SessionStore``; the point tab's per-user state is a
+``PointState``, passed in and returned. No words for people and no Gradio here:
+``maskadapter.ui`` turns the data into Markdown, table rows and messages, and
+``app.py`` wires it all to Gradio.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import html
-import json
 import logging
-import re
 import tempfile
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,26 +29,33 @@ import numpy as np
 
 from maskadapter.engine.mask_settings import AutoMaskSettings, default_mask_settings
 from maskadapter.engine.runtime import ModelToken, model_token
-from maskadapter.engine.segmenter import SegmentationResult, Segmenter
+from maskadapter.engine.segmenter import Comparison, SegmentationResult, Segmenter
 from maskadapter.engine.session import ImageSession, key_mentions
-from maskadapter.engine.transforms import box_corners, box_in_image, check_point, check_points, point_list
 from maskadapter.engine.vocabulary import Vocabulary, build_vocabulary
 from maskadapter.engine.weights import build_sam2_model, resolve_sam2_file, sam2_config_for
-from maskadapter.errors import InputError, MaskAdapterError, WeightsNotFoundError
+from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.output.export import save_label_map, segments_to_dict, write_segments_json
 from maskadapter.output.render import draw_points, overlay
+from maskadapter.point_prompts import MAX_PROMPT_CHARS, MAX_UNDO_STEPS, PointState, parse_box, parse_points
+from maskadapter.progress import ProgressCallback, no_progress
 from maskadapter.settings import SAM2_SIZES, Settings
+
+# the point prompts' names, answered here too (``maskadapter.point_prompts`` is their place)
+__all__ = [
+    "MAX_PROMPT_CHARS",
+    "MAX_UNDO_STEPS",
+    "ComparedOutput",
+    "LoadStatus",
+    "Output",
+    "PointState",
+    "SegmentationService",
+    "parse_box",
+    "parse_points",
+]
 
 log = logging.getLogger(__name__)
 
-Report = Callable[[float, str], None]
 OUTPUT_TTL_S = 3600
-TABLE_HEADERS = ["label", "score", "area %", "alternatives (top 3)"]
-MAX_PROMPT_CHARS = 100_000  # points or box JSON text longer than this is refused unread
-
-
-def _quiet(fraction: float, message: str) -> None:
-    log.info("%.0f%% %s", 100 * fraction, message)
 
 
 def _sweep(directory: Path) -> None:
@@ -61,191 +67,48 @@ def _sweep(directory: Path) -> None:
                 old.unlink()
 
 
-def gpu_seconds(image_hw: tuple[int, int] | None, points_per_side: int | None = None) -> int:
-    """Seconds of GPU to ask a ZeroGPU Space for one request (it queues shorter asks
-    first): encoding and classification grow with the image's megapixels, automatic
-    masks with the number of grid points (1024 at the default 32 x 32, about a second on
-    an A100-class GPU); doubled for slack, between 15 and 120."""
-    megapixels = (image_hw[0] * image_hw[1] / 1e6) if image_hw else 1.0
-    points = (points_per_side or 0) ** 2
-    return int(min(120, max(15, 2 * (5 + 2 * megapixels + 3 * points / 1024))))
-
-
-def plain(text: str) -> str:
-    """``text`` escaped for Gradio's Markdown (and the HTML it allows): user text such
-    as class names always shows literally."""
-    return re.sub(r"([\\`*_{}\[\]()#+!|~$-])", r"\\\1", html.escape(str(text), quote=False))
-
-
-def error_markdown(err: MaskAdapterError) -> str:
-    """An error as Markdown: its text shown literally; the missing files of a
-    ``WeightsNotFoundError`` as a list between its message and its advice."""
-    if not isinstance(err, WeightsNotFoundError) or not err.files:
-        return plain(err.summary)
-    items = "\n".join(f"- {plain(line)}" for line in err.files)
-    return f"{plain(err.message)}\n\n{items}\n\n{plain(err.advice)}"
-
-
-CLICK_KINDS = ("positive", "negative", "box")
-MAX_UNDO_STEPS = 256  # undo records kept per user; the oldest are dropped first
-
-
-class PromptSnapshot(NamedTuple):
-    """An immutable copy of a point state's prompts, kept for undo."""
-
-    points: tuple[tuple[float, float, int], ...]
-    box: tuple[float, ...] | None
-    corner: tuple[float, ...] | None
-
-
-@dataclass
-class PointState:
-    """One user's point-prompt tab: a key into the segmenter's session store (which
-    keeps the photo), the image's size, the points and an optional box.
-
-    Conventions: XY pixels of the original image (0 <= x <= W, 0 <= y <= H); ``points``
-    holds ``[x, y, label]`` with label 1 positive, 0 negative (at most ``MAX_POINTS``);
-    ``box`` is XYXY with x0 < x1, y0 < y1; ``corner`` is the first click of a box being
-    drawn. Every change (a point, a box corner, a clear) pushes a snapshot of the
-    prompts before it onto ``history``; ``undo`` pops one, so undoing in any order gives
-    back exactly the earlier points, box and pending corner. A refused click changes
-    nothing, not even the history.
-    """
-
-    key: str | None = None
-    hw: tuple[int, int] | None = None
-    points: list[list[float]] = field(default_factory=list)  # [x, y, label]
-    box: list[float] | None = None  # XYXY
-    corner: list[float] | None = None  # first corner of a box being drawn
-    history: list[PromptSnapshot] = field(default_factory=list)  # the prompts before each change, for undo
-
-    def add(self, x: float, y: float, kind: str) -> None:
-        """Add a click at (x, y), XY pixels of the original image. ``kind``: "positive"
-        (label 1), "negative" (label 0) or "box": the first box click sets ``corner``,
-        the second makes ``box`` from the two opposite corners (in any order), replacing
-        an earlier box. Raises ``InputError`` and changes nothing when the click is
-        refused (no image, unknown kind, not finite, outside the image, a box under
-        1 pixel, more than ``MAX_POINTS`` points)."""
-        if self.hw is None:
-            raise InputError("upload an image first, then click on it")
-        if kind not in CLICK_KINDS:
-            raise InputError(f"unknown click kind {kind!r}: expected one of {', '.join(CLICK_KINDS)}")
-        x, y = check_point(x, y, self.hw, "the click")
-        points, box, corner = self.points, self.box, self.corner
-        if kind == "box" and corner is None:
-            corner = [x, y]
-        elif kind == "box":
-            box, corner = box_in_image([*corner, x, y], self.hw), None
-        else:
-            points = [*points, [x, y, 1 if kind == "positive" else 0]]
-            check_points(points, self.hw, require_positive=False)  # the count limit
-        self._push()
-        self.points, self.box, self.corner = points, box, corner
-
-    def snapshot(self) -> PromptSnapshot:
-        """The current points, box and pending corner, as immutable tuples."""
-        return PromptSnapshot(
-            tuple((float(x), float(y), int(label)) for x, y, label in self.points),
-            None if self.box is None else tuple(self.box),
-            None if self.corner is None else tuple(self.corner),
-        )
-
-    def _push(self) -> None:
-        self.history.append(self.snapshot())
-        del self.history[:-MAX_UNDO_STEPS]
-
-    def copy(self) -> PointState:
-        """A copy to change, so that a failed event leaves the user's state as it was
-        (the prompt lists are copied; history entries are immutable)."""
-        return dataclasses.replace(
-            self,
-            points=[list(p) for p in self.points],
-            box=None if self.box is None else list(self.box),
-            corner=None if self.corner is None else list(self.corner),
-            history=list(self.history),
-        )
-
-    def undo(self) -> None:
-        """Go back to the prompts before the last change (nothing happens without one)."""
-        if self.history:
-            points, box, corner = self.history.pop()
-            self.points = [list(p) for p in points]
-            self.box = None if box is None else list(box)
-            self.corner = None if corner is None else list(corner)
-
-    def clear(self) -> None:
-        """Remove the points, the box and a pending corner; undo brings them back."""
-        if self.points or self.box is not None or self.corner is not None:
-            self._push()
-            self.points, self.box, self.corner = [], None, None
-
-    @property
-    def ready(self) -> bool:
-        """Whether there is a prompt SAM-2 can use: a positive point or a box."""
-        return any(p[2] == 1 for p in self.points) or self.box is not None
-
-    def points_json(self) -> str:
-        return json.dumps([[round(x, 1), round(y, 1), int(lab)] for x, y, lab in self.points])
-
-
 @dataclass
 class Output:
-    """What one request produces for the UI and the API."""
+    """One request's answer as data; ``maskadapter.ui`` words it (message, table rows).
 
-    picture: np.ndarray  # (H', W, 3) uint8 RGB
-    rows: list[list]  # table rows, TABLE_HEADERS
-    segments: dict  # the segments JSON (see maskadapter.output.export)
-    label_map_path: Path | None
-    json_path: Path | None
-    message: str
-
-
-def _decode(text: str, what: str, example: str) -> object:
-    """JSON ``text`` -> Python value; ``InputError`` for text over ``MAX_PROMPT_CHARS``
-    or not JSON. (``NaN`` and ``Infinity``, which ``json`` reads, are refused later as
-    numbers that are not finite.)"""
-    if len(text) > MAX_PROMPT_CHARS:
-        raise InputError(f"the {what} text is too long ({len(text):,} characters): at most {MAX_PROMPT_CHARS:,}")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{what} must be JSON like {example}; {err.msg} at character {err.pos}") from None
-    except (ValueError, RecursionError):  # integers of over 4300 digits, very deep nesting
-        raise InputError(
-            f"{what} must be JSON like {example}; this text nests too deeply or has too long a number"
-        ) from None
-
-
-def parse_points(text: str | Sequence | None) -> list[list[float]]:
-    """``'[[x, y, label], ...]'`` (JSON text, or the list itself) -> ``[[x, y, label], ...]``
-    with float XY pixels of the original image and int labels (1 positive, 0 negative).
-
-    None, blank text and JSON ``null`` give ``[]``. The form is checked here (see
-    ``maskadapter.engine.transforms.point_list``: at most ``MAX_POINTS``, finite numbers, no
-    booleans); the image bounds and the need for a positive point are checked by
-    ``check_points`` when the points are used. Raises ``InputError``.
+    ``result`` is None only for the point tab without a usable prompt yet: then
+    ``picture`` is the photo with the clicks drawn, ``segments`` is ``{}`` and there are
+    no files.
     """
-    data = text
-    if isinstance(text, str):
-        data = None if not text.strip() else _decode(text, "points", "[[x, y, 1], [x, y, 0]]")
-    return [] if data is None else point_list(data)
+
+    result: SegmentationResult | None
+    picture: np.ndarray  # (H', W, 3) uint8 RGB: the overlay (H' > H with a legend below) or the photo
+    segments: dict  # the segments JSON (see maskadapter.output.export); {} without a result
+    label_map_path: Path | None  # the label map PNG to download (None: not written)
+    json_path: Path | None  # the segments JSON file to download (None: not written)
+    notes: tuple[str, ...] = ()  # what to tell about the vocabulary (Segmenter.vocabulary_notes)
+
+    @property
+    def downloads(self) -> bool:
+        """Whether the files to download were written (they are not on a read-only disk)."""
+        return self.json_path is not None
 
 
-def parse_box(text: str | Sequence | None) -> list[float] | None:
-    """``'[x0, y0, x1, y1]'`` (JSON text, or the list itself; two opposite corners in
-    XY pixels, in any order) -> the XYXY box with x0 < x1, y0 < y1, or None for no box.
+@dataclass
+class ComparedOutput:
+    """The comparison's answer as data: the same SAM-2 masks named by Mask-Adapter
+    (``adapter``) and by plain mask pooling (``pooling``); ``changed`` of the ``masks``
+    masks have a different best class under the two."""
 
-    None, blank text, JSON ``null`` and an empty list mean no box. Four finite numbers
-    at least 1 pixel apart on both axes are required here (``box_corners``); the box
-    must lie inside the image, checked by ``check_box`` when it is used (a box reaching
-    outside is refused, not clipped). Raises ``InputError``.
-    """
-    data = text
-    if isinstance(text, str):
-        data = None if not text.strip() else _decode(text, "a box", "[x0, y0, x1, y1]")
-    if data is None or (isinstance(data, list | tuple) and len(data) == 0):
-        return None
-    return box_corners(data)
+    adapter: Output
+    pooling: Output
+    changed: int
+    masks: int
+
+
+class LoadStatus(NamedTuple):
+    """Where model loading stands (for the page's banner): ``loading`` until the loader
+    finishes; then ``error`` if it failed, else ``segmenter``, the base one."""
+
+    loading: bool
+    step: str  # what the loader is doing ("loading models...", then "ready")
+    error: MaskAdapterError | None
+    segmenter: Segmenter | None
 
 
 class SegmentationService:
@@ -297,7 +160,7 @@ class SegmentationService:
         finally:
             self._ready.set()
 
-    def wait(self, report: Report = _quiet) -> Segmenter:
+    def wait(self, report: ProgressCallback = no_progress) -> Segmenter:
         """The base segmenter, waiting for the loader; raises its error if it failed."""
         self.start()
         while not self._ready.wait(timeout=0.5):
@@ -326,11 +189,12 @@ class SegmentationService:
         return self.sam_sizes[0] if self.settings.tiny_random else self.settings.sam_size
 
     def default_mask_settings(self) -> AutoMaskSettings:
-        """The demo's settings; with random weights SAM-2's quality filters are opened
-        (random weights predict low quality everywhere, so nothing would pass)."""
+        """The automatic-mask settings the page starts with, known before the models are
+        loaded: ``default_mask_settings`` for the weights ``--tiny-random`` chooses.
+        Requests without settings leave the choice to the segmenter."""
         return default_mask_settings(real_weights=not self.settings.tiny_random)
 
-    def segmenter(self, size: str | None, report: Report = _quiet) -> Segmenter:
+    def segmenter(self, size: str | None, report: ProgressCallback = no_progress) -> Segmenter:
         """The segmenter whose SAM-2 has ``size`` (loaded on first use)."""
         base = self.wait(report)
         size = size or self.default_sam_size
@@ -372,23 +236,11 @@ class SegmentationService:
                 log.info("unloaded SAM-2.1 %s (at most %d sizes stay loaded)", size, self.settings.sam_models)
         return unloaded
 
-    def status_markdown(self) -> str:
-        """A line for the top of the page: what runs, or why nothing does."""
+    def load_status(self) -> LoadStatus:
+        """Where model loading stands (``maskadapter.ui.present.status_markdown`` words it)."""
         if not self._ready.is_set():
-            return f"⏳ Loading models: {self._status} The first request waits for them."
-        if self._error is not None:
-            return "❌ **The models could not be loaded.** " + error_markdown(self._error)
-        seg = self._base
-        text = f"Models: {seg.models.description}; device `{seg.device}`, {seg.arithmetic}"
-        if seg.amp_dtype is not None:
-            text += " autocast"
-        if not seg.real_weights:
-            text = (
-                "⚠️ **Random weights (`--tiny-random`): masks and labels are meaningless.** "
-                "This mode only shows that the app works; run without `--tiny-random` "
-                "to download the real models. " + text
-            )
-        return text
+            return LoadStatus(True, self._status, None, None)
+        return LoadStatus(False, self._status, self._error, self._base)
 
     # ------------------------------------------------------------------ helpers
 
@@ -446,19 +298,6 @@ class SegmentationService:
             log.warning("could not write the downloads to %s: %s", self.output_dir, err)
             return None, None
 
-    @staticmethod
-    def rows(result: SegmentationResult) -> list[list]:
-        total = result.label_map.size
-        return [
-            [
-                seg.label,
-                round(seg.score, 3),
-                round(100.0 * seg.area / total, 2),
-                ", ".join(f"{label} ({score:.2f})" for label, score in seg.top5[1:4]),
-            ]
-            for seg in result.segments
-        ]
-
     # ------------------------------------------------------------------ tasks
 
     def automatic(
@@ -466,41 +305,28 @@ class SegmentationService:
         image: object,
         vocabulary_text: str | None,
         predefined: Sequence[str] | None = (),
-        session_key: str | None = None,
         sam_size: str | None = None,
         mask_settings: AutoMaskSettings | None = None,
         mode: str = "semantic",
         score_threshold: float = 0.0,
         granularity: float = 0.8,
         alpha: float = 0.5,
-        report: Report = _quiet,
+        report: ProgressCallback = no_progress,
     ) -> tuple[Output, str]:
-        """Segment everything; returns the output and the image's session key (masks and
-        probabilities stay in the store: a new vocabulary or mode on the same image does
-        not run SAM-2 again)."""
-        vocabulary = self.vocabulary(vocabulary_text, predefined)
-        segmenter = self.segmenter(sam_size, report)
-        session = segmenter.session(image)  # the stored session of these pixels, if any
-        result = segmenter.segment_automatic(
-            session,
-            vocabulary,
-            mask_settings or self.default_mask_settings(),
-            mode,
-            score_threshold,
-            granularity,
-            progress=report,
+        """Segment everything (``Segmenter.segment_automatic``; ``mask_settings`` None: the
+        segmenter's defaults); returns the output and the key of the image's stored
+        session (masks and probabilities stay in the store: the same pixels with a new
+        vocabulary or mode do not run SAM-2 again)."""
+        session, result, notes = self._run_automatic(
+            Segmenter.segment_automatic,
+            image,
+            vocabulary_text,
+            predefined,
+            sam_size,
+            (mask_settings, mode, score_threshold, granularity),
+            report,
         )
-        report(0.95, "drawing")
-        out = self._output(result, overlay(session.image, result, alpha=alpha), "automatic")
-        count = len(result.segments)
-        message = f"{count} segment{'' if count == 1 else 's'}."
-        if not count:
-            message = (
-                "No segment: SAM-2 found no mask that passes its thresholds, or every mask scored "
-                "below the score threshold. Lower them under Advanced."
-            )
-        out.message = self._message(message, segmenter.vocabulary_notes(vocabulary), out.json_path is not None)
-        return out, session.key
+        return self._output(result, overlay(session.image, result, alpha=alpha), "automatic", notes), session.key
 
     def compare(
         self,
@@ -513,33 +339,47 @@ class SegmentationService:
         score_threshold: float = 0.0,
         granularity: float = 0.8,
         alpha: float = 0.5,
-        report: Report = _quiet,
-    ) -> tuple[Output, Output, str]:
-        """The same SAM-2 masks named by Mask-Adapter and by plain mask pooling: an output
-        for each, and a message saying how many masks changed label."""
+        report: ProgressCallback = no_progress,
+    ) -> ComparedOutput:
+        """The same SAM-2 masks named by Mask-Adapter and by plain mask pooling
+        (``Segmenter.compare``; arguments as in ``automatic``): an output for each, and
+        how many masks changed label."""
+        session, found, notes = self._run_automatic(
+            Segmenter.compare,
+            image,
+            vocabulary_text,
+            predefined,
+            sam_size,
+            (mask_settings, mode, score_threshold, granularity),
+            report,
+        )
+        adapter, pooling = (
+            self._output(result, overlay(session.image, result, alpha=alpha), f"compare-{name}", notes)
+            for name, result in (("adapter", found.adapter), ("pooling", found.pooling))
+        )
+        return ComparedOutput(adapter, pooling, found.changed, found.masks)
+
+    def _run_automatic(
+        self,
+        run: Callable[..., SegmentationResult | Comparison],
+        image: object,
+        vocabulary_text: str | None,
+        predefined: Sequence[str] | None,
+        sam_size: str | None,
+        options: tuple[AutoMaskSettings | None, str, float, float],
+        report: ProgressCallback,
+    ) -> tuple[ImageSession, SegmentationResult | Comparison, tuple[str, ...]]:
+        """What ``automatic`` and ``compare`` share: the vocabulary (checked before waiting
+        for any model), the segmenter of ``sam_size``, the stored session of the image's
+        pixels, then ``run(segmenter, session, vocabulary, *options)`` with ``options``
+        (mask settings, mode, score threshold, granularity); the session, what ``run``
+        found and the vocabulary's notes."""
         vocabulary = self.vocabulary(vocabulary_text, predefined)
         segmenter = self.segmenter(sam_size, report)
-        session = segmenter.session(image)
-        found = segmenter.compare(
-            session,
-            vocabulary,
-            mask_settings or self.default_mask_settings(),
-            mode,
-            score_threshold,
-            granularity,
-            progress=report,
-        )
+        session = segmenter.session(image)  # the stored session of these pixels, if any
+        found = run(segmenter, session, vocabulary, *options, progress=report)
         report(0.95, "drawing")
-        outputs = [
-            self._output(result, overlay(session.image, result, alpha=alpha), f"compare-{name}")
-            for name, result in (("adapter", found.adapter), ("pooling", found.pooling))
-        ]
-        message = (
-            f"{found.changed} of {found.masks} SAM-2 mask{'' if found.masks == 1 else 's'} changed label "
-            "between Mask-Adapter and plain mask pooling."
-        )
-        downloads = all(out.json_path is not None for out in outputs)
-        return outputs[0], outputs[1], self._message(message, segmenter.vocabulary_notes(vocabulary), downloads)
+        return session, found, segmenter.vocabulary_notes(vocabulary)
 
     def points(
         self,
@@ -548,48 +388,26 @@ class SegmentationService:
         predefined: Sequence[str] | None = (),
         sam_size: str | None = None,
         alpha: float = 0.5,
-        report: Report = _quiet,
+        report: ProgressCallback = no_progress,
     ) -> Output:
-        """Label the object at the state's points (and box); draws the prompts."""
+        """Label the object at the state's points (and box); draws the prompts. Without a
+        prompt SAM-2 can use yet (``state.ready``), the photo with the clicks drawn and
+        no result."""
         if state.key is None:
             raise InputError("upload an image first, then click on the object")
         shown = self._shown(state)
         segmenter = self.segmenter(sam_size, report)
         session = self._point_session(segmenter, state)
-        image = session.image
         if not state.ready:
-            picture = draw_points(image, shown, state.box)
-            hint = (
-                "Add a positive point (or a box) on the object."
-                if state.points or state.corner
-                else ("Click on the object to add a point.")
-            )
-            return Output(picture, [], {}, None, None, hint)
+            return Output(None, draw_points(session.image, shown, state.box), {}, None, None)
         vocabulary = self.vocabulary(vocabulary_text, predefined)
         result = segmenter.segment_points(session, state.points, vocabulary, box=state.box, progress=report)
-        picture = overlay(image, result, alpha=alpha, legend=False, points=shown, box=state.box)
-        out = self._output(result, picture, "points")
-        if result.segments:
-            seg = result.segments[0]
-            alternatives = ", ".join(f"{plain(label)} {score:.2f}" for label, score in seg.top5[1:4])
-            message = f"**{plain(seg.label)}** ({seg.score:.2f}); alternatives: {alternatives}"
-        else:
-            message = "SAM-2 returned an empty mask for these points; try another click."
-        out.message = self._message(message, segmenter.vocabulary_notes(vocabulary), out.json_path is not None)
-        return out
+        picture = overlay(session.image, result, alpha=alpha, legend=False, points=shown, box=state.box)
+        return self._output(result, picture, "points", segmenter.vocabulary_notes(vocabulary))
 
-    def _output(self, result: SegmentationResult, picture: np.ndarray, name: str) -> Output:
-        """A result's output for the UI and the API: ``picture``, the table rows, the
-        segments JSON and the downloads written under ``name`` (message left empty)."""
+    def _output(self, result: SegmentationResult, picture: np.ndarray, name: str, notes: tuple[str, ...]) -> Output:
+        """A result's output: ``picture``, the segments JSON, the downloads written under
+        ``name``, and the vocabulary's ``notes``."""
         segments = segments_to_dict(result)
         label_path, json_path = self._files(result, segments, name)
-        return Output(picture, self.rows(result), segments, label_path, json_path, "")
-
-    @staticmethod
-    def _message(message: str, notes: Sequence[str], downloads: bool) -> str:
-        """The result's message (Markdown) with notices about the vocabulary and a word
-        on missing downloads."""
-        extra = [plain(note) + "." for note in notes]
-        if not downloads:
-            extra.append("Downloads are unavailable: the server could not write its output files.")
-        return " ".join([message, *extra])
+        return Output(result, picture, segments, label_path, json_path, notes)

@@ -25,8 +25,11 @@ from conftest import small_image
 from PIL import Image
 
 import app
+from maskadapter.point_prompts import parse_points
 from maskadapter.service import SegmentationService
 from maskadapter.settings import Settings
+from maskadapter.ui.handlers import mask_settings
+from maskadapter.ui.present import automatic_message, compare_message, table_rows
 
 pytestmark = pytest.mark.slow
 
@@ -101,19 +104,21 @@ def _via_api(client, path: str, kind: str, vocabulary: str, arg) -> dict:
 
 def _alone(service: SegmentationService, image, kind: str, vocabulary: str, arg) -> dict:
     """The same request made alone, straight on a service, as the API would answer it."""
-    from maskadapter.service import parse_points
-
     if kind == "points":
         state = service.prompt_state(image, parse_points(arg), None)
         found = {"segments": service.points(state, vocabulary).segments}
     else:
-        settings = app.mask_settings(service.default_mask_settings(), arg, *_open_filters(service))
+        settings = mask_settings(service.default_mask_settings(), arg, *_open_filters(service))
         if kind == "compare":
-            adapter, pooling, message = service.compare(image, vocabulary, mask_settings=settings)
-            found = {"message": message, "adapter": adapter.segments, "pooling": pooling.segments}
+            compared = service.compare(image, vocabulary, mask_settings=settings)
+            found = {
+                "message": compare_message(compared),
+                "adapter": compared.adapter.segments,
+                "pooling": compared.pooling.segments,
+            }
         else:
             out, _ = service.automatic(image, vocabulary, mask_settings=settings)
-            found = {"message": out.message, "rows": out.rows, "segments": out.segments}
+            found = {"message": automatic_message(out), "rows": table_rows(out.result), "segments": out.segments}
     return json.loads(json.dumps(found))  # as it travels
 
 

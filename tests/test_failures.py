@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-import app
 from maskadapter.engine.mask_settings import AutoMaskSettings
 from maskadapter.engine.vocabulary import build_vocabulary
 from maskadapter.errors import InputError, ResourceError
-from maskadapter.service import SegmentationService, plain
+from maskadapter.service import SegmentationService
 from maskadapter.settings import Settings
+from maskadapter.ui.events import friendly, gentle
+from maskadapter.ui.present import automatic_message, plain
 
 OPEN = AutoMaskSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
 
@@ -33,11 +34,11 @@ def _refused(*args):
 
 def test_api_errors_are_short_and_unexpected_ones_get_an_id(caplog):
     with pytest.raises(gr.Error) as err:
-        app.friendly(_refused)()
+        friendly(_refused)()
     assert err.value.message == "the vocabulary is empty: type <b>class</b> names"  # plain text for API clients
 
     with caplog.at_level(logging.ERROR, logger="app"), pytest.raises(gr.Error) as err:
-        app.friendly(_broken)()
+        friendly(_broken)()
     message = err.value.message
     assert "secret" not in message and "RuntimeError" not in message and "/srv" not in message
     ref = re.search(r"error id ([0-9a-f]{8})", message).group(1)
@@ -49,13 +50,13 @@ def test_ui_errors_leave_every_output_and_state_alone(monkeypatch):
     warnings = []
     monkeypatch.setattr(gr, "Warning", lambda message: warnings.append(message))
     for fn, expected in ((_refused, "the vocabulary is empty"), (_broken, "error id")):
-        result = app.gentle(4, 1)(fn)("photo", "state")
+        result = gentle(4, 1)(fn)("photo", "state")
         assert len(result) == 4
         assert [r for i, r in enumerate(result) if i != 1] == [gr.skip()] * 3  # nothing else changes
         assert expected in result[1] and expected in warnings[-1]
     assert "&lt;b&gt;" in warnings[0] and "<b>" not in result[1]
     # restore: the previous photo comes back when a new upload fails
-    result = app.gentle(3, 1, restore=lambda image, state: {0: f"picture of {state}"})(_refused)("bad", "old")
+    result = gentle(3, 1, restore=lambda image, state: {0: f"picture of {state}"})(_refused)("bad", "old")
     assert result[0] == "picture of old" and result[2] == gr.skip()
 
 
@@ -118,7 +119,7 @@ def test_unwritable_output_directory_still_gives_the_result(tiny_files, tmp_path
     service.output_dir = blocker / "outputs"  # cannot be created, even by root
     out, _ = service.automatic(image, "cat, wall", mask_settings=OPEN)
     assert out.label_map_path is None and out.json_path is None
-    assert out.segments["segments"] and "Downloads are unavailable" in out.message
+    assert out.segments["segments"] and "Downloads are unavailable" in automatic_message(out)
     state = service.open_point_image(image)  # the photo lives in the session store, not on disk
     state.add(80, 50, "positive")
     assert service.points(state, "cat, wall").segments["segments"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-import app
+from maskadapter.ui import events
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ def test_gpu_time_is_asked_per_call(monkeypatch):
 
             return decorate
 
-    monkeypatch.setattr(app, "spaces", FakeSpaces)
+    monkeypatch.setattr(events, "spaces", FakeSpaces)
 
     def segment(image, vocabulary, points_per_side=32):
         return vocabulary
@@ -46,15 +46,15 @@ def test_gpu_time_is_asked_per_call(monkeypatch):
     def click(kind, vocabulary):
         return kind
 
-    assert app.gpu(segment)(np.zeros((768, 1024, 3), np.uint8), "cat", points_per_side=32) == "cat"
-    app.gpu(segment)(np.zeros((4000, 6000, 3), np.uint8), "cat", 64)
-    app.gpu(segment)(np.zeros((1000, 1000, 3), np.uint8), "cat", 64)
-    app.gpu(click)("positive", "cat")
+    assert events.gpu(segment)(np.zeros((768, 1024, 3), np.uint8), "cat", points_per_side=32) == "cat"
+    events.gpu(segment)(np.zeros((4000, 6000, 3), np.uint8), "cat", 64)
+    events.gpu(segment)(np.zeros((1000, 1000, 3), np.uint8), "cat", 64)
+    events.gpu(click)("positive", "cat")
     # seconds = int(min(120, max(15, 2 * (5 + 2 * megapixels + 3 * points / 1024)))), points = side**2:
     # 768 x 1024, 32: 2 * (5 + 2 * 0.786432 + 3 * 1024 / 1024) = 19.145728 -> 19
     # 4000 x 6000, 64: 2 * (5 + 2 * 24 + 3 * 4096 / 1024) = 130 -> capped at 120
     # 1000 x 1000, 64: 2 * (5 + 2 * 1 + 3 * 4096 / 1024) = 38 -> 38
     # a click (no image argument: 1 megapixel assumed, no grid): 2 * (5 + 2 * 1 + 0) = 14 -> raised to 15
     assert asked == [19, 120, 38, 15]
-    monkeypatch.setattr(app, "spaces", None)
-    assert app.gpu(segment) is segment  # nothing to do off a Space
+    monkeypatch.setattr(events, "spaces", None)
+    assert events.gpu(segment) is segment  # nothing to do off a Space

@@ -1,0 +1,123 @@
+"""The Gradio side of the app's events: uploaded photos, failures as short messages,
+progress, and GPU time on a ZeroGPU Space.
+
+(The photo component itself, ``Photo``, is defined in ``app.py``: Gradio writes a
+``.pyi`` stub beside the module of every component class it meets.)
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import inspect
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from maskadapter.errors import InputError, MaskAdapterError
+from maskadapter.progress import ProgressCallback
+from maskadapter.ui.present import plain
+
+try:  # ZeroGPU Spaces: GPU work runs inside spaces.GPU-decorated functions
+    import spaces
+except ImportError:
+    spaces = None
+
+log = logging.getLogger("app")
+
+
+def gpu_seconds(image_hw: tuple[int, int] | None, points_per_side: int | None = None) -> int:
+    """Seconds of GPU to ask a ZeroGPU Space for one request (it queues shorter asks
+    first): encoding and classification grow with the image's megapixels, automatic
+    masks with the number of grid points (1024 at the default 32 x 32, about a second on
+    an A100-class GPU); doubled for slack, between 15 and 120."""
+    megapixels = (image_hw[0] * image_hw[1] / 1e6) if image_hw else 1.0
+    points = (points_per_side or 0) ** 2
+    return int(min(120, max(15, 2 * (5 + 2 * megapixels + 3 * points / 1024))))
+
+
+def gpu(fn):
+    """On a ZeroGPU Space, run ``fn`` on a GPU held for a duration chosen per call from
+    its image and SAM-2 grid (``gpu_seconds``); elsewhere ``fn`` itself."""
+    if spaces is None:
+        return fn
+    signature = inspect.signature(fn)
+
+    def duration(*args, **kwargs) -> int:
+        given = signature.bind_partial(*args, **kwargs).arguments
+        image = given.get("image")
+        hw = image.shape[:2] if isinstance(getattr(image, "shape", None), tuple) else None
+        return gpu_seconds(hw, given.get("points_per_side"))
+
+    return spaces.GPU(duration=duration)(fn)
+
+
+def pixels(value: Any) -> Any:
+    """A photo component's value (``app.Photo``: an (H, W, 3) uint8 array, None, or the
+    ``InputError`` of a file that failed to decode) as the array or None; raises the
+    decoding error."""
+    if isinstance(value, InputError):
+        raise value
+    return value
+
+
+def user_message(err: Exception, where: str) -> str:
+    """What a user is told about ``err``: the package's own short message, or, for an
+    unexpected error, a generic line with an id under which the traceback is logged."""
+    if isinstance(err, gr.Error):
+        return str(err.message)
+    if isinstance(err, MaskAdapterError):
+        return err.summary
+    ref = uuid.uuid4().hex[:8]
+    log.error("error %s in %s", ref, where, exc_info=err)
+    return f"Something went wrong on the server (error id {ref}). Please try again; if it keeps failing, report the id."
+
+
+def friendly(fn):
+    """For API endpoints: any failure becomes a short ``gr.Error``, never a traceback
+    or internal text."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            raise gr.Error(user_message(err, fn.__name__), print_exception=False) from None
+
+    return wrapper
+
+
+def gentle(outputs: int, message: int, restore: Callable[..., dict[int, Any]] | None = None):
+    """For UI events: a failure shows a warning and goes into the tab's message box
+    (output ``message``); every other output (photo, points, previous result) and the
+    user's state stay as they were, except what ``restore(*args)`` gives back."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:
+                text = user_message(err, fn.__name__)
+            gr.Warning(html.escape(text))
+            result: list[Any] = [gr.skip()] * outputs
+            result[message] = "⚠️ " + plain(text)
+            if restore is not None:
+                try:
+                    for index, value in restore(*args).items():
+                        result[index] = value
+                except Exception:  # keep the photo as the browser shows it
+                    log.warning("could not restore the previous view", exc_info=True)
+            return tuple(result)
+
+        return wrapper
+
+    return decorate
+
+
+def reporter(progress: gr.Progress) -> ProgressCallback:
+    """The package's progress callback shown as Gradio's progress bar."""
+    return lambda fraction, message: progress(fraction, desc=message)
