@@ -27,9 +27,9 @@ from maskadapter.service import SegmentationService
 from maskadapter.settings import Settings, add_arguments, settings_from_args
 from maskadapter.ui import events
 from maskadapter.ui.events import friendly, gentle, gpu
-from maskadapter.ui.handlers import START, automatic_handler, compare_handler, point_handlers
+from maskadapter.ui.handlers import automatic_handler, compare_handler, point_handlers
 from maskadapter.ui.mcp_outputs import fix_mcp_outputs
-from maskadapter.ui.present import TABLE_HEADERS, status_markdown
+from maskadapter.ui.present import START, TABLE_HEADERS, status_markdown
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_VOCABULARY = "person, cat, dog, car, road, tree | bush, grass, sky, building, table, wall"

@@ -22,9 +22,14 @@ from maskadapter.service import Output, SegmentationService
 from maskadapter.ui import endpoint_docs
 from maskadapter.ui.endpoint_docs import documented
 from maskadapter.ui.events import pixels, reporter
-from maskadapter.ui.present import automatic_message, compare_message, downloads, points_message, table_rows
-
-START = "Upload a photo, then click on an object."  # the point tab's message without a photo
+from maskadapter.ui.present import (
+    START,
+    automatic_message,
+    compare_message,
+    downloads,
+    points_message,
+    table_rows,
+)
 
 
 def mask_settings(defaults: AutoMaskSettings, points_per_side, pred_iou_thresh, stability_score_thresh):

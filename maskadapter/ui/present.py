@@ -17,6 +17,7 @@ from maskadapter.point_prompts import PointState
 from maskadapter.service import ComparedOutput, LoadStatus, Output
 
 TABLE_HEADERS = ["label", "score", "area %", "alternatives (top 3)"]
+START = "Upload a photo, then click on an object."  # the point tab's message without a photo
 
 
 def plain(text: str) -> str:
