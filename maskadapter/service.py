@@ -77,7 +77,7 @@ class Output:
     """
 
     result: SegmentationResult | None
-    picture: np.ndarray  # (H', W, 3) uint8 RGB: the overlay (H' > H with a legend below) or the photo
+    picture: np.ndarray  # (H', W, 3) uint8 RGB, H' >= H: the overlay (automatic: a legend below) or the photo
     segments: dict  # the segments JSON (see maskadapter.output.export); {} without a result
     label_map_path: Path | None  # the label map PNG to download (None: not written)
     json_path: Path | None  # the segments JSON file to download (None: not written)
