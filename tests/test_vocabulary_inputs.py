@@ -29,7 +29,7 @@ from maskadapter.engine.vocabulary import (
 from maskadapter.errors import VocabularyError
 from maskadapter.output.export import segments_json, segments_to_dict
 from maskadapter.output.render import legend_panel, overlay
-from maskadapter.service import SegmentationService
+from maskadapter.ui.present import table_rows
 
 MARKUP = ["<b>x</b>", "**bold**", "$x^2$", "[link](http://a)", "<script>alert(1)</script>", "{0} %s \\n"]
 
@@ -284,7 +284,7 @@ def test_markup_and_unicode_literal_in_json_and_table(segmenter, image):
     assert json.loads(text)["labels"] == names
     for name in names:
         assert json.dumps(name, ensure_ascii=False) in text
-    rows = SegmentationService.rows(result)
+    rows = table_rows(result)
     assert [row[0] for row in rows] == [seg.label for seg in result.segments]
     assert all(row[0] in names for row in rows)
 
