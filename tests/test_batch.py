@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskadapter import __main__ as cli
-from maskadapter import batch
+from maskadapter.cli import batch, batch_jobs, common
 from maskadapter.output.export import decode_rle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,17 +57,17 @@ def _common(tmp_path: Path) -> list[str]:
 
 class CountingLoads:
     """Wraps the ``load_image`` that batch's reads go through (``read_image_file`` in
-    ``maskadapter.__main__``) to count the images decoded."""
+    ``maskadapter.cli.common``) to count the images decoded."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.paths: list[Path] = []
-        original = cli.load_image
+        original = common.load_image
 
         def counted(source: object) -> np.ndarray:
             self.paths.append(Path(source))
             return original(source)
 
-        monkeypatch.setattr(cli, "load_image", counted)
+        monkeypatch.setattr(common, "load_image", counted)
 
 
 @pytest.mark.slow
@@ -78,7 +77,7 @@ def test_batch_tree_failure_resume_and_coco(tree, tmp_path, monkeypatch, capsys)
     loads = CountingLoads(monkeypatch)
     code = batch.main([str(tree), "--out", str(out), "--coco", str(coco_path), "--overlay", *_common(tmp_path)])
     err = capsys.readouterr().err
-    assert code == batch.EXIT_PARTIAL == 3, err[-3000:]
+    assert code == common.EXIT_PARTIAL == 3, err[-3000:]
     assert "broken.png" in err and "Traceback" not in err
     assert len(loads.paths) == 4
 
@@ -180,12 +179,12 @@ def test_batch_list_file_and_dispatch(tree, tmp_path, monkeypatch, capsys):
 
 def test_batch_inputs_and_errors(tree, tmp_path, capsys):
     out = tmp_path / "out"
-    jobs = batch.plan_jobs([str(tree)], out)
+    jobs = batch_jobs.plan_jobs([str(tree)], out)
     assert [j.relative for j in jobs] == ["broken.png", "chelsea.png", "sub/coffee.jpg", "sub/deeper/cat2.png"]
     assert jobs[2].output("_labels.png") == out / "sub" / "coffee_labels.png"
-    globbed = batch.plan_jobs([str(tree / "sub" / "**" / "*.png")], out)
+    globbed = batch_jobs.plan_jobs([str(tree / "sub" / "**" / "*.png")], out)
     assert [j.relative for j in globbed] == ["deeper/cat2.png"]
-    assert batch.plan_jobs([str(tree), str(tree / "chelsea.png")], out) == jobs  # each source once
+    assert batch_jobs.plan_jobs([str(tree), str(tree / "chelsea.png")], out) == jobs  # each source once
 
     common = ["--vocab", "cat", "--out", str(out), "--tiny-random", "--cache-dir", str(tmp_path / "cache")]
     assert batch.main([str(tmp_path / "none" / "*.png"), *common]) == 2
@@ -197,3 +196,12 @@ def test_batch_inputs_and_errors(tree, tmp_path, capsys):
     assert batch.main([str(empty), *common]) == 2
     assert "no images in directory" in capsys.readouterr().err
     assert not out.exists()  # nothing run, nothing written
+
+
+def test_engines_have_one_name_each():
+    """``--engine`` offers exactly ``ENGINES``' names, each one engine function."""
+    from maskadapter.cli import batch_local, batch_ray
+
+    assert batch.ENGINES == {"local": batch_local.run_local, "ray": batch_ray.run_ray}
+    engine = next(action for action in batch.build_parser()._actions if action.dest == "engine")
+    assert tuple(engine.choices) == tuple(batch.ENGINES)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from test_batch import _common, tree  # noqa: F401  (the fixture)
 
-from maskadapter import batch
+from maskadapter.cli import batch, common
 
 
 @pytest.mark.slow
@@ -28,7 +28,7 @@ def test_ray_engine_matches_local(tree, tmp_path, monkeypatch, capsys):  # noqa:
     ray_args = ["--engine", "ray", "--ray-cpus", "2", "--ray-actors", "2", "--ray-batch-size", "1"]
     code = batch.main([str(tree), "--out", str(ray_out), *ray_args, *_common(tmp_path)])
     err = capsys.readouterr().err
-    assert code == batch.EXIT_PARTIAL == 3, err[-3000:]
+    assert code == common.EXIT_PARTIAL == 3, err[-3000:]
     assert not ray.is_initialized()  # the engine started Ray, so it shut it down
 
     summary = json.loads((ray_out / "summary.json").read_text())
@@ -65,6 +65,6 @@ def test_ray_missing_is_a_clear_error(tree, tmp_path, monkeypatch, capsys):  # n
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     monkeypatch.setitem(sys.modules, "ray.data", None)
     out = tmp_path / "out"
-    assert batch.main([str(tree), "--engine", "ray", "--out", str(out), *_common(tmp_path)]) == batch.EXIT_ERROR == 2
+    assert batch.main([str(tree), "--engine", "ray", "--out", str(out), *_common(tmp_path)]) == common.EXIT_ERROR == 2
     assert "the ray engine needs Ray Data: pip install 'ray[data]'" in capsys.readouterr().err
     assert not out.exists()  # nothing run, nothing written

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskadapter import benchmark
+from maskadapter.cli import benchmark, benchmark_compare
 
 STAGES = {
     "sam2_encode",
@@ -192,7 +192,7 @@ def test_masks_are_matched_one_to_one_by_iou():
     b[0, 5:, :9] = True  # IoU 0.9 with a[1]
     b[1, :4] = True  # IoU 0.8 with a[0]
     b[2, 9:] = True  # IoU 0.2 with a[1]: below 0.5, unmatched
-    pairs = benchmark.match_masks(torch.from_numpy(a).flatten(1), torch.from_numpy(b).flatten(1))
+    pairs = benchmark_compare.match_masks(torch.from_numpy(a).flatten(1), torch.from_numpy(b).flatten(1))
     assert pairs.tolist() == [[1, 0], [0, 1]]
 
 
@@ -206,9 +206,9 @@ def test_matching_is_greedy_best_first_and_keeps_an_iou_of_exactly_the_limit():
     a = masks((0, 4), (0, 6))  # 4 and 6 pixels
     b = masks((0, 5), (0, 2))  # 5 and 2 pixels
     # IoU: a0-b0 4/5, a1-b0 5/6 (the best: taken first), a0-b1 2/4 = 0.5 exactly, a1-b1 2/6
-    assert benchmark.match_masks(a, b).tolist() == [[1, 0], [0, 1]]
-    assert benchmark.match_masks(a, b, least=0.51).tolist() == [[1, 0]]
-    assert benchmark.match_masks(a[:0], b).shape == benchmark.match_masks(a, b[:0]).shape == (0, 2)
+    assert benchmark_compare.match_masks(a, b).tolist() == [[1, 0], [0, 1]]
+    assert benchmark_compare.match_masks(a, b, least=0.51).tolist() == [[1, 0]]
+    assert benchmark_compare.match_masks(a[:0], b).shape == benchmark_compare.match_masks(a, b[:0]).shape == (0, 2)
 
 
 class _Store:
@@ -259,7 +259,7 @@ def test_compare_precision_figures_on_known_masks():
     map_b = map_a.copy()
     map_b[:7, :7] = 1  # 49 of 196 pixels change
     fake = _FakeSegmenter({"float32": (a, [2, 0, 1], map_a), "bfloat16": (b, [1, 2, 0], map_b)})
-    change = benchmark.compare_precision(fake, np.zeros((h, w, 3), np.uint8), None, None, "semantic")
+    change = benchmark_compare.compare_precision(fake, np.zeros((h, w, 3), np.uint8), None, None, "semantic")
     assert change == {
         "precisions": ["float32", "bfloat16"],
         "masks": [3, 3],

@@ -190,3 +190,12 @@ def test_one_unreadable_image_among_two_exits_3(tmp_path):
     assert result.stdout.strip() == f"{images / 'chelsea.png'}: 0 segments -> {out / 'chelsea'}_*.png/json"
     assert (out / "chelsea_segments.json").is_file() and not (out / "broken_segments.json").exists()
     assert "Traceback" not in result.stderr
+
+
+def test_label_help_names_the_other_commands():
+    from maskadapter.__main__ import COMMANDS
+    from maskadapter.cli.label import build_parser
+
+    help_text = " ".join(build_parser().format_help().split())
+    for command in COMMANDS:
+        assert f"maskadapter {command} --help" in help_text

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskadapter import evaluate
 from maskadapter.__main__ import main as cli_main
+from maskadapter.cli import evaluate, evaluate_predict, evaluate_run
 from maskadapter.cli.datasets import DatasetError, find_samples, layout, read_labels, scan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,19 +172,19 @@ def test_ground_truth_regions_and_classes(tmp_path):
     """Regions: the two blocks of one class are two masks; classes: one mask per class."""
     gt = _blocks(30, 45, (5, 7, 9, 11, 9), 255, np.uint8).astype(np.int32)
     gt[gt == 255] = -1
-    ids, count = evaluate.ground_truth_segments(gt, "regions")
+    ids, count = evaluate_predict.ground_truth_segments(gt, "regions")
     assert count == 5
     assert np.all(ids[gt < 0] == -1)
     for c in (5, 7, 11):
         assert len(np.unique(ids[gt == c])) == 1
     assert len(np.unique(ids[gt == 9])) == 2
-    ids, count = evaluate.ground_truth_segments(gt, "classes")
+    ids, count = evaluate_predict.ground_truth_segments(gt, "classes")
     assert count == 4 and len(np.unique(ids[gt == 9])) == 1
     with pytest.raises(ValueError, match="masks must be one of sam2, ground-truth"):
-        evaluate.EvalOptions(masks="gt")
+        evaluate_predict.EvalOptions(masks="gt")
     diagonal = np.full((4, 4), -1, np.int32)
     diagonal[0, 0] = diagonal[1, 1] = 3  # corners touching: one region with 8-connectivity
-    assert evaluate.ground_truth_segments(diagonal, "regions")[1] == 1
+    assert evaluate_predict.ground_truth_segments(diagonal, "regions")[1] == 1
 
 
 def test_rerun_resumes_from_saved_predictions(tmp_path, monkeypatch):
@@ -192,8 +192,8 @@ def test_rerun_resumes_from_saved_predictions(tmp_path, monkeypatch):
     write_ade(root)
     args = ["--dataset", "ade20k", "--masks", "ground-truth", *_args(root, out, tmp_path)]
     calls = []
-    predict = evaluate.predict
-    monkeypatch.setattr(evaluate, "predict", lambda *a, **k: calls.append(1) or predict(*a, **k))
+    predict = evaluate_run.predict
+    monkeypatch.setattr(evaluate_run, "predict", lambda *a, **k: calls.append(1) or predict(*a, **k))
 
     assert evaluate.main([*args, "--limit", "2"]) == 0
     assert len(calls) == 2 and _metrics(out)["images"] == 2
@@ -237,8 +237,8 @@ def test_sessions_are_dropped_after_each_image(segmenter, tmp_path):
     data = layout("ade20k")
     (out / "predictions").mkdir(parents=True)
     vocabulary = segmenter.vocabulary("", [data.key])
-    options = evaluate.EvalOptions(masks="ground-truth")
-    run = evaluate.evaluate(segmenter, data, vocabulary, find_samples(data, root), out, options, {})
+    options = evaluate_predict.EvalOptions(masks="ground-truth")
+    run = evaluate_run.evaluate(segmenter, data, vocabulary, find_samples(data, root), out, options, {})
     assert not run.failed and len(run.seconds) == 3 and run.matrix.counts.sum() > 0
     assert (run.predicted, run.read_back) == (3, 0)
     assert len(segmenter.store) == 0 and segmenter.stats["clip_image_encodings"] == 3

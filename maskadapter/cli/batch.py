@@ -8,7 +8,8 @@ patterns and ``@list.txt`` (a text file naming one input per line; blank lines a
 starting with ``#`` are skipped; relative entries are relative to the list's folder).
 The folder structure under each input root is kept: ``in/a/b.jpg`` given as ``in``
 writes ``DIR/a/b_labels.png``; a file named directly (or by a list) is written at
-``DIR/NAME_*``; a glob's root is its longest folder without wildcards.
+``DIR/NAME_*``; a glob's root is its longest folder without wildcards
+(``maskadapter.cli.batch_jobs.plan_jobs``).
 
 Per image: ``NAME_labels.png`` (0 unlabelled, k = class k-1), ``NAME_segments.json``
 (``maskadapter.output.export``'s format plus ``"batch": {"fingerprint", "source"}``) and with
@@ -18,10 +19,11 @@ then renamed (``os.replace``), the JSON last. ``DIR/summary.json`` records the r
 Resume: an image is skipped when its JSON holds the fingerprint of this run's settings
 (vocabulary, mode, thresholds, mask settings, models) and its other outputs exist.
 
-Engines: an engine is a function ``(jobs, options, report) -> list[ImageOutcome]``
-(``ENGINES``); ``local`` runs in this process with the models loaded once and images
-decoded ahead in a background thread; ``ray`` (``maskadapter.cli.batch_ray``) runs Ray Data
-actors, each with its own models, on this machine or a Ray cluster.
+Engines (``ENGINES``, by ``--engine`` name): ``local`` (``maskadapter.cli.batch_local``)
+runs in this process with the models loaded once and images decoded ahead in a
+background thread; ``ray`` (``maskadapter.cli.batch_ray``) runs Ray Data actors, each
+with its own models, on this machine or a Ray cluster. The modules import one way:
+``batch_jobs`` <- ``batch_local`` <- ``batch_ray`` <- this command.
 
 Exit codes: 0 every image labelled (or already done), 3 some failed (see the summary),
 2 bad arguments, inputs or models (nothing run).
@@ -30,319 +32,57 @@ Exit codes: 0 every image labelled (or already done), 3 some failed (see the sum
 from __future__ import annotations
 
 import argparse
-import glob
-import hashlib
 import json
-import os
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
+from maskadapter.cli.batch_jobs import (
+    FINGERPRINT_VERSION,
+    BatchOptions,
+    Engine,
+    ImageJob,
+    ImageOutcome,
+    RayOptions,
+    Report,
+    fingerprint,
+    finished_segments,
+    plan_jobs,
+)
+from maskadapter.cli.batch_local import label_job, run_local, write_outputs
+from maskadapter.cli.batch_ray import require_ray, run_ray
 from maskadapter.cli.common import (
-    EXIT_ERROR,
     EXIT_OK,
     EXIT_PARTIAL,
-    IMAGE_EXTENSIONS,
     ProgressBar,
     add_chatter_arguments,
     add_labelling_arguments,
-    atomic_write,
-    is_image_name,
+    check_painting_arguments,
+    fail,
     model_description,
     plural,
     random_weights_warning,
-    read_image_file,
-    save_png,
     utc_now,
     write_json,
 )
-from maskadapter.engine.mask_settings import (
-    AutoMaskSettings,
-    add_mask_arguments,
-    default_mask_settings,
-    mask_settings_from_args,
-)
-from maskadapter.engine.segmenter import SegmentationResult, Segmenter
+from maskadapter.engine.mask_settings import add_mask_arguments, default_mask_settings, mask_settings_from_args
 from maskadapter.engine.vocabulary import Vocabulary, build_vocabulary
 from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.logs import setup_logging
-from maskadapter.output.export import label_map_image, segments_to_dict, write_segments_json
-from maskadapter.output.render import overlay
-from maskadapter.settings import Settings, add_arguments, settings_from_args
+from maskadapter.settings import add_arguments, settings_from_args
+
+# the names this module had before its engines and job types moved out (``maskadapter.batch``)
+__all__ = [
+    "ENGINES", "FINGERPRINT_VERSION", "SUMMARY_NAME", "BatchOptions", "Engine", "ImageJob", "ImageOutcome",
+    "RayOptions", "Report", "build_parser", "coco_results", "finished_segments", "fingerprint", "label_job",
+    "main", "plan_jobs", "run_local", "run_ray", "write_outputs",
+]  # fmt: skip
 
 SUMMARY_NAME = "summary.json"
-FINGERPRINT_VERSION = 1  # bump when the outputs' format changes, so that old outputs are redone
-
-
-@dataclass(frozen=True)
-class ImageJob:
-    """One image to label: ``source`` read, outputs at ``out_stem`` + ``_labels.png`` ...;
-    ``relative``: the source's path under its input root (POSIX), the COCO file name."""
-
-    source: Path
-    relative: str
-    out_stem: Path
-
-    def output(self, suffix: str) -> Path:
-        """The output path ``<out_stem><suffix>``, e.g. ``suffix="_labels.png"``."""
-        return self.out_stem.with_name(self.out_stem.name + suffix)
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """The ray engine's options: ``address`` of a cluster (None: ``RAY_ADDRESS``, else a
-    local instance with ``num_cpus`` CPUs, all of the machine's when None), ``actors``
-    (each holds one copy of the models), ``gpus_per_actor`` and ``batch_size`` (images
-    per call of an actor)."""
-
-    address: str | None = None
-    num_cpus: int | None = None
-    actors: int = 1
-    gpus_per_actor: float = 0.0
-    batch_size: int = 4
-
-
-@dataclass(frozen=True)
-class BatchOptions:
-    """What every engine needs to label jobs: model settings, vocabulary and labelling options."""
-
-    settings: Settings
-    vocab_text: str
-    predefined: tuple[str, ...]
-    mode: str
-    score_threshold: float
-    granularity: float
-    mask_settings: AutoMaskSettings
-    overlay: bool
-    alpha: float
-    fingerprint: str
-    show_progress: bool = False
-    quiet: bool = False
-    prefetch: int = 2
-    ray: RayOptions = field(default_factory=RayOptions)
-
-
-@dataclass
-class ImageOutcome:
-    """What became of one job: ``status`` is ``"done"``, ``"skipped"`` (already done with
-    the same settings) or ``"failed"`` (``reason``: one line)."""
-
-    job: ImageJob
-    status: str
-    segments: int = 0
-    reason: str | None = None
-    seconds: float = 0.0
-
-
-Report = Callable[[ImageOutcome], None]
-Engine = Callable[[Sequence[ImageJob], BatchOptions, Report], list[ImageOutcome]]
-
-
-# ---------------------------------------------------------------------------- inputs
-
-
-def _glob_root(pattern: str) -> Path:
-    """The longest leading folder of ``pattern`` without wildcards."""
-    parts = Path(pattern).parts
-    root: list[str] = []
-    for part in parts[:-1]:
-        if glob.has_magic(part):
-            break
-        root.append(part)
-    return Path(*root) if root else Path(".")
-
-
-def _expand_item(item: str, base: Path, seen_lists: frozenset[Path]) -> Iterator[tuple[Path, str]]:
-    """(source, relative path) pairs named by one input ``item`` (relative to ``base``)."""
-    if item.startswith("@"):
-        list_path = (base / Path(item[1:]).expanduser()).resolve()
-        if list_path in seen_lists:
-            raise InputError(f"list {item[1:]} includes itself")
-        try:
-            lines = list_path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise InputError(f"cannot read input list {item[1:]}: {err}") from None
-        entries = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-        if not entries:
-            raise InputError(f"input list {item[1:]} names no images")
-        for entry in entries:
-            yield from _expand_item(entry, list_path.parent, seen_lists | {list_path})
-        return
-    path = base / Path(item).expanduser()
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))
-        if not files:
-            raise InputError(f"no images in directory {item} or below (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        for file in files:
-            yield file, file.relative_to(path).as_posix()
-    elif glob.has_magic(item) and not path.exists():
-        root = base / _glob_root(str(Path(item).expanduser()))
-        matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
-        files = [p for p in matches if p.is_file() and is_image_name(p)]
-        if not files:
-            raise InputError(f"no image file matches {item!r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        for file in files:
-            yield file, os.path.relpath(file, root).replace(os.sep, "/")
-    else:
-        yield path, path.name
-
-
-def plan_jobs(inputs: Sequence[str], out: Path) -> list[ImageJob]:
-    """The jobs named by ``inputs``, in order, each source once.
-
-    Raises:
-        InputError: an input that names no image, an unreadable list, or two sources
-            that would write the same outputs.
-    """
-    jobs: dict[Path, ImageJob] = {}
-    owners: dict[str, Path] = {}
-    for item in inputs:
-        for source, relative in _expand_item(item, Path("."), frozenset()):
-            key = source.resolve()
-            if key in jobs:
-                continue
-            stem = relative.rsplit(".", 1)[0] if "." in Path(relative).name else relative
-            other = owners.setdefault(stem, source)
-            if other != source:
-                raise InputError(
-                    f"{other} and {source} would write the same outputs ({stem}_*): rename one, or run them separately"
-                )
-            jobs[key] = ImageJob(source, relative, out / stem)
-    return list(jobs.values())
-
-
-# ---------------------------------------------------------------------------- settings
-
-
-def fingerprint(
-    vocabulary: Vocabulary, mode: str, score_threshold: float, granularity: float,
-    mask_settings: AutoMaskSettings, settings: Settings,
-) -> str:  # fmt: skip
-    """A short hash of everything that changes an image's labels; equal fingerprints
-    mean outputs that can be reused."""
-    described = {
-        "version": FINGERPRINT_VERSION,
-        "vocabulary": [list(synonyms) for synonyms in vocabulary.classes],
-        "mode": mode,
-        "score_threshold": score_threshold,
-        "granularity": granularity,
-        "mask_settings": asdict(mask_settings),
-        "models": model_description(settings),
-    }
-    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def finished_segments(job: ImageJob, options: BatchOptions) -> int | None:
-    """The segment count of ``job`` when its outputs exist and were made with
-    ``options.fingerprint``, else None (the image is to be labelled)."""
-    try:
-        data = json.loads(job.output("_segments.json").read_text(encoding="utf-8"))
-        if data["batch"]["fingerprint"] != options.fingerprint:
-            return None
-        count = len(data["segments"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    needed = ["_labels.png"] + (["_overlay.png"] if options.overlay else [])
-    return count if all(job.output(suffix).is_file() for suffix in needed) else None
-
-
-# ---------------------------------------------------------------------------- writing
-
-
-def write_outputs(job: ImageJob, image: np.ndarray, result: SegmentationResult, options: BatchOptions) -> None:
-    """Write one image's outputs atomically, the segments JSON (the resume marker) last."""
-    job.out_stem.parent.mkdir(parents=True, exist_ok=True)
-    save_png(label_map_image(result), job.output("_labels.png"))
-    if options.overlay:
-        save_png(overlay(image, result, alpha=options.alpha), job.output("_overlay.png"))
-    data = segments_to_dict(result, file_name=job.relative)
-    data["batch"] = {"fingerprint": options.fingerprint, "source": str(job.source)}
-    atomic_write(job.output("_segments.json"), lambda tmp: write_segments_json(data, tmp))
-
-
-# ---------------------------------------------------------------------------- engines
-
-
-def _prefetched(jobs: Sequence[ImageJob], ahead: int) -> Iterator[tuple[ImageJob, Future]]:
-    """Each job with the future of its decoded pixels; up to ``ahead`` images are decoded
-    in a background thread while the caller works on the current one."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="maskadapter-decode") as pool:
-        pending: deque[tuple[ImageJob, Future]] = deque()
-        queue = iter(jobs)
-        for job in queue:
-            pending.append((job, pool.submit(read_image_file, job.source)))
-            if len(pending) > ahead:
-                yield pending.popleft()
-        while pending:
-            yield pending.popleft()
-
-
-def run_local(
-    jobs: Sequence[ImageJob], options: BatchOptions, report: Report, segmenter: Segmenter | None = None
-) -> list[ImageOutcome]:
-    """The local engine: one process, the models loaded once (or ``segmenter`` given),
-    images decoded ahead.
-
-    Raises:
-        MaskAdapterError: the models cannot be loaded (nothing is labelled).
-    """
-    note = None if options.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
-    if segmenter is None:
-        segmenter = Segmenter.from_settings(options.settings, progress=note)
-    vocabulary = segmenter.vocabulary(options.vocab_text, options.predefined)
-    for text in vocabulary.notes:
-        print(f"note: {text}", file=sys.stderr)
-    outcomes = []
-    for job, pixels in _prefetched(jobs, max(1, options.prefetch)):
-        outcome = label_job(segmenter, vocabulary, job, pixels.result, options)
-        outcomes.append(outcome)
-        report(outcome)
-    return outcomes
-
-
-def label_job(
-    segmenter: Segmenter, vocabulary: Vocabulary, job: ImageJob, pixels: Callable[[], np.ndarray],
-    options: BatchOptions,
-) -> ImageOutcome:  # fmt: skip
-    """Label one job with every engine's steps: get its pixels (``pixels()``, which may
-    raise ``InputError``), segment, write the outputs (``write_outputs``); a failure of
-    this image becomes a ``"failed"`` outcome with a one-line reason, never an exception."""
-    started = time.perf_counter()
-    try:
-        image = pixels()
-        result = segmenter.segment_automatic(
-            image, vocabulary, options.mask_settings, options.mode, options.score_threshold, options.granularity
-        )
-        write_outputs(job, image, result, options)
-        outcome = ImageOutcome(job, "done", segments=len(result.segments))
-    except (MaskAdapterError, OSError) as err:
-        reason = " ".join(str(err).split()) or type(err).__name__
-        outcome = ImageOutcome(job, "failed", reason=reason)
-    outcome.seconds = time.perf_counter() - started
-    return outcome
-
-
-def run_ray(jobs: Sequence[ImageJob], options: BatchOptions, report: Report) -> list[ImageOutcome]:
-    """The Ray Data engine (``maskadapter.cli.batch_ray.run_ray``; Ray is imported only here).
-
-    Raises:
-        MaskAdapterError: Ray Data is not installed, Ray cannot start or connect, or the
-            models cannot be loaded on the workers.
-    """
-    from maskadapter.cli.batch_ray import run_ray as run
-
-    return run(jobs, options, report)
-
-
-# the engines, all with ``run_local``'s signature
+# the engines by --engine name, all with ``run_local``'s signature (``batch_jobs.Engine``)
 ENGINES: dict[str, Engine] = {"local": run_local, "ray": run_ray}
-ENGINE_CHOICES = ("local", "ray")
 
 
 # ---------------------------------------------------------------------------- COCO
@@ -403,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--coco", type=Path, metavar="FILE", help="also write the run's results as one COCO JSON")
     parser.add_argument(
         "--engine",
-        choices=ENGINE_CHOICES,
+        choices=tuple(ENGINES),
         default="local",
         help="local: this process (default); ray: Ray Data actors on this machine or a Ray cluster",
     )
@@ -436,8 +176,7 @@ def _options(args: argparse.Namespace) -> tuple[BatchOptions, Vocabulary]:
     # random weights open SAM-2's filters (as Segmenter.default_mask_settings does) ...
     mask_settings = mask_settings_from_args(args, default_mask_settings(not settings.tiny_random))
     vocabulary = build_vocabulary(args.vocab, args.predefined)
-    if not 0 <= args.score_threshold <= 1 or not 0 <= args.granularity <= 1:
-        raise InputError("--score-threshold and --granularity must be in [0, 1]")
+    check_painting_arguments(args)
     if args.prefetch < 1:
         raise InputError(f"--prefetch must be at least 1, got {args.prefetch}")
     for flag, value in (("--ray-actors", args.ray_actors), ("--ray-batch-size", args.ray_batch_size)):
@@ -475,65 +214,50 @@ def _options(args: argparse.Namespace) -> tuple[BatchOptions, Vocabulary]:
     return options, vocabulary
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run a batch on ``argv`` (default ``sys.argv[1:]``); the exit code (module docstring)."""
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    started_at, started = utc_now(), time.perf_counter()
-    try:
-        if args.engine == "ray":
-            from maskadapter.cli.batch_ray import require_ray
 
-            require_ray()
-        options, vocabulary = _options(args)
-        jobs = plan_jobs(args.inputs, args.out)
-        args.out.mkdir(parents=True, exist_ok=True)
-    except (MaskAdapterError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_ERROR
 
+def _already_done(jobs: Sequence[ImageJob], options: BatchOptions) -> list[ImageOutcome]:
+    """The ``"skipped"`` outcomes of the jobs whose outputs were made with these settings."""
     skipped = []
     for job in jobs:
         count = finished_segments(job, options)
         if count is not None:
             skipped.append(ImageOutcome(job, "skipped", segments=count))
-    done_before = {o.job for o in skipped}
-    todo = [job for job in jobs if job not in done_before]
-    if skipped and not args.quiet:
-        print(f"{plural(len(skipped), 'image')} already labelled with these settings: skipped", file=sys.stderr)
-    if options.settings.tiny_random:
-        print(random_weights_warning(args), file=sys.stderr, flush=True)
+    return skipped
 
-    progress = ProgressBar(len(todo), options.show_progress)
+
+def _reporter(progress: ProgressBar, options: BatchOptions) -> Report:
+    """What the engines call with each outcome: the bar moves on, a failure is printed
+    on stderr and, without a bar (and without ``--quiet``), each image's line on stdout."""
 
     def report(outcome: ImageOutcome) -> None:
         progress.start(outcome.job.source)
         if outcome.status == "failed":
             progress.say(f"error: {outcome.reason}", file=sys.stderr)
-        elif not args.quiet and not options.show_progress:
+        elif not options.quiet and not options.show_progress:
             progress.say(f"{outcome.job.source}: {plural(outcome.segments, 'segment')} -> {outcome.job.out_stem}_*")
         progress.done()
 
-    try:
-        processed = ENGINES[args.engine](todo, options, report) if todo else []
-    except (MaskAdapterError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_ERROR
-    finally:
-        progress.close()
+    return report
 
-    by_job = {o.job: o for o in [*skipped, *processed]}
-    outcomes = [by_job[job] for job in jobs if job in by_job]
-    seconds = time.perf_counter() - started
-    failed = [o for o in outcomes if o.status == "failed"]
-    labelled = [o for o in processed if o.status == "done"]
-    summary = {
+
+def summary(
+    jobs: Sequence[ImageJob], outcomes: Sequence[ImageOutcome], processed: int, engine: str,
+    vocabulary: Vocabulary, options: BatchOptions, started_at: str, seconds: float,
+) -> dict:  # fmt: skip
+    """The contents of ``summary.json``: ``outcomes`` (in the order of ``jobs``) of the
+    images skipped, labelled and failed; ``processed`` how many the engine ran (labelled
+    or failed) in ``seconds``."""
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "failed")}
+    return {
         "started": started_at,
         "finished": utc_now(),
         "seconds": round(seconds, 3),
-        "images_per_second": round(len(processed) / seconds, 4) if seconds > 0 else None,
-        "engine": args.engine,
-        "counts": {"images": len(jobs), "labelled": len(labelled), "skipped": len(skipped), "failed": len(failed)},
+        "images_per_second": round(processed / seconds, 4) if seconds > 0 else None,
+        "engine": engine,
+        "counts": {
+            "images": len(jobs), "labelled": counts["done"], "skipped": counts["skipped"], "failed": counts["failed"]
+        },  # fmt: skip
         "settings": {
             "vocabulary": [list(synonyms) for synonyms in vocabulary.classes],
             "labels": vocabulary.labels,
@@ -554,22 +278,62 @@ def main(argv: list[str] | None = None) -> int:
             for o in outcomes
             if o.status != "failed"
         ],
-        "failed": [{"file": o.job.relative, "source": str(o.job.source), "reason": o.reason} for o in failed],
+        "failed": [
+            {"file": o.job.relative, "source": str(o.job.source), "reason": o.reason}
+            for o in outcomes
+            if o.status == "failed"
+        ],
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a batch on ``argv`` (default ``sys.argv[1:]``); the exit code (module docstring)."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    started_at, started = utc_now(), time.perf_counter()
     try:
-        write_json(summary, args.out / SUMMARY_NAME)
+        if args.engine == "ray":
+            require_ray()
+        options, vocabulary = _options(args)
+        jobs = plan_jobs(args.inputs, args.out)
+        args.out.mkdir(parents=True, exist_ok=True)
+    except (MaskAdapterError, OSError) as err:
+        return fail(err)
+
+    skipped = _already_done(jobs, options)
+    done_before = {o.job for o in skipped}
+    todo = [job for job in jobs if job not in done_before]
+    if skipped and not args.quiet:
+        print(f"{plural(len(skipped), 'image')} already labelled with these settings: skipped", file=sys.stderr)
+    if options.settings.tiny_random:
+        print(random_weights_warning(args), file=sys.stderr, flush=True)
+
+    progress = ProgressBar(len(todo), options.show_progress)
+    try:
+        processed = ENGINES[args.engine](todo, options, _reporter(progress, options)) if todo else []
+    except (MaskAdapterError, OSError) as err:
+        return fail(err)
+    finally:
+        progress.close()
+
+    by_job = {o.job: o for o in [*skipped, *processed]}
+    outcomes = [by_job[job] for job in jobs if job in by_job]
+    seconds = time.perf_counter() - started
+    record = summary(jobs, outcomes, len(processed), args.engine, vocabulary, options, started_at, seconds)
+    try:
+        write_json(record, args.out / SUMMARY_NAME)
         if args.coco is not None:
             write_json(coco_results(outcomes, vocabulary.labels), args.coco)
     except (OSError, ValueError, KeyError) as err:
-        print(f"error: cannot write the summary or COCO file: {err}", file=sys.stderr)
-        return EXIT_ERROR
+        return fail(f"cannot write the summary or COCO file: {err}")
     if not args.quiet:
+        counts = record["counts"]
         print(
-            f"{plural(len(labelled), 'image')} labelled, {len(skipped)} skipped, {len(failed)} failed "
+            f"{plural(counts['labelled'], 'image')} labelled, {counts['skipped']} skipped, {counts['failed']} failed "
             f"-> {args.out / SUMMARY_NAME}",
             file=sys.stderr,
         )
-    return EXIT_PARTIAL if failed else EXIT_OK
+    return EXIT_PARTIAL if record["counts"]["failed"] else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ The driver (this process) only lists the jobs and gathers the outcomes: the jobs
 ``ray.data.from_items`` (paths and output locations, no pixels), ``map_batches`` hands
 them to a pool of ``LabelActor`` actors (``--ray-actors``, each with
 ``--ray-gpus-per-actor`` GPUs), which build the ``Segmenter`` once from the run's
-``Settings`` and label each image with ``maskadapter.cli.batch.label_job`` (the local
+``Settings`` and label each image with ``maskadapter.cli.batch_local.label_job`` (the local
 engine's steps: decode, segment, ``write_outputs``), and the rows of outcomes stream
 back. Workers write the outputs themselves, so ``--out`` must be a path every worker can
 write (a shared filesystem on a cluster), and the workers need maskadapter installed
@@ -17,18 +17,19 @@ Ray is imported only when the engine runs; without it ``require_ray`` raises
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 
-from maskadapter.cli.batch import BatchOptions, ImageJob, ImageOutcome, Report, label_job
-from maskadapter.cli.common import read_image_file
+from maskadapter.cli.batch_jobs import BatchOptions, ImageJob, ImageOutcome, Report
+from maskadapter.cli.batch_local import label_job
+from maskadapter.cli.common import one_line, print_notes, read_image_file
 from maskadapter.engine.segmenter import Segmenter
 from maskadapter.engine.vocabulary import build_vocabulary
 from maskadapter.errors import InputError, MaskAdapterError
+from maskadapter.resources import PACKAGE_DIR
 
 RAY_MISSING = (
     "the ray engine needs Ray Data: pip install 'ray[data]' (or, in a clone of the repository: pip install -e '.[ray]')"
@@ -62,7 +63,7 @@ class LabelActor:
             self.segmenter = Segmenter.from_settings(options.settings)
             self.vocabulary = self.segmenter.vocabulary(options.vocab_text, options.predefined)
         except (MaskAdapterError, OSError) as err:  # reported by the rows, so that the driver stops cleanly
-            self.error = " ".join(str(err).split()) or type(err).__name__
+            self.error = one_line(err)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Label the batch's jobs (columns ``index``, ``source``, ``relative``,
@@ -93,7 +94,7 @@ class LabelActor:
 
 def _package_root() -> str:
     """The folder holding the ``maskadapter`` package (for a local instance's workers)."""
-    return str(Path(__file__).resolve().parent.parent)
+    return str(PACKAGE_DIR.parent)
 
 
 def _start(ray: ModuleType, options: BatchOptions) -> bool:
@@ -136,8 +137,7 @@ def run_ray(jobs: Sequence[ImageJob], options: BatchOptions, report: Report) -> 
     """
     ray = require_ray()
     if not options.quiet:
-        for text in build_vocabulary(options.vocab_text, options.predefined).notes:
-            print(f"note: {text}", file=sys.stderr)
+        print_notes(build_vocabulary(options.vocab_text, options.predefined).notes)
     started_here = _start(ray, options)
     try:
         context = ray.data.DataContext.get_current()

@@ -16,20 +16,18 @@ own, float32, the allocator as Python leaves it, on the same SAM-2 weights, imag
 settings; its time is compared with our whole automatic path (both encoders, masks,
 classification, painting) measured in this run. ``--compare-precision`` also runs
 the path in the other precision (float32 if this run's autocasts, else bf16) and
-counts the mask pixels and labels that change.
+counts the mask pixels and labels that change. Those two comparisons live in
+``maskadapter.cli.benchmark_compare``; the clocks, the stages and the figures here.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import json
-import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +41,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from maskadapter.cli.batch_jobs import BatchOptions, plan_jobs
+from maskadapter.cli.batch_local import run_local
+from maskadapter.cli.benchmark_compare import compare_precision, run_sam2_reference
+from maskadapter.cli.common import EXIT_OK, fail
 from maskadapter.engine.images import load_image
 from maskadapter.engine.mask_settings import (
     AutoMaskSettings,
@@ -51,45 +53,17 @@ from maskadapter.engine.mask_settings import (
     mask_settings_from_args,
 )
 from maskadapter.engine.segmenter import Segmenter
-from maskadapter.engine.vocabulary import build_vocabulary
+from maskadapter.engine.vocabulary import Vocabulary, build_vocabulary
 from maskadapter.errors import MaskAdapterError
-from maskadapter.memory import ENV as ALLOCATOR_ENV
 from maskadapter.memory import tune_allocator
 from maskadapter.output.export import save_label_map, segments_to_dict
 from maskadapter.output.render import overlay
+from maskadapter.resources import PACKAGE_DIR
 from maskadapter.settings import add_arguments, settings_from_args
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "rocket.jpg"
+EXAMPLE = PACKAGE_DIR.parent / "examples" / "rocket.jpg"
 VOCABULARY = "rocket, smoke | steam, sky, tower, trees, ground, person, car, building, road"
 RELABEL_VOCABULARY = "launch pad, cloud, forest, grass, metal, fire, water, mountain"
-MATCH_STRIDE = 7  # masks are matched across precisions on every 7th pixel (exact counts follow)
-
-# sam2's generator as a user runs it: plain Python, sam2 and torch, nothing of ours
-# imported (so neither our allocator tuning nor our code is in its process)
-SAM2_REFERENCE = r"""
-import json, resource, sys, time
-import numpy as np, torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
-spec = json.loads(sys.argv[1])
-torch.set_num_threads(spec["threads"])
-cfg = OmegaConf.load(spec["config"])
-OmegaConf.resolve(cfg)
-model = instantiate(cfg.model, _recursive_=True)
-model.load_state_dict(torch.load(spec["weights"], map_location="cpu", weights_only=True)["model"], strict=True)
-model = model.to(spec["device"]).eval()
-image = np.load(spec["image"])
-generator = SAM2AutomaticMaskGenerator(model, output_mode="binary_mask", **spec["settings"])
-sync = torch.cuda.synchronize if spec["device"].startswith("cuda") else (lambda: None)
-before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-records = generator.generate(image)
-sync()
-wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
-print(json.dumps({"wall_s": wall, "user_s": user, "sys_s": system, "masks": len(records)}))
-"""
-
 
 def _status_bytes(field: str) -> int:
     with open("/proc/self/status") as f:
@@ -246,25 +220,7 @@ def run(args: argparse.Namespace) -> dict:
         save_label_map(result, Path(tmp) / "labels.png")
         Path(tmp, "segments.json").write_text(json.dumps(data))
 
-    # end to end on new pixels, then a new vocabulary on the same image
-    other = np.ascontiguousarray(image[:, ::-1])
-    with clock("end_to_end"):
-        fresh = segmenter.session(other)
-        result = segmenter.segment_automatic(fresh, vocabulary, settings, args.mode)
-        overlay(other, result)
-        segments_to_dict(result)
-    with clock("relabel"):
-        result = segmenter.segment_automatic(fresh, build_vocabulary(RELABEL_VOCABULARY), settings, args.mode)
-        overlay(other, result)
-        segments_to_dict(result)
-
-    # point prompts: the first click encodes the image, later ones reuse it
-    third = np.ascontiguousarray(image[::-1])
-    h, w = third.shape[:2]
-    with clock("first_click"):
-        segmenter.segment_points(third, [[w * 0.5, h * 0.5, 1]], vocabulary)
-    with clock("later_click"):
-        segmenter.segment_points(third, [[w * 0.3, h * 0.6, 1], [w * 0.5, h * 0.5, 1]], vocabulary)
+    other = _time_whole_paths(segmenter, clock, image, vocabulary, settings, args.mode)
 
     figures = {
         "date": date.today().isoformat(),
@@ -291,13 +247,47 @@ def run(args: argparse.Namespace) -> dict:
         figures["speedup_vs_sam2"] = round(reference["wall_s"] / clock.times["end_to_end"], 2)
     if args.batch_images:
         figures.update(_batch_figures(segmenter, image, settings, args))
-    figures["peak_rss_bytes"] = _status_bytes("VmHWM")
-    figures["rss_after_load_bytes"] = rss_loaded
+    figures.update(_process_figures(device, rss_loaded))
+    del picture
+    return figures
+
+
+def _time_whole_paths(
+    segmenter: Segmenter, clock: Clock, image: np.ndarray, vocabulary: Vocabulary, settings: AutoMaskSettings,
+    mode: str,
+) -> np.ndarray:  # fmt: skip
+    """Time the whole automatic path on new pixels (``end_to_end``: ``image`` (H, W, 3)
+    uint8 RGB mirrored left to right, returned), a new vocabulary on the same image
+    (``relabel``), and point prompts on ``image`` upside down: the first click encodes
+    it (``first_click``), a later one reuses it (``later_click``)."""
+    other = np.ascontiguousarray(image[:, ::-1])
+    with clock("end_to_end"):
+        fresh = segmenter.session(other)
+        result = segmenter.segment_automatic(fresh, vocabulary, settings, mode)
+        overlay(other, result)
+        segments_to_dict(result)
+    with clock("relabel"):
+        result = segmenter.segment_automatic(fresh, build_vocabulary(RELABEL_VOCABULARY), settings, mode)
+        overlay(other, result)
+        segments_to_dict(result)
+
+    third = np.ascontiguousarray(image[::-1])
+    h, w = third.shape[:2]
+    with clock("first_click"):
+        segmenter.segment_points(third, [[w * 0.5, h * 0.5, 1]], vocabulary)
+    with clock("later_click"):
+        segmenter.segment_points(third, [[w * 0.3, h * 0.6, 1], [w * 0.5, h * 0.5, 1]], vocabulary)
+    return other
+
+
+def _process_figures(device: torch.device, rss_loaded: int) -> dict:
+    """The process's memory (peak RSS, RSS after the models loaded, the CUDA allocator's
+    peak; bytes) and CPU seconds over the whole run, model loading included."""
+    figures = {"peak_rss_bytes": _status_bytes("VmHWM"), "rss_after_load_bytes": rss_loaded}
     if device.type == "cuda":
         figures["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
-    user, system = cpu_seconds()  # the whole run of this process, model loading included
+    user, system = cpu_seconds()
     figures["process_cpu_s"] = {"user": round(user, 2), "sys": round(system, 2), "sys_share": round(system / user, 4)}
-    del picture
     return figures
 
 
@@ -306,95 +296,10 @@ def _machine(device: torch.device) -> str:
     return text + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")
 
 
-def run_sam2_reference(segmenter: Segmenter, image: np.ndarray, settings: AutoMaskSettings) -> dict:
-    """sam2's ``SAM2AutomaticMaskGenerator.generate`` on the same SAM-2 weights, image and
-    settings, in a fresh Python process as a user of sam2 runs it (float32, Python's
-    allocator defaults). Returns its wall and CPU seconds and mask count."""
-    config = segmenter.models.sam2_config
-    if config is None:
-        raise MaskAdapterError("sam2's generator needs the SAM-2 config file of the model (Models.sam2_config)")
-    env = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", ALLOCATOR_ENV)}
-    with tempfile.TemporaryDirectory(prefix="maskadapter-sam2-") as tmp:
-        weights, picture = Path(tmp, "sam2.pt"), Path(tmp, "image.npy")
-        torch.save({"model": segmenter.models.sam2.state_dict()}, weights)
-        np.save(picture, image)
-        spec = {
-            "config": str(config),
-            "weights": str(weights),
-            "image": str(picture),
-            "device": str(segmenter.device),
-            "threads": torch.get_num_threads(),
-            "settings": settings.generator_args,
-        }
-        done = subprocess.run(
-            [sys.executable, "-c", SAM2_REFERENCE, json.dumps(spec)], env=env, capture_output=True, text=True
-        )
-    if done.returncode != 0:
-        raise MaskAdapterError(f"sam2's generator failed in its own process:\n{done.stderr[-2000:]}")
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
-    return {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
-
-
-def compare_precision(
-    segmenter: Segmenter, image: np.ndarray, vocabulary, settings: AutoMaskSettings, mode: str
-) -> dict:
-    """The automatic path on ``image`` in this run's precision and in the other one
-    (float32 when this run autocasts, else bf16), each from a fresh session: masks
-    matched one to one (greedily by IoU, at least 0.5), the share of their pixels
-    that differ, how many best labels differ, and the label map's changed pixels."""
-    other = copy.copy(segmenter)
-    other.store = type(segmenter.store)(segmenter.store.budget_bytes)
-    other.amp_dtype = None if segmenter.amp_dtype is not None else torch.bfloat16
-    runs = []
-    for seg in (segmenter, other):
-        session = seg.store.open(image)
-        result = seg.segment_automatic(session, vocabulary, settings, mode)
-        found = seg.automatic_masks(session, settings)
-        labels = seg.mask_probabilities(session, found.masks, vocabulary).argmax(1)
-        runs.append((found.masks.flatten(1), labels, result.label_map))
-    (a, la, map_a), (b, lb, map_b) = runs
-    pairs = match_masks(a[:, ::MATCH_STRIDE], b[:, ::MATCH_STRIDE])  # matched on a sample of pixels
-    ia, ib = pairs[:, 0], pairs[:, 1]
-    differ = union = 0
-    for start in range(0, len(pairs), 64):  # pixels counted exactly, 64 pairs at a time
-        x, y = a[ia[start : start + 64]], b[ib[start : start + 64]]
-        differ, union = differ + int((x ^ y).sum()), union + int((x | y).sum())
-    return {
-        "precisions": [segmenter.arithmetic, other.arithmetic],
-        "masks": [len(a), len(b)],
-        "matched_masks": len(pairs),
-        "matched_pixels_changed": round(differ / max(union, 1), 6),
-        "matched_labels_changed": int((la[ia] != lb[ib]).sum()),
-        "label_map_pixels_changed": round(float((map_a != map_b).mean()), 6),
-    }
-
-
-def match_masks(a: torch.Tensor, b: torch.Tensor, least: float = 0.5) -> torch.Tensor:
-    """(N, P) and (M, P) bool masks -> (K, 2) index pairs, one to one, greedily by IoU
-    (best first), only pairs with IoU of at least ``least``."""
-    if not len(a) or not len(b):
-        return torch.zeros(0, 2, dtype=torch.long)
-    fa, fb = a.float(), b.float()
-    inter = fa @ fb.T  # (N, M)
-    iou = inter / (fa.sum(1)[:, None] + fb.sum(1)[None] - inter).clamp(min=1)
-    pairs = []
-    iou = torch.where(iou >= least, iou, -1.0)
-    while True:
-        best = int(iou.argmax())
-        i, j = divmod(best, iou.shape[1])
-        if iou[i, j] < 0:
-            break
-        pairs.append((i, j))
-        iou[i, :], iou[:, j] = -1.0, -1.0
-    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
-
-
 def _batch_figures(segmenter: Segmenter, image: np.ndarray, settings: AutoMaskSettings, args) -> dict:
     """Images per second of the batch command's local engine (decoding ahead, writing
     label maps and segments JSON) over ``--batch-images`` distinct variants of the
     image, the models already loaded."""
-    from maskadapter.cli.batch import BatchOptions, plan_jobs, run_local
-
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp, "in")
         folder.mkdir()
@@ -472,12 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         figures = run(args)
     except MaskAdapterError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     print_table(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""What the commands share: exit codes, the progress bar, argument groups and reading inputs.
+"""What the commands share: exit codes and error lines, the progress bar, argument groups,
+reading inputs, run records and atomic writes.
 
 ``maskadapter.cli.label`` (single images), ``maskadapter.cli.batch`` (collections),
 ``maskadapter.cli.evaluate`` and ``maskadapter.cli.benchmark`` import from here and never
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -43,6 +45,33 @@ EXIT_CODES = {
 def plural(count: int, word: str) -> str:
     """``"1 segment"``, ``"2 segments"``, ``"0 segments"``."""
     return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def fail(err: BaseException | str) -> int:
+    """Print ``error: ERR`` on stderr and return ``EXIT_ERROR``: how a command refuses to run
+    (bad arguments, inputs or models) or stops."""
+    print(f"error: {err}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def one_line(err: BaseException) -> str:
+    """``err``'s message on one line (whitespace runs, new lines included, made one space),
+    or its type's name when it has none: the reason recorded for a failed image."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def print_notes(notes: Iterable[str]) -> None:
+    """Each of ``notes`` (about the vocabulary, the dataset, the flags) as ``note: TEXT`` on stderr."""
+    for text in notes:
+        print(f"note: {text}", file=sys.stderr)
+
+
+def loading_messages(quiet: bool) -> Callable[[str], None] | None:
+    """What the commands pass as ``Segmenter.from_settings``'s ``progress``: each
+    model-loading message (downloads, building) printed on stderr; None with ``--quiet``."""
+    if quiet:
+        return None
+    return lambda message: print(message, file=sys.stderr, flush=True)
 
 
 def add_labelling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +108,16 @@ def add_painting_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.8,
         help="semantic mode: keep masks scoring >= this x the class's best (default 0.8)",
     )
+
+
+def check_painting_arguments(args: argparse.Namespace) -> None:
+    """Refuse ``add_painting_arguments``' thresholds outside [0, 1] (before any model loads).
+
+    Raises:
+        InputError: ``--score-threshold`` or ``--granularity`` is not in [0, 1].
+    """
+    if not 0 <= args.score_threshold <= 1 or not 0 <= args.granularity <= 1:
+        raise InputError("--score-threshold and --granularity must be in [0, 1]")
 
 
 def add_chatter_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,13 +182,16 @@ def read_image_file(path: Path) -> np.ndarray:
 
 class ProgressBar:
     """A tqdm bar over the images on stderr (off with ``--quiet`` or when stderr is not a
-    terminal); the segmenter's stage messages become its postfix. ``say`` prints a line
-    without breaking the bar."""
+    terminal). ``stage`` is a ``ProgressCallback`` (``maskadapter.progress``): pass it as the
+    segmenter's ``progress``, and each stage message becomes the bar's postfix. ``say`` prints
+    a line without breaking the bar."""
 
     def __init__(self, total: int, enabled: bool) -> None:
         self.bar = tqdm(total=total, unit="image", file=sys.stderr, disable=not enabled, dynamic_ncols=True)
 
     def stage(self, fraction: float, message: str) -> None:
+        """The ``ProgressCallback`` of the current image: shows ``message`` (``fraction`` is
+        the image's, not the run's, so the bar leaves it out)."""
         self.bar.set_postfix_str(message, refresh=True)
 
     def start(self, path: Path) -> None:
@@ -204,6 +246,12 @@ def model_description(settings: Settings) -> dict:
 def utc_now() -> str:
     """The time now, UTC, ISO 8601 to the second (run records)."""
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def short_hash(described: dict) -> str:
+    """16 hex digits of the SHA-256 of ``described`` as sorted-key JSON: the fingerprint of
+    a run's settings (equal fingerprints: outputs that can be reused)."""
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------- writing

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -28,7 +27,10 @@ from maskadapter.cli.common import (
     add_chatter_arguments,
     add_labelling_arguments,
     expand_inputs,
+    fail,
+    loading_messages,
     plural,
+    print_notes,
     random_weights_warning,
     read_image_file,
 )
@@ -39,6 +41,7 @@ from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.logs import setup_logging
 from maskadapter.output.export import save_label_map, save_segments_json
 from maskadapter.output.render import COMPARE_TITLES, overlay, side_by_side
+from maskadapter.progress import ProgressCallback
 from maskadapter.settings import add_arguments, settings_from_args
 
 
@@ -46,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     codes = "; ".join(f"{code}: {meaning}" for code, meaning in EXIT_CODES.items())
     parser = argparse.ArgumentParser(
         prog="maskadapter",
-        description="Open-vocabulary segmentation: SAM-2 masks named by Mask-Adapter.",
+        description="Open-vocabulary segmentation: SAM-2 masks named by Mask-Adapter. This command labels "
+        "single images; the others: maskadapter batch --help (a collection of images, resumable), "
+        "maskadapter evaluate --help (mIoU on the paper's benchmarks), maskadapter benchmark --help (speed).",
         epilog="Vocabulary syntax: classes separated by commas or new lines, synonyms by '|'. "
         "Outputs per image: NAME_overlay.png, NAME_labels.png (0 = unlabelled, k = class k-1 "
         "of the JSON's 'labels'), NAME_segments.json (COCO RLE masks, label, score, top-5, area, bbox). "
@@ -81,9 +86,10 @@ def _label_one(
     vocabulary: Vocabulary,
     args: argparse.Namespace,
     mask_settings: AutoMaskSettings,
-    stage: Callable[[float, str], None],
+    stage: ProgressCallback,
 ) -> list[str]:
-    """Segment one image and write its outputs; the lines to print."""
+    """Segment one image and write its outputs; the lines to print. ``stage`` hears the
+    segmenter's progress on this image (the bar's ``ProgressBar.stage``)."""
     image = read_image_file(path)
     stem = args.out / path.stem
     options = (mask_settings, args.mode, args.score_threshold, args.granularity)
@@ -123,21 +129,15 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"cannot read image {missing[0]}: no such file")
         if len(missing) == len(paths):
             raise InputError(f"cannot read any image: no such files: {', '.join(missing)}")
-        note = None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
-        segmenter = Segmenter.from_settings(settings, progress=note)
+        segmenter = Segmenter.from_settings(settings, progress=loading_messages(args.quiet))
         if not segmenter.real_weights:
             print(random_weights_warning(args), file=sys.stderr, flush=True)
         mask_settings = mask_settings_from_args(args, segmenter.default_mask_settings())
         vocabulary = segmenter.vocabulary(args.vocab, args.predefined)
-        for text in vocabulary.notes:
-            print(f"note: {text}", file=sys.stderr)
+        print_notes(vocabulary.notes)
         args.out.mkdir(parents=True, exist_ok=True)
-    except MaskAdapterError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as err:  # the output directory cannot be made
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+    except (MaskAdapterError, OSError) as err:  # OSError: the output directory cannot be made
+        return fail(err)
 
     failed = 0
     progress = ProgressBar(len(paths), show_progress)
