@@ -3,7 +3,7 @@
 Every field ``name`` has a command-line flag ``--name`` (underscores become dashes)
 and an environment variable ``MASKADAPTER_NAME``. Precedence: flag, then environment
 variable, then the default below. ``python app.py --help`` and
-``python -m maskadapter --help`` list them; README.md has the table. From Python,
+``maskadapter --help`` list them; docs/settings.md has the table. From Python,
 ``Settings(...)`` takes the defaults and the values given, and ``Settings.from_env(...)``
 also reads the environment variables (values given win).
 """

@@ -42,7 +42,7 @@ def test_from_env_in_a_fresh_interpreter(tmp_path):
 def test_from_env_precedence(monkeypatch):
     _clear_env(monkeypatch)
     assert Settings.from_env() == Settings()
-    s = Settings.from_env()  # the documented defaults (README), the detectron2 input preset
+    s = Settings.from_env()  # the documented defaults (docs/settings.md), the detectron2 input preset
     assert (s.sam_size, s.tiny_random, s.device, s.precision) == ("large", False, "auto", "auto")
     assert (s.input_size, s.short_side, s.max_size) == ("detectron2", 800, 1333)
     monkeypatch.setenv("MASKADAPTER_SAM_SIZE", "small")
