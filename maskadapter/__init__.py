@@ -38,7 +38,8 @@ from maskadapter.engine.generator import MaskGenerator
 from maskadapter.engine.images import check_image, load_image
 from maskadapter.engine.mask_settings import AutoMaskSettings
 from maskadapter.engine.painting import semantic_map
-from maskadapter.engine.segmenter import Comparison, Segment, SegmentationResult, Segmenter
+from maskadapter.engine.results import Comparison, Segment, SegmentationResult
+from maskadapter.engine.segmenter import Segmenter
 from maskadapter.engine.session import ImageSession, SessionStore
 from maskadapter.engine.vocabulary import PREDEFINED, Vocabulary, build_vocabulary, parse_vocabulary
 from maskadapter.errors import (

@@ -15,16 +15,10 @@ from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 from sam2.utils.amg import batched_mask_to_box, build_point_grid, calculate_stability_score
 from torchvision.ops import nms
 
-from maskadapter.engine.generator import (
-    FrameBounds,
-    MaskGenerator,
-    boxes_for_nms,
-    mask_boxes,
-    point_grid,
-    small_regions,
-    stability_scores,
-)
-from maskadapter.engine.transforms import WorkingFrame
+from maskadapter.engine.bounded_nms import boxes_for_nms
+from maskadapter.engine.generator import MaskGenerator, point_grid
+from maskadapter.engine.low_res_masks import FrameBounds, small_regions, stability_scores
+from maskadapter.engine.transforms import WorkingFrame, inclusive_boxes, mask_boxes
 
 # ----------------------------------------------------------------- equivalence with sam2
 
@@ -85,28 +79,6 @@ def _output_in_frame(predictor, frame_hw: tuple[int, int]) -> None:
     predictor.set_image = set_image_in_frame
 
 
-def _our_records(generator: MaskGenerator, image: np.ndarray, frame_hw) -> list[dict]:
-    """MaskGenerator's records: ``generate`` at the image's own size, else the masks of
-    ``generate_masks`` in the frame, as sam2 writes records (bbox XYWH, inclusive max)."""
-    if frame_hw is None:
-        return generator.generate(image)
-    found = generator.generate_masks(image, frame_hw)
-    records = []
-    for i in range(len(found.iou)):
-        x0, y0, x1, y1 = (int(v) for v in found.boxes[i])
-        records.append(
-            {
-                "segmentation": found.masks[i].numpy(),
-                "area": int(found.areas[i]),
-                "bbox": [x0, y0, x1 - x0, y1 - y0],
-                "predicted_iou": float(found.iou[i]),
-                "point_coords": [[float(v) for v in found.points[i]]],
-                "stability_score": float(found.stability[i]),
-            }
-        )
-    return records
-
-
 def _decoder_logits(sam2_model, image: np.ndarray, points: list[tuple[float, float]]) -> dict:
     """point -> (3, 256, 256) low-res logits the decoder gives for that point prompt
     (through sam2's own predictor, before its clamp), in batches of 16 points."""
@@ -151,7 +123,8 @@ def generated(tiny_models):
             with synthetic, pytest.MonkeyPatch.context() as mp:
                 mp.setattr(sam2_misc, "get_connected_components", per_mask_components)
                 _float16_outputs(mp, tiny_models.sam2)
-                ours = _our_records(MaskGenerator(tiny_models.sam2, **kwargs), image, frame)
+                # frame None: at the photo's size; else the masks in the frame (points stay photo pixels)
+                ours = MaskGenerator(tiny_models.sam2, **kwargs).generate(image, frame_hw=frame)
                 reference = SAM2AutomaticMaskGenerator(tiny_models.sam2, output_mode="binary_mask", **kwargs)
                 if frame is not None:
                     _output_in_frame(reference.predictor, frame)
@@ -381,15 +354,17 @@ def test_mask_boxes_match_recomputation():
     masks[4, 5:17, 9:33] = True
     masks[5] = False
     masks[5, 0, 0] = True
-    expected = []
+    expected = []  # x2/y2 exclusive: one past the last pixel
     for m in masks.numpy():
         ys, xs = np.nonzero(m)
-        expected.append([xs.min(), ys.min(), xs.max(), ys.max()] if len(xs) else [0, 0, 0, 0])
+        expected.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, 0, 0])
     got = mask_boxes(masks)
     assert got.dtype == torch.int64
     np.testing.assert_array_equal(got.numpy(), np.array(expected))
-    assert got[2].tolist() == [39, 29, 39, 29] and got[1].tolist() == [0, 0, 0, 0]
-    np.testing.assert_array_equal(got.numpy(), batched_mask_to_box(masks).numpy())
+    assert got[2].tolist() == [39, 29, 40, 30] and got[1].tolist() == [0, 0, 0, 0]
+    assert got[5].tolist() == [0, 0, 1, 1] and got[3].tolist() == [0, 0, 40, 30]
+    # sam2's convention (the last pixel) for its NMS and records
+    np.testing.assert_array_equal(inclusive_boxes(got).numpy(), batched_mask_to_box(masks).numpy())
     assert mask_boxes(torch.zeros(0, 30, 40, dtype=torch.bool)).shape == (0, 4)
 
 

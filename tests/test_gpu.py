@@ -16,7 +16,8 @@ from conftest import EXAMPLES, small_image
 
 from maskadapter import batch
 from maskadapter.engine.mask_settings import AutoMaskSettings
-from maskadapter.engine.segmenter import Segmenter, compile_sam2
+from maskadapter.engine.runtime import compile_sam2
+from maskadapter.engine.segmenter import Segmenter
 from maskadapter.engine.transforms import ImageTransform
 from maskadapter.engine.vocabulary import build_vocabulary
 from maskadapter.engine.weights import build_models

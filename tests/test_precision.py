@@ -16,7 +16,7 @@ import torch
 from conftest import ROOT
 
 from maskadapter import runtime
-from maskadapter import segmenter as segmenter_module
+from maskadapter.engine import segmenter as segmenter_module
 from maskadapter.engine.mask_settings import AutoMaskSettings
 from maskadapter.engine.segmenter import Segmenter
 from maskadapter.engine.transforms import ImageTransform

@@ -352,7 +352,7 @@ def test_random_weights_open_the_quality_filters_by_default(segmenter, image, mo
     import dataclasses
     import logging
 
-    from maskadapter import segmenter as segmenter_module
+    from maskadapter.engine import segmenter as segmenter_module
     from maskadapter.engine.mask_settings import default_mask_settings
 
     opened = AutoMaskSettings(pred_iou_thresh=0.0, stability_score_thresh=0.0)

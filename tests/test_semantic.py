@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from maskadapter import semantic_map
+from maskadapter.engine.mask_set import MaskSet
 from maskadapter.engine.mask_settings import AutoMaskSettings
 from maskadapter.engine.painting import semantic_label_map
-from maskadapter.engine.segmenter import MaskSet
 from maskadapter.engine.vocabulary import build_vocabulary
 from maskadapter.output.export import segments_to_dict
 from maskadapter.service import SegmentationService
@@ -226,7 +226,7 @@ def test_default_mode_is_the_semantic_map(segmenter, monkeypatch, tmp_path):
     one label per mask would paint it cat."""
     from PIL import Image
 
-    import maskadapter.__main__ as cli
+    import maskadapter.cli.label as cli
     from maskadapter.settings import Settings
 
     _controlled(segmenter, monkeypatch, [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])

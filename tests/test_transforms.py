@@ -66,7 +66,11 @@ def test_masks_follow_the_image_and_come_back():
     x = t.masks_to_tensor(masks)
     assert x.shape == (1, 2) + t.padded_hw((60, 90))
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
-    back = t.tensor_to_masks(x, (60, 90))
+    rh, rw = t.resized_hw((60, 90))
+    assert (x[..., rh:, :] == 0).all() and (x[..., rw:] == 0).all()  # padding stays empty
+    # the resized part back at the image size (PIL's bilinear resize), thresholded at 0.5
+    planes = [Image.fromarray(p, mode="F").resize((90, 60), Image.BILINEAR) for p in x[0, :, :rh, :rw].numpy()]
+    back = np.stack([np.asarray(p) > 0.5 for p in planes])
     assert back.shape == masks.shape
     iou = (back & masks).sum((1, 2)) / (back | masks).sum((1, 2))
     assert (iou > 0.95).all()

@@ -10,11 +10,13 @@ masks are (B, N, H, W) floats in [0, 1] at image resolution.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from maskadapter.progress import ProgressCallback
 
 VILD_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
@@ -278,7 +280,7 @@ def encode_vocabulary(
     templates: Sequence[str] = VILD_TEMPLATES,
     *,
     batch_size: int = TEXT_CHUNK,
-    progress: Callable[[float, str], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Text embeddings of classes and their synonyms, averaged over prompt templates.
 
@@ -290,7 +292,7 @@ def encode_vocabulary(
         batch_size: prompts (name in a template) per text-encoder call; bounds memory,
             the result does not depend on it.
         progress: called after each call with (fraction of prompts done in (0, 1],
-            "encoding class names: i of n").
+            "encoding class names: i of n"); None: nobody listens.
     Returns:
         embeddings: (K, D) float32, L2-normalised, one row per synonym in input order.
         class_index: (K,) long, the class (position in ``classes``) of each row.

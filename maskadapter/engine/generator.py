@@ -11,9 +11,11 @@ crop) with the same settings, but keeps the work on tensors:
   host synchronisations for the group: the predicted-IoU filter first (it needs no
   mask), then small holes and specks removed (``min_mask_region_area``) from the
   survivors only, labelled on the host in batches, then the stability filter and the
-  boxes for NMS, both bounded from the 256x256 low-resolution logits;
+  boxes for NMS, both bounded from the 256x256 low-resolution logits
+  (``low_res_masks.FrameBounds``);
 - duplicates are removed with ``torchvision.ops.nms`` on those bounded boxes, made
-  exact (in one call) only for the pairs whose decision the bounds leave open;
+  exact (in one call) only for the pairs whose decision the bounds leave open
+  (``bounded_nms``);
 - only the masks that survive are upsampled, to the requested frame, at the end.
 
 Candidates are kept as float16 low-res logits (half the memory; bf16 or fp16 as the
@@ -25,32 +27,36 @@ run-length encodings and deep-copies them per batch. Its per-crop "box near crop
 edge" filter never fires with a single crop (the crop is the whole image), so there
 is nothing to do for it here.
 
-Coordinates: point prompts are XY pixels of the original image; boxes are XYXY.
+Coordinates: point prompts are XY pixels of the original image; the masks come as a
+``MaskSet`` in the requested frame.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.ops import nms
 
+from maskadapter.engine.bounded_nms import boxes_for_nms
+from maskadapter.engine.low_res_masks import (
+    LOW_RES,
+    FrameBounds,
+    exact_boxes,
+    remove_small_regions_,
+    stability_scores,
+    upsampled_chunks,
+)
+from maskadapter.engine.mask_set import MaskSet
 from maskadapter.engine.predictor import CachingPredictor
+from maskadapter.engine.transforms import inclusive_boxes
+from maskadapter.progress import ProgressCallback, no_progress
 
-Progress = Callable[[str], None]
 # candidates are gathered, then filtered, every this many point batches: one host
 # synchronisation per group instead of one per batch, and memory stays bounded
 COMPACT_EVERY = 8
-LOW_RES = 256  # side of SAM-2's low-resolution mask logits
-SAMPLE_MARGIN = 1e-4  # a sampled upsampled value counts as positive above this (float rounding)
-FILL_CHUNK = 256  # masks labelled per OpenCV call in remove_small_regions_ (bounds the label image)
 BOUNDS_CHUNK = 192  # candidates whose bounds are computed at once (bounds the float32 temporaries)
-NMS_ROWS = 512  # rows of the pairwise IoU-bound matrices computed at once
-NMS_ROUNDS = 6  # rounds of boxes made exact for NMS (the last takes every pair that matters)
 # prompts per mask-decoder call on a CPU: the decoder's largest tensor, (n, 32, 256, 256)
 # float32, then stays within the allocator's reused heap blocks (maskadapter.memory) and
 # the CPU's cache; a GPU takes a whole point batch at once
@@ -64,306 +70,36 @@ def point_grid(points_per_side: int) -> np.ndarray:
     return np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1)
 
 
-def stability_scores(logits: torch.Tensor, offset: float, threshold: float = 0.0) -> torch.Tensor:
-    """(N, h, w) mask logits -> (N,) IoU of the masks thresholded at +-offset
-    (NaN for a mask empty at the lower threshold, as in sam2)."""
-    inner = (logits > threshold + offset).flatten(1).sum(1, dtype=torch.int32)
-    outer = (logits > threshold - offset).flatten(1).sum(1, dtype=torch.int32)
-    return inner / outer
-
-
-def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """(N, h, w) bool -> (N, 4) int64 XYXY boxes with inclusive max pixel indices
-    (sam2's convention); (0, 0, 0, 0) for an empty mask."""
-    n, h, w = masks.shape
-    if n == 0:
-        return torch.zeros(0, 4, dtype=torch.long, device=masks.device)
-    rows, cols = masks.any(2), masks.any(1)  # (N, h), (N, w)
-    ys = torch.arange(h, device=masks.device)
-    xs = torch.arange(w, device=masks.device)
-    y0 = torch.where(rows, ys, h).amin(1)
-    y1 = torch.where(rows, ys, -1).amax(1)
-    x0 = torch.where(cols, xs, w).amin(1)
-    x1 = torch.where(cols, xs, -1).amax(1)
-    box = torch.stack([x0, y0, x1, y1], dim=1)
-    return torch.where((x1 >= x0)[:, None], box, torch.zeros_like(box))
-
-
-def small_regions(masks: np.ndarray, max_area: int) -> np.ndarray:
-    """(n, h, w) bool -> (n, h, w) bool: pixels of the 8-connected components of
-    ``masks`` (each mask on its own) with at most ``max_area`` pixels.
-
-    The masks are labelled together, in one OpenCV call: stacked into one image with
-    an empty row below each, so that no component reaches from one mask into the next.
-    """
-    n, h, w = masks.shape
-    canvas = np.zeros((n, h + 1, w), dtype=np.uint8)
-    canvas[:, :h] = masks
-    _, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
-        canvas.reshape(n * (h + 1), w), 8, cv2.CV_32S, cv2.CCL_BOLELLI
-    )
-    small = stats[:, cv2.CC_STAT_AREA] <= max_area
-    small[0] = False  # label 0: everything outside the components (and the empty rows)
-    return small[labels].reshape(n, h + 1, w)[:, :h]
-
-
-def remove_small_regions_(logits: torch.Tensor, max_area: int, threshold: float = 0.0) -> None:
-    """Fill background holes and remove foreground specks of at most ``max_area``
-    pixels (8-connected) in (N, h, w) mask logits, in place, as sam2's predictor does
-    when its compiled extension is present: holes and specks are both found on the
-    masks as given, holes set to ``threshold + 10``, specks to ``threshold - 10``.
-
-    Labelling runs on the host, ``FILL_CHUNK`` masks per OpenCV call; on a GPU the
-    masks cross to the host and back once per call of this function, not per mask.
-    """
-    masks = (logits > threshold).cpu().numpy()  # (N, h, w) bool
-    holes, specks = np.empty_like(masks), np.empty_like(masks)
-    for start in range(0, len(masks), FILL_CHUNK):
-        part = slice(start, start + FILL_CHUNK)
-        holes[part] = small_regions(~masks[part], max_area)
-        specks[part] = small_regions(masks[part], max_area)
-    logits.masked_fill_(torch.from_numpy(holes).to(logits.device), threshold + 10.0)
-    logits.masked_fill_(torch.from_numpy(specks).to(logits.device), threshold - 10.0)
-
-
-def _masked_max(x: torch.Tensor, keep: torch.Tensor | None, dim: int) -> torch.Tensor:
-    """Max of (..., 256, 256) ``x`` over ``dim`` counting only the indices where ``keep``
-    (every index when None)."""
-    if keep is not None:
-        shape = [1] * x.dim()
-        shape[dim] = -1
-        x = x.masked_fill(~keep.view(shape), float("-inf"))
-    return x.amax(dim)
-
-
-def _over_2x2(cells: torch.Tensor, combine) -> torch.Tensor:
-    """(..., 256, 256) bool -> each cell combined with its right, lower and lower-right
-    neighbours (edge cells with themselves)."""
-    across = cells.clone()
-    combine(cells[..., :-1], cells[..., 1:], out=across[..., :-1])
-    both = across.clone()
-    combine(across[..., :-1, :], across[..., 1:, :], out=both[..., :-1, :])
-    return both
-
-
-def _first_last(sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """First and last frame index that reads each low-res index (-1 where none)."""
-    idx = torch.arange(len(sources), device=sources.device)
-    none = torch.full((LOW_RES,), -1, device=sources.device)
-    first = none.scatter_reduce(0, sources, idx, "amin", include_self=False)
-    return first, none.scatter_reduce(0, sources, idx, "amax", include_self=False)
-
-
-class FrameBounds:
-    """How SAM-2's 256x256 low-res logits map onto a frame of (H, W) pixels under
-    bilinear upsampling (align_corners False), and bounds that need no upsampling.
-
-    Frame row y reads low-res rows ``r = y0[y]`` and ``min(r + 1, 255)`` (likewise for
-    columns), so an upsampled pixel is above a threshold if all four source values
-    are, and only if one of them is. Counting frame pixels per source cell gives lower
-    and upper bounds of every pixel count (stability score) and of every box.
-
-    Every method takes logits of shape (..., 256, 256) (any leading dimensions, any
-    strides) and keeps the leading dimensions.
-    """
-
-    def __init__(self, hw: tuple[int, int], device: torch.device) -> None:
-        self.hw = hw
-        self.rows = self._sources(hw[0], device)  # (H,) low-res row of each frame row
-        self.cols = self._sources(hw[1], device)
-        self.row_count = torch.bincount(self.rows, minlength=LOW_RES)  # frame rows per low-res row
-        self.col_count = torch.bincount(self.cols, minlength=LOW_RES)
-        self.weight = self.row_count[:, None] * self.col_count[None, :]  # (256, 256) frame pixels per cell
-        self.first_row, self.last_row = _first_last(self.rows)
-        self.first_col, self.last_col = _first_last(self.cols)
-        self.row_lambda = self._first_lambda(hw[0], self.first_row)  # (256,) weight of the next row
-        self.col_lambda = self._first_lambda(hw[1], self.first_col)
-        self.has_row, self.has_col = self.row_count > 0, self.col_count > 0
-        # source rows / columns read by some frame pixel (a cell reads itself and the next)
-        self.read_rows = self.has_row | torch.cat([self.has_row[:1] & False, self.has_row[:-1]])
-        self.read_cols = self.has_col | torch.cat([self.has_col[:1] & False, self.has_col[:-1]])
-        # decided once, so that the per-batch bounds need no host synchronisation
-        self._row_keep = None if bool(self.read_rows.all()) else self.read_rows
-        self._col_keep = None if bool(self.read_cols.all()) else self.read_cols
-        self._all_cells = bool(self.has_row.all() and self.has_col.all())
-
-    @staticmethod
-    def _first_lambda(size: int, first: torch.Tensor) -> torch.Tensor:
-        # PyTorch's float32 source coordinate of each cell's first frame pixel, minus the cell
-        src = ((first.clamp(min=0).to(torch.float32) + 0.5) * (LOW_RES / size) - 0.5).clamp(min=0)
-        return src - src.floor()
-
-    @staticmethod
-    def _sources(size: int, device: torch.device) -> torch.Tensor:
-        # PyTorch's bilinear source index: max((i + 0.5) * in / out - 0.5, 0), floored
-        src = ((torch.arange(size, device=device, dtype=torch.float64) + 0.5) * (LOW_RES / size) - 0.5).clamp(min=0)
-        return src.floor().long().clamp(max=LOW_RES - 1)
-
-    @staticmethod
-    def cells_above(logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(..., 256, 256) logits -> (all, any), (..., 256, 256) bool: whether all / any
-        of each cell's 2x2 sources (the cell, its right, lower and lower-right
-        neighbours; the last row and column read themselves, as the bilinear kernel
-        clamps) are above ``threshold``: then every / some upsampled pixel of the cell is."""
-        above = logits > threshold
-        return _over_2x2(above, torch.logical_and), _over_2x2(above, torch.logical_or)
-
-    def count(self, cells: torch.Tensor) -> torch.Tensor:
-        """(..., 256, 256) bool cells -> (...,) int64 frame pixels in them."""
-        return (cells.to(torch.int32) * self.weight).sum((-2, -1))
-
-    def _extent(self, rows: torch.Tensor, cols: torch.Tensor, far_row, far_col) -> torch.Tensor:
-        """(..., 4) float XYXY frame box from (..., 256) cell rows / columns that hold
-        mask pixels: from the first pixel of the first cell to ``far_*`` of the last
-        cell ((0, 0, 0, 0) when none)."""
-        r = torch.arange(LOW_RES, device=rows.device)
-        r0 = torch.where(rows, r, LOW_RES - 1).amin(-1)
-        r1 = torch.where(rows, r, 0).amax(-1)
-        c0 = torch.where(cols, r, LOW_RES - 1).amin(-1)
-        c1 = torch.where(cols, r, 0).amax(-1)
-        box = torch.stack([self.first_col[c0], self.first_row[r0], far_col[c1], far_row[r1]], -1).float()
-        return torch.where(rows.any(-1, keepdim=True), box, torch.zeros_like(box))
-
-    def outer_box(self, logits: torch.Tensor) -> torch.Tensor:
-        """(..., 256, 256) logits -> (..., 4) float XYXY frame box (inclusive max pixel)
-        that contains every upsampled pixel above 0: the pixels of cells one of whose
-        2x2 sources is positive."""
-        # a cell row can hold positive pixels if a source row it reads is positive in
-        # a source column that some cell with pixels reads (likewise for columns)
-        row_max = _masked_max(logits, self._col_keep, -1)  # (..., 256)
-        col_max = _masked_max(logits, self._row_keep, -2)
-        rows = (torch.maximum(row_max, torch.cat([row_max[..., 1:], row_max[..., -1:]], -1)) > 0) & self.has_row
-        cols = (torch.maximum(col_max, torch.cat([col_max[..., 1:], col_max[..., -1:]], -1)) > 0) & self.has_col
-        return self._extent(rows, cols, self.last_row, self.last_col)
-
-    def inner_box(self, logits: torch.Tensor) -> torch.Tensor:
-        """(..., 256, 256) logits -> (..., 4) float XYXY box of pixels known to be in the
-        mask: each cell's first frame pixel whose upsampled value (the bilinear formula,
-        equal to PyTorch's up to float rounding) is clearly positive. It lies inside the
-        exact box; (0, 0, 0, 0) when no such pixel is known."""
-        x = logits
-        # values at the first pixels of the cells: across columns, then down rows; the
-        # last row and column read themselves, so they need one interpolation or none
-        across = torch.lerp(x[..., :-1], x[..., 1:], self.col_lambda[:-1])  # (..., 256, 255)
-        inside = torch.lerp(across[..., :-1, :], across[..., 1:, :], self.row_lambda[:-1, None])  # (..., 255, 255)
-        last_row = across[..., -1, :]  # (..., 255): row 255, columns 0..254
-        last_col = torch.lerp(x[..., :-1, -1], x[..., 1:, -1], self.row_lambda[:-1])  # (..., 255): column 255
-        corner = x[..., -1, -1:].clone()  # (..., 1)
-        if not self._all_cells:  # cells without frame pixels know nothing
-            gone = ~(self.has_row[:, None] & self.has_col[None, :])
-            for part, where in ((inside, gone[:-1, :-1]), (last_row, gone[-1, :-1]), (last_col, gone[:-1, -1])):
-                part.masked_fill_(where, -torch.inf)
-            corner.masked_fill_(gone[-1, -1:], -torch.inf)
-        row_max = torch.cat(
-            [torch.maximum(inside.amax(-1), last_col), torch.maximum(last_row.amax(-1, True), corner)], -1
-        )
-        col_max = torch.cat(
-            [torch.maximum(inside.amax(-2), last_row), torch.maximum(last_col.amax(-1, True), corner)], -1
-        )
-        return self._extent(row_max > SAMPLE_MARGIN, col_max > SAMPLE_MARGIN, self.first_row, self.first_col)
-
-
-def _box_area(boxes: torch.Tensor) -> torch.Tensor:
-    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
-
-
-def _intersection(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    return wh[..., 0] * wh[..., 1]
-
-
-def iou_bounds(inner: torch.Tensor, outer: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower and upper bounds of the IoU (as torchvision computes it) between boxes
-    ``rows`` and every box, each known to lie between its inner and outer box.
-    (N, 4) XYXY bounds, (R,) long indices -> (R, N) lower, (R, N) upper bounds."""
-    i_lo = _intersection(inner[rows], inner)  # (R, N)
-    i_hi = _intersection(outer[rows], outer)
-    area_lo, area_hi = _box_area(inner), _box_area(outer)
-    lo = i_lo / (area_hi[rows, None] + area_hi[None] - i_lo).clamp(min=1e-9)
-    union_lo = area_lo[rows, None] + area_lo[None] - i_hi
-    hi = torch.where(union_lo > 0, (i_hi / union_lo.clamp(min=1e-9)).clamp(max=1), torch.ones_like(lo))
-    return lo, hi
-
-
-def _pair_bounds(inner: torch.Tensor, outer: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, N) bool ``surely`` and ``maybe``: whether box h's IoU with box i surely / may
-    exceed ``threshold`` (False for a box and itself); ``NMS_ROWS`` rows at a time."""
-    n = len(inner)
-    surely = torch.zeros(n, n, dtype=torch.bool, device=inner.device)
-    maybe = torch.zeros_like(surely)
-    everyone = torch.arange(n, device=inner.device)
-    for start in range(0, n, NMS_ROWS):
-        rows = everyone[start : start + NMS_ROWS]
-        lo, hi = iou_bounds(inner, outer, rows)  # (R, N)
-        surely[rows], maybe[rows] = lo > threshold, hi > threshold
-    surely[everyone, everyone] = maybe[everyone, everyone] = False
-    return surely, maybe
-
-
-def _settled(surely: torch.Tensor, maybe: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boxes surely kept and surely suppressed by greedy NMS, whatever the exact boxes
-    within bounds: kept when no box that may come first may suppress it (unless that
-    box is surely suppressed), suppressed when a surely kept box that may come first
-    surely does. A fixed point: one host synchronisation per round, a few rounds."""
-    suppressed = torch.zeros(len(first), dtype=torch.bool, device=first.device)
-    while True:  # ``suppressed`` only grows, so this ends
-        kept = ~(maybe & first & ~suppressed[:, None]).any(0)
-        grown = (surely & first & kept[:, None]).any(0)
-        if torch.equal(grown, suppressed):
-            return kept, suppressed
-        suppressed = grown
-
-
-def boxes_for_nms(
-    inner: torch.Tensor,
-    outer: torch.Tensor,
-    scores: torch.Tensor,
-    threshold: float,
-    exact_box: Callable[[torch.Tensor], torch.Tensor],
-) -> tuple[torch.Tensor, int]:
-    """Boxes on which NMS decides as it would on the exact boxes, though most boxes are
-    only known within [inner, outer].
-
-    Greedy NMS (best score first; a box goes when its IoU with a kept box exceeds
-    ``threshold``) compares a box only with the kept boxes before it. A pair whose
-    IoU bounds straddle the threshold is undecided; it matters unless one of its
-    boxes is surely suppressed (``_settled``). Each round makes exact
-    (``exact_box(indices)`` -> (n, 4), one call) the boxes of the undecided pairs
-    whose first box is surely kept, which settles more boxes; the last of
-    ``NMS_ROUNDS`` rounds takes every undecided pair that matters. So every decision
-    NMS takes on the boxes returned is the one it takes on the exact boxes, with a
-    few host synchronisations per round and none per box.
-
-    Returns (boxes: exact where refined, outer elsewhere; number of boxes refined).
-    """
-    inner, outer = inner.clone(), outer.clone()
-    exact = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
-    first = scores[:, None] >= scores[None, :]  # [h, i]: h may come before i (ties either way)
-    for round_ in range(NMS_ROUNDS):
-        surely, maybe = _pair_bounds(inner, outer, threshold)
-        kept, suppressed = _settled(surely, maybe, first)
-        live = ~suppressed
-        undecided = maybe & ~surely & first & live[:, None] & live[None, :]
-        pick = undecided & kept[:, None] if round_ < NMS_ROUNDS - 1 else undecided
-        if not bool(pick.any()):
-            pick = undecided  # nothing settles from kept boxes: take what is left
-        todo = ((pick.any(0) | pick.any(1)) & ~exact).nonzero()[:, 0]
-        if not len(todo):
-            break
-        boxes = exact_box(todo).to(outer.dtype)
-        inner[todo], outer[todo], exact[todo] = boxes, boxes, True
-    return outer, int(exact.sum())
+def sam2_records(found: MaskSet, points: torch.Tensor, image_hw: tuple[int, int]) -> list[dict]:
+    """``found`` (with (N, 2) XY image pixels of each mask's prompt point) in the record
+    format of sam2's generator: ``segmentation`` (h, w) bool, ``area`` int, ``bbox``
+    XYWH (sam2's convention: w = x_max - x_min of the last pixels), ``predicted_iou``,
+    ``stability_score``, ``point_coords`` [[x, y]], ``crop_box`` XYWH of the image."""
+    h, w = image_hw
+    boxes = inclusive_boxes(found.boxes).tolist()
+    return [
+        {
+            "segmentation": found.masks[i].cpu().numpy(),
+            "area": int(found.areas[i]),
+            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "predicted_iou": float(found.iou[i]),
+            "point_coords": [[float(v) for v in points[i]]],
+            "stability_score": float(found.stability[i]),
+            "crop_box": [0, 0, w, h],
+        }
+        for i, (x0, y0, x1, y1) in enumerate(boxes)
+    ]
 
 
 @dataclass
-class Candidates:
-    """Masks of one image as low-res logits plus their scores (all tensors on one device).
+class _Candidates:
+    """The generator's working state: candidate masks of one image as low-res logits
+    plus their scores (all tensors on one device).
 
     logits: (N, 256, 256) float16 low-resolution mask logits (SAM-2's square frame);
     iou: (N,) predicted IoU; points: (N, 2) XY image pixels of the prompt; inner and
-    outer: (N, 4) float XYXY bounds of the mask's box in the frame (equal once exact).
+    outer: (N, 4) float XYXY bounds of the mask's box in the frame (equal once exact),
+    x2/y2 inclusive as sam2's NMS boxes (``low_res_masks.exact_boxes``).
     """
 
     logits: torch.Tensor
@@ -372,11 +108,8 @@ class Candidates:
     inner: torch.Tensor
     outer: torch.Tensor
 
-    def select(self, index: torch.Tensor) -> Candidates:
-        return Candidates(*(t[index] for t in self._fields()))
-
-    def _fields(self) -> tuple[torch.Tensor, ...]:
-        return self.logits, self.iou, self.points, self.inner, self.outer
+    def select(self, index: torch.Tensor) -> _Candidates:
+        return _Candidates(*(getattr(self, f.name)[index] for f in fields(self)))
 
     def __len__(self) -> int:
         return int(self.iou.shape[0])
@@ -435,13 +168,13 @@ class _CandidatePool:
         self.done = self.size
         self.pending = []
 
-    def result(self) -> Candidates:
+    def result(self) -> _Candidates:
         if not self.fields[0]:
             z = torch.zeros(0, 4, device=self.device)
             logits = torch.zeros(0, LOW_RES, LOW_RES, dtype=torch.float16, device=self.device)
-            return Candidates(logits, z[:, 0], z[:, :2], z, z.clone())
+            return _Candidates(logits, z[:, 0], z[:, :2], z, z.clone())
         iou, points, inner, outer = (torch.cat(ts) for ts in self.fields)
-        return Candidates(self.logits[: self.done], iou, points, inner, outer)
+        return _Candidates(self.logits[: self.done], iou, points, inner, outer)
 
 
 class MaskGenerator:
@@ -480,48 +213,40 @@ class MaskGenerator:
         self.refined = 0  # candidates that had to be upsampled to take a decision
 
     @torch.inference_mode()
-    def generate(self, image: np.ndarray, cache: dict | None = None) -> list[dict]:
-        """Masks of an (H, W, 3) uint8 RGB image in sam2's record format.
+    def generate(
+        self, image: np.ndarray, cache: dict | None = None, frame_hw: tuple[int, int] | None = None
+    ) -> list[dict]:
+        """Masks of an (H, W, 3) uint8 RGB image in sam2's record format (``sam2_records``).
 
-        Each record: ``segmentation`` (H, W) bool, ``area`` int, ``bbox`` XYWH (sam2's
-        convention: inclusive max pixel, so w = x_max - x_min), ``predicted_iou``,
-        ``stability_score``, ``point_coords`` [[x, y]], ``crop_box`` XYWH of the image.
+        ``frame_hw``: the masks' size (default: the image's, as sam2 gives them); point
+        coordinates and the crop box stay in image pixels, as sam2 reports them.
         """
-        h, w = image.shape[:2]
-        found = self.generate_masks(image, (h, w), cache)
-        records = []
-        for i in range(len(found.iou)):  # output records, one per kept mask (sam2's format)
-            x0, y0, x1, y1 = (int(v) for v in found.boxes[i])
-            records.append(
-                {
-                    "segmentation": found.masks[i].cpu().numpy(),
-                    "area": int(found.areas[i]),
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "predicted_iou": float(found.iou[i]),
-                    "point_coords": [[float(v) for v in found.points[i]]],
-                    "stability_score": float(found.stability[i]),
-                    "crop_box": [0, 0, w, h],
-                }
-            )
-        return records
+        found, points = self._generate(image, frame_hw or image.shape[:2], cache, no_progress)
+        return sam2_records(found, points, image.shape[:2])
 
     def generate_masks(
         self,
         image: np.ndarray,
         frame_hw: tuple[int, int],
         cache: dict | None = None,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> GeneratedMasks:
-        """The kept masks as bool tensors in a frame of ``frame_hw`` pixels covering the
-        image (the image's own size for sam2's output, or a smaller working frame).
+        progress: ProgressCallback = no_progress,
+    ) -> MaskSet:
+        """The kept masks in a frame of ``frame_hw`` pixels covering the image (the
+        image's own size for sam2's output, or a smaller working frame).
 
         Args:
             image: (H, W, 3) uint8 RGB.
             frame_hw: (h, w) of the output masks; decisions are exact in this frame.
             cache: an embedding cache for ``CachingPredictor`` (the image is encoded
                 only if it is not there yet).
-            progress: called with (batches done, batches) after each point batch.
+            progress: called after each point batch (fraction of the batches done).
         """
+        return self._generate(image, frame_hw, cache, progress)[0]
+
+    def _generate(
+        self, image: np.ndarray, frame_hw: tuple[int, int], cache: dict | None, progress: ProgressCallback
+    ) -> tuple[MaskSet, torch.Tensor]:
+        """(the kept masks, (N, 2) XY image pixels of their prompt points)."""
         with torch.inference_mode():
             kept = self.candidates(image, frame_hw, cache, progress)
         with torch.inference_mode(), torch.autocast(kept.logits.device.type, enabled=False):
@@ -530,22 +255,15 @@ class MaskGenerator:
             for part, up in upsampled_chunks(kept.logits, frame_hw):  # one upsampling for both
                 masks[part] = up > 0
                 stability[part] = stability_scores(up, self.stability_score_offset)
-            return GeneratedMasks(
-                masks=masks,
-                iou=kept.iou,
-                stability=stability,
-                points=kept.points,
-                boxes=mask_boxes(masks),
-                areas=masks.flatten(1).sum(1),
-            )
+            return MaskSet.of(masks, kept.iou, stability), kept.points
 
     def candidates(
         self,
         image: np.ndarray,
         frame_hw: tuple[int, int],
         cache: dict | None = None,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> Candidates:
+        progress: ProgressCallback = no_progress,
+    ) -> _Candidates:
         """The candidates that pass the filters and NMS, as low-res logits (see
         ``generate_masks`` for the arguments)."""
         h, w = image.shape[:2]
@@ -567,8 +285,7 @@ class MaskGenerator:
             if number % COMPACT_EVERY == 0 or number == len(batches):
                 with torch.autocast(device.type, enabled=False):  # decisions in float32
                     self._settle(pool, bounds)
-            if progress:
-                progress(number, len(batches))
+            progress(number / len(batches), f"SAM-2 masks: point batch {number} of {len(batches)}")
         found = pool.result()
         del pool
         boxes, refined = boxes_for_nms(
@@ -654,33 +371,3 @@ class MaskGenerator:
         """Exact stability scores of low-res logits upsampled to ``hw``."""
         scores = [stability_scores(up, self.stability_score_offset) for _, up in upsampled_chunks(logits, hw)]
         return torch.cat(scores) if scores else logits.new_zeros(0, dtype=torch.float32)
-
-
-@dataclass
-class GeneratedMasks:
-    """Kept masks in a frame: masks (N, h, w) bool; iou, stability (N,) float;
-    points (N, 2) XY image pixels of the prompts; boxes (N, 4) XYXY frame pixels,
-    inclusive max (sam2's convention); areas (N,) frame pixels. All on one device."""
-
-    masks: torch.Tensor
-    iou: torch.Tensor
-    stability: torch.Tensor
-    points: torch.Tensor
-    boxes: torch.Tensor
-    areas: torch.Tensor
-
-
-def upsampled_chunks(
-    logits: torch.Tensor, hw: tuple[int, int], chunk: int = 32
-) -> Iterator[tuple[slice, torch.Tensor]]:
-    """(N, 256, 256) low-res logits -> (rows, (n, h, w) float32 logits at ``hw``) a chunk at
-    a time (bilinear, like sam2's predictor), so that only one chunk exists at once."""
-    for start in range(0, len(logits), chunk):
-        part = slice(start, start + chunk)
-        yield part, F.interpolate(logits[part, None].float(), size=hw, mode="bilinear", align_corners=False)[:, 0]
-
-
-def exact_boxes(logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """(N, 4) float boxes (``mask_boxes``) of low-res logits upsampled to ``hw``."""
-    boxes = [mask_boxes(up > 0) for _, up in upsampled_chunks(logits, hw)]
-    return torch.cat(boxes).float() if boxes else logits.new_zeros(0, 4, dtype=torch.float32)

@@ -55,7 +55,6 @@ class CachingPredictor(SAM2ImagePredictor):
         self._is_image_set = True
 
 
-
 def encode_image(sam_model: SAM2Base, image: np.ndarray, cache: dict) -> int:
     """Compute SAM-2's embedding of an (H, W, 3) uint8 RGB image into ``cache`` if it
     is not there yet; returns the number of encodings done (0 or 1)."""

@@ -1,4 +1,5 @@
-"""Where model work runs and in what arithmetic: the device and its precision.
+"""Where model work runs and in what arithmetic: the device, its precision, running out
+of its memory (``halving_on_oom``) and compiling for it (``compile_sam2``).
 
 ``precision`` (the setting of that name):
 
@@ -19,15 +20,21 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
-from maskadapter.errors import InputError
+from maskadapter.errors import InputError, ResourceError
 from maskadapter.settings import check_precision
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names
 
@@ -100,3 +107,29 @@ def model_token(model: torch.nn.Module) -> ModelToken:
         if token is None:
             token = _tokens[model] = ModelToken(next(_serials))
         return token
+
+
+def halving_on_oom(run: Callable[[int], T], size: int, what: str) -> T:
+    """``run(size)``; when the device runs out of memory, its cache is freed and ``run``
+    is retried with half the size, down to 1; then ``ResourceError``. ``what`` says
+    where, for the messages ("on SAM-2's point batches")."""
+    while True:
+        try:
+            return run(size)
+        except torch.OutOfMemoryError:
+            if size <= 1:
+                raise ResourceError(
+                    f"the device ran out of memory {what}, even one at a time; "
+                    "try a smaller image, fewer points per side or fewer classes"
+                ) from None
+            size //= 2
+            log.warning("out of device memory %s; retrying %d at a time", what, size)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def compile_sam2(sam_model: torch.nn.Module) -> None:
+    """``torch.compile`` SAM-2's image encoder and mask decoder in place (the setting
+    ``compile``; worth it on a GPU for many images, costly on the first call)."""
+    sam_model.image_encoder = torch.compile(sam_model.image_encoder)
+    sam_model.sam_mask_decoder = torch.compile(sam_model.sam_mask_decoder, dynamic=True)

@@ -3,26 +3,13 @@
 ``Segmenter`` owns the three models, the device, autocast, a lock around model work,
 the text-embedding cache and the ``SessionStore`` of image sessions; one instance
 serves every user. Work happens at a working resolution (``WorkingFrame``: the image
-scaled so its long side is at most ``mask_side``); only what leaves the engine (the
-label map, a segment's mask, areas and boxes) is at the original size.
+scaled so its long side is at most ``mask_side``); what leaves the engine is at the
+original size (``maskadapter.engine.results``: modes, thresholds, the class "others").
 
-A session keeps results, not just embeddings: the masks made with given mask
-settings and their class probabilities for a given vocabulary. So a new vocabulary
-re-runs only the text side (cached) and the adapter, and a new mode, threshold or
-granularity re-runs only painting; neither calls SAM-2 again.
-
-Two ways of turning classified masks into a picture (``mode``):
-
-- ``"semantic"`` (the default, as the Mask-Adapter demo draws it): the semantic map of
-  ``maskadapter.engine.painting.semantic_label_map`` at ``granularity`` (0.8); one segment
-  per class present, scored by the class's best kept mask.
-- ``"per_mask"``: every SAM-2 mask is one segment labelled with its best class;
-  smaller masks are drawn over larger.
-
-Segments scoring below ``score_threshold`` are dropped (their pixels unlabelled). A
-vocabulary of one class is classified together with an extra class "others" (text
-from the same templates), so that a single class does not win every mask by default;
-"others" keeps no mask, the pixels it wins stay unlabelled, and it appears in no output.
+A session keeps results, not just embeddings: the masks made with given mask settings
+(a ``MaskSet``) and their class probabilities for a given vocabulary. So a new
+vocabulary re-runs only the text side (cached) and the adapter, and a new mode,
+threshold or granularity re-runs only painting; neither calls SAM-2 again.
 """
 
 from __future__ import annotations
@@ -34,7 +21,6 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -48,13 +34,28 @@ from maskadapter.engine.clip_features import (
     pooled_embeddings_from_features,
 )
 from maskadapter.engine.generator import MaskGenerator
+from maskadapter.engine.mask_set import MaskSet
 from maskadapter.engine.mask_settings import RANDOM_WEIGHT_NOTE, AutoMaskSettings, default_mask_settings
-from maskadapter.engine.painting import class_presence, per_mask_label_map, semantic_label_map
 from maskadapter.engine.predictor import encode_image, prompt_mask, sam_cache_key
-from maskadapter.engine.runtime import autocast_dtype, model_token, precision_name, resolve_device
+from maskadapter.engine.results import (
+    MODES,  # noqa: F401 - where maskadapter.cli.common finds it
+    Comparison,
+    Painting,
+    SegmentationResult,
+    assemble,
+    with_others,
+)
+from maskadapter.engine.runtime import (
+    autocast_dtype,
+    compile_sam2,
+    halving_on_oom,
+    model_token,
+    precision_name,
+    resolve_device,
+)
 from maskadapter.engine.session import ImageSession, SessionStore
 from maskadapter.engine.text_embeddings import TextEmbeddingCache, context_notes
-from maskadapter.engine.transforms import ImageTransform, WorkingFrame, check_box, check_points
+from maskadapter.engine.transforms import ImageTransform, WorkingFrame, check_prompts
 from maskadapter.engine.vocabulary import Vocabulary, build_vocabulary
 from maskadapter.engine.weights import (
     Models,
@@ -63,115 +64,19 @@ from maskadapter.engine.weights import (
     build_tiny_random,
     resolve_model_files,
 )
-from maskadapter.errors import InputError, ResourceError
+from maskadapter.errors import InputError
+from maskadapter.progress import ProgressCallback, no_progress
 from maskadapter.settings import Settings
 
-MODES = ("semantic", "per_mask")
-OTHERS = "others"  # the extra class of one-class vocabularies
 METHODS = ("adapter", "pooling")  # how masks are classified: Mask-Adapter or plain mask pooling
-TOP_K = 5
 
-# progress of one request: (fraction done in [0, 1], what is being done)
-Progress = Callable[[float, str], None]
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-def halving_on_oom(run: Callable[[int], T], size: int, what: str) -> T:
-    """``run(size)``; when the device runs out of memory, its cache is freed and ``run``
-    is retried with half the size, down to 1; then ``ResourceError``."""
-    while True:
-        try:
-            return run(size)
-        except torch.OutOfMemoryError:
-            if size <= 1:
-                raise ResourceError(
-                    f"the device ran out of memory {what}, even one at a time; "
-                    "try a smaller image, fewer points per side or fewer classes"
-                ) from None
-            size //= 2
-            log.warning("out of device memory %s; retrying %d at a time", what, size)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-
-
-def _silent(fraction: float, message: str) -> None:
-    return None
-
-
-def _text_progress(progress: Progress) -> Progress:
-    """Text encoding's progress mapped to the first 5 % of a request."""
-    return lambda fraction, message: progress(0.05 * fraction, message)
-
-
-@dataclass(eq=False)
-class Segment:
-    """One labelled region.
-
-    ``mask`` is (H, W) bool at the original size, made on access from the working-
-    resolution mask (one segment at a time); area is in original pixels; box is XYXY
-    original pixels, x1/y1 exclusive; top5: the five most probable (label,
-    probability) pairs, best first.
-    """
-
-    label: str
-    class_id: int
-    score: float
-    top5: list[tuple[str, float]]
-    area: int
-    box: tuple[int, int, int, int]
-    sam_iou: float | None
-    working_mask: np.ndarray = field(repr=False)  # (h, w) bool in the working frame
-    frame: WorkingFrame = field(repr=False)
-
-    @property
-    def mask(self) -> np.ndarray:
-        return self.frame.to_original(self.working_mask)
-
-
-@dataclass
-class SegmentationResult:
-    """Segments of one image; ``label_map`` (H, W) int32 holds class ids, -1 unlabelled.
-
-    ``working_label_map`` is the same map in the working frame (``frame.work_hw``).
-    """
-
-    image_size: tuple[int, int]
-    labels: list[str]
-    segments: list[Segment]
-    label_map: np.ndarray
-    mode: str
-    working_label_map: np.ndarray | None = None
-    frame: WorkingFrame | None = None
-
-
-@dataclass
-class MaskSet:
-    """The automatic masks of one image in its working frame, largest first.
-
-    masks: (N, h, w) bool on the model's device; iou, stability: (N,) float;
-    areas: (N,) int64 original pixels; boxes: (N, 4) int64 XYXY original pixels
-    (x1/y1 exclusive).
-    """
-
-    masks: torch.Tensor
-    iou: torch.Tensor
-    stability: torch.Tensor
-    areas: torch.Tensor
-    boxes: torch.Tensor
-
-
-def with_others(vocabulary: Vocabulary) -> Vocabulary:
-    """The vocabulary classified against: a one-class vocabulary gets "others" appended
-    (its last column, dropped from every output)."""
-    if len(vocabulary) != 1 or vocabulary.labels[0].casefold() == OTHERS:
-        return vocabulary
-    return dataclasses.replace(vocabulary, classes=(*vocabulary.classes, (OTHERS,)))
-
-
-def _top(probs: np.ndarray, labels: Sequence[str], k: int = TOP_K) -> list[tuple[str, float]]:
-    order = np.argsort(-probs, kind="stable")[:k]
-    return [(labels[i], float(probs[i])) for i in order]
+def within(progress: ProgressCallback, start: float, end: float) -> ProgressCallback:
+    """``progress`` for a part of the task: the part's fractions mapped to [start, end]."""
+    return lambda fraction, message: progress(start + (end - start) * fraction, message)
 
 
 class Segmenter:
@@ -195,14 +100,8 @@ class Segmenter:
         self.transform = transform or ImageTransform()
         self.mask_side = int(mask_side)
         self.amp_dtype = autocast_dtype(self.device, precision)  # checks ``precision``
-        self.text_cache = TextEmbeddingCache(
-            models.clip,
-            models.tokenizer,
-            models.clip_key,
-            cache_dir,
-            memory_entries=text_cache_entries,
-            disk_bytes=text_cache_bytes,
-        )
+        sizes = {"memory_entries": text_cache_entries, "disk_bytes": text_cache_bytes}
+        self.text_cache = TextEmbeddingCache(models.clip, models.tokenizer, models.clip_key, cache_dir, **sizes)
         self.store = SessionStore(session_bytes)
         self.lock = threading.RLock()  # model work, one request at a time
         self.stats: Counter[str] = Counter()  # what was computed; written under _stats_lock
@@ -211,13 +110,15 @@ class Segmenter:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, progress: Callable[[str], None] | None = None, real_size_random: bool = False
+        cls, settings: Settings, progress: ProgressCallback = no_progress, real_size_random: bool = False
     ) -> Segmenter:
         """Resolve files, build the models on the chosen device (CUDA when present).
 
-        ``real_size_random``: the real architectures (SAM-2.1 ``settings.sam_size``,
-        ``settings.clip_model``, the head) with random weights, for timing and memory
-        figures (labels are meaningless); ``settings.tiny_random``: small random models.
+        ``progress`` hears which model is being downloaded (the first half of the
+        fractions) and loaded (the second half). ``real_size_random``: the real
+        architectures (SAM-2.1 ``settings.sam_size``, ``settings.clip_model``, the head)
+        with random weights, for timing and memory figures (labels are meaningless);
+        ``settings.tiny_random``: small random models.
         """
         device = resolve_device(settings.device)
         if real_size_random:
@@ -225,8 +126,8 @@ class Segmenter:
         elif settings.tiny_random:
             models = build_tiny_random(device)
         else:
-            files = resolve_model_files(settings, progress)
-            models = build_models(files, device, progress)
+            files = resolve_model_files(settings, within(progress, 0.0, 0.5))
+            models = build_models(files, device, within(progress, 0.5, 1.0))
         if settings.compile:
             compile_sam2(models.sam2)
         transform = ImageTransform(settings.short_side, settings.max_size)
@@ -248,7 +149,7 @@ class Segmenter:
 
     def default_mask_settings(self) -> AutoMaskSettings:
         """The automatic-mask settings used when none are given: the demo's, with SAM-2's
-        quality filters opened when the weights are random (``masks.default_mask_settings``)."""
+        quality filters opened when the weights are random (``mask_settings.default_mask_settings``)."""
         return default_mask_settings(self.real_weights)
 
     def _mask_settings(self, given: AutoMaskSettings | None) -> AutoMaskSettings:
@@ -300,7 +201,7 @@ class Segmenter:
         return tuple(dict.fromkeys(vocabulary.notes + extra))
 
     def text_embeddings(
-        self, vocabulary: Vocabulary, progress: Progress | None = None
+        self, vocabulary: Vocabulary, progress: ProgressCallback = no_progress
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(K, D) text rows and (K,) class index, cached per synonym; ``progress`` as
         in ``TextEmbeddingCache.embed``."""
@@ -336,7 +237,7 @@ class Segmenter:
     def _clip_key(self) -> tuple:
         return (self.transform, str(self.device), self.models.clip_key)
 
-    def sam_embedding(self, session: ImageSession, progress: Progress = _silent) -> dict:
+    def sam_embedding(self, session: ImageSession, progress: ProgressCallback = no_progress) -> dict:
         """SAM-2's embedding of the session's image (computed once), as the one-entry
         cache ``CachingPredictor`` reads."""
         key = sam_cache_key(self.models.sam2, session.key)
@@ -362,7 +263,7 @@ class Segmenter:
         return (model_token(self.models.sam2), settings, self.mask_side)
 
     def automatic_masks(
-        self, session: ImageSession, settings: AutoMaskSettings | None = None, progress: Progress = _silent
+        self, session: ImageSession, settings: AutoMaskSettings | None = None, progress: ProgressCallback = no_progress
     ) -> MaskSet:
         """SAM-2's automatic masks of the session's image in its working frame (made
         once per mask settings; None: ``default_mask_settings()``), largest first."""
@@ -370,39 +271,29 @@ class Segmenter:
         key = self._mask_key(settings)
         return self._stage(session, "masks", key, lambda: self._generate(session, settings, progress))
 
-    def _generate(self, session: ImageSession, settings: AutoMaskSettings, progress: Progress) -> MaskSet:
+    def _generate(self, session: ImageSession, settings: AutoMaskSettings, progress: ProgressCallback) -> MaskSet:
         cache = self.sam_embedding(session, progress)
         self.clip_features(session)  # both encodings before the slow part
         frame = self.frame(session)
         generator = MaskGenerator(self.models.sam2, **settings.generator_args)
 
-        def batch_done(done: int, total: int) -> None:
-            progress(0.1 + 0.6 * done / total, f"SAM-2 masks: point batch {done} of {total}")
-
-        def generate(points_per_batch: int):
+        def generate(points_per_batch: int) -> MaskSet:
             generator.points_per_batch = points_per_batch
-            return generator.generate_masks(session.image, frame.work_hw, cache, batch_done)
+            return generator.generate_masks(session.image, frame.work_hw, cache, within(progress, 0.1, 0.7))
 
         with self.lock, torch.inference_mode(), self.autocast():
             found = halving_on_oom(generate, generator.points_per_batch, "on SAM-2's point batches")
-            areas = frame.areas(found.masks)
-            order = torch.sort(areas, descending=True, stable=True).indices
-            result = MaskSet(
-                masks=found.masks[order],
-                iou=found.iou[order].float(),
-                stability=found.stability[order].float(),
-                areas=areas[order].cpu(),
-                boxes=frame.boxes(found.masks[order]),
-            )
+            # largest first in original pixels (smaller masks are painted over larger)
+            found = found.select(torch.sort(frame.areas(found.masks), descending=True, stable=True).indices)
         self._count("mask_generations")
-        return result
+        return found
 
     def mask_probabilities(
         self,
         session: ImageSession,
         masks: np.ndarray | torch.Tensor,
         vocabulary: Vocabulary,
-        progress: Progress = _silent,
+        progress: ProgressCallback = no_progress,
         method: str = "adapter",
     ) -> torch.Tensor:
         """(N, C) float32 class probabilities (softmax over classes) of (N, h, w) bool
@@ -445,7 +336,7 @@ class Segmenter:
         mask_key: tuple,
         masks: torch.Tensor,
         vocabulary: Vocabulary,
-        progress: Progress,
+        progress: ProgressCallback,
         method: str = "adapter",
     ) -> torch.Tensor:
         """``mask_probabilities`` kept in the session per (masks, vocabulary, method)."""
@@ -465,7 +356,7 @@ class Segmenter:
         mode: str = "semantic",
         score_threshold: float = 0.0,
         granularity: float = 0.8,
-        progress: Progress = _silent,
+        progress: ProgressCallback = no_progress,
         method: str = "adapter",
     ) -> SegmentationResult:
         """Segment everything SAM-2 finds and name it with the vocabulary.
@@ -475,26 +366,16 @@ class Segmenter:
             mask_settings: SAM-2's automatic-mask settings; None: ``default_mask_settings()``
                 (the demo's; with random weights SAM-2's quality filters are opened, and
                 a warning says so once).
-            mode: ``"semantic"`` (default) or ``"per_mask"`` (see the module docstring).
+            mode: ``"semantic"`` (default) or ``"per_mask"`` (see ``maskadapter.engine.results``).
             score_threshold: minimum class probability of a kept segment, in [0, 1].
             granularity: semantic mode's per-class relative threshold, in [0, 1].
             progress: called with (fraction done, message) as the work advances.
             method: how masks are classified: ``"adapter"`` (Mask-Adapter) or
                 ``"pooling"`` (plain mask pooling, the baseline the paper improves on).
         """
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        for name, value in (("score threshold", score_threshold), ("granularity", granularity)):
-            if not 0.0 <= value <= 1.0:
-                raise InputError(f"{name} must be between 0 and 1, got {value}")
-        settings = self._mask_settings(mask_settings)
-        session = self._as_session(image)
-        # fail on the text side before the slow part
-        self.text_embeddings(with_others(vocabulary), _text_progress(progress))
-        found = self.automatic_masks(session, settings, progress)
-        probs = self._probabilities(session, self._mask_key(settings), found.masks, vocabulary, progress, method)
-        progress(0.92, "painting")
-        return self._assemble(session, found, probs, vocabulary, mode, score_threshold, granularity)
+        painting = Painting(mode, score_threshold, granularity)  # checked before any work
+        session, settings = self._as_session(image), self._mask_settings(mask_settings)
+        return self._automatic(session, settings, vocabulary, painting, progress, method)
 
     def compare(
         self,
@@ -504,19 +385,14 @@ class Segmenter:
         mode: str = "semantic",
         score_threshold: float = 0.0,
         granularity: float = 0.8,
-        progress: Progress = _silent,
+        progress: ProgressCallback = no_progress,
     ) -> Comparison:
         """The same SAM-2 masks classified by Mask-Adapter and by plain mask pooling (the
         arguments as in ``segment_automatic``); the masks and the CLIP features are
         computed once for both."""
-        adapter = self.segment_automatic(
-            image, vocabulary, mask_settings, mode, score_threshold, granularity, progress, "adapter"
-        )
-        session = self._as_session(image)
-        pooling = self.segment_automatic(
-            session, vocabulary, mask_settings, mode, score_threshold, granularity, progress, "pooling"
-        )
-        settings = self._mask_settings(mask_settings)
+        painting = Painting(mode, score_threshold, granularity)  # checked before any work
+        session, settings = self._as_session(image), self._mask_settings(mask_settings)
+        adapter, pooling = (self._automatic(session, settings, vocabulary, painting, progress, m) for m in METHODS)
         masks = self.automatic_masks(session, settings).masks  # kept in the session: no new work
         key, c = self._mask_key(settings), len(vocabulary)
         best = [self._probabilities(session, key, masks, vocabulary, progress, m).argmax(1) for m in METHODS]
@@ -524,13 +400,30 @@ class Segmenter:
         changed = int((best[0] != best[1]).sum()) if len(best[0]) else 0
         return Comparison(adapter, pooling, changed, len(best[0]))
 
+    def _automatic(
+        self,
+        session: ImageSession,
+        settings: AutoMaskSettings,
+        vocabulary: Vocabulary,
+        painting: Painting,
+        progress: ProgressCallback,
+        method: str,
+    ) -> SegmentationResult:
+        """``segment_automatic`` on checked arguments (``compare`` runs it twice)."""
+        # fail on the text side before the slow part
+        self.text_embeddings(with_others(vocabulary), within(progress, 0.0, 0.05))
+        found = self.automatic_masks(session, settings, progress)
+        probs = self._probabilities(session, self._mask_key(settings), found.masks, vocabulary, progress, method)
+        progress(0.92, "painting")
+        return assemble(self.frame(session), found, probs, vocabulary, painting)
+
     def segment_points(
         self,
         image: ImageSession | np.ndarray,
         points: Sequence[Sequence[float]],
         vocabulary: Vocabulary,
         box: Sequence[float] | None = None,
-        progress: Progress = _silent,
+        progress: ProgressCallback = no_progress,
     ) -> SegmentationResult:
         """Segment the object at the given points and name it.
 
@@ -542,143 +435,14 @@ class Segmenter:
             a result with one segment (none if SAM-2 returns an empty mask).
         """
         session = self._as_session(image)
-        box_arr = check_box(box, session.hw)
-        points = [] if points is None else points
-        if box_arr is not None and isinstance(points, Sequence | np.ndarray) and len(points) == 0:
-            coords = labels = None  # a box alone
-        else:
-            coords, labels = check_points(points, session.hw, require_positive=box_arr is None)
-        self.text_embeddings(with_others(vocabulary), _text_progress(progress))
+        coords, labels, box_arr = check_prompts(points, box, session.hw)
+        self.text_embeddings(with_others(vocabulary), within(progress, 0.0, 0.05))
         cache = self.sam_embedding(session, progress)
         frame = self.frame(session)
         with self.lock, self.autocast():
             mask, iou = prompt_mask(self.models.sam2, session.image, cache, coords, labels, box_arr, frame.work_hw)
         masks = torch.as_tensor(mask[None] if mask.any() else mask[None][:0], device=self.device)
-        found = MaskSet(
-            masks=masks,
-            iou=torch.full((len(masks),), iou),
-            stability=torch.full((len(masks),), float("nan")),
-            areas=frame.areas(masks).cpu(),
-            boxes=frame.boxes(masks),
-        )
+        scores = [torch.full((len(masks),), value, device=self.device) for value in (iou, float("nan"))]
+        found = MaskSet.of(masks, *scores)  # no stability score for a prompted mask
         probs = self.mask_probabilities(session, masks, with_others(vocabulary), progress)
-        return self._assemble(session, found, probs, vocabulary, "per_mask", 0.0, 0.0)
-
-    # ------------------------------------------------------------------ masks -> segments
-
-    def _assemble(
-        self,
-        session: ImageSession,
-        found: MaskSet,
-        probs: torch.Tensor,
-        vocabulary: Vocabulary,
-        mode: str,
-        score_threshold: float,
-        granularity: float,
-    ) -> SegmentationResult:
-        """Paint at the working resolution; label map and segments at the original size.
-        ``probs`` may have extra columns after the vocabulary's ("others"): they win
-        pixels and masks for nobody."""
-        labels = vocabulary.labels
-        c = len(labels)
-        frame = self.frame(session)
-        masks = found.masks
-        with torch.inference_mode():
-            if mode == "per_mask":
-                score, best = probs.max(1) if len(probs) else (probs.new_zeros(0), probs.new_zeros(0).long())
-                class_ids = torch.where((best < c) & (score >= score_threshold), best, -1)
-                working, _ = per_mask_label_map(masks, class_ids)
-            else:
-                working, kept = semantic_label_map(masks, probs, granularity, extra_classes=probs.shape[1] - c)
-        probs_np = probs[:, :c].float().cpu().numpy()
-        if mode == "per_mask":
-            working_np = working.to(torch.int32).cpu().numpy()
-            label_map = frame.to_original(working_np)
-            segments = self._per_mask_segments(found, probs_np, class_ids.cpu().numpy(), labels, frame)
-        else:
-            segments, working_np, label_map = self._semantic_segments(
-                found, probs_np, kept, working, labels, frame, score_threshold
-            )
-        return SegmentationResult(session.hw, labels, segments, label_map, mode, working_np, frame)
-
-    @staticmethod
-    def _per_mask_segments(found: MaskSet, probs, class_ids, labels, frame) -> list[Segment]:
-        masks = found.masks.cpu().numpy()
-        return [
-            Segment(
-                labels[c],
-                int(c),
-                float(probs[i, c]),
-                _top(probs[i], labels),
-                int(found.areas[i]),
-                tuple(int(v) for v in found.boxes[i]),
-                float(found.iou[i]),
-                masks[i],
-                frame,
-            )
-            for i, c in enumerate(class_ids)
-            if c >= 0
-        ]
-
-    @staticmethod
-    def _semantic_segments(
-        found: MaskSet, probs, kept, working, labels, frame, score_threshold: float
-    ) -> tuple[list[Segment], np.ndarray, np.ndarray]:
-        """One segment per class present, scored by the best kept mask that covers the
-        class's pixels; classes scoring below ``score_threshold`` are unlabelled.
-        Returns (segments, working label map, label map at the original size)."""
-        present = class_presence(found.masks, working, len(labels)).cpu().numpy() & kept.cpu().numpy()[:, None]
-        classes = np.nonzero(present.any(0))[0]
-        if not len(classes):  # no mask, or none kept
-            working_np = working.to(torch.int32).cpu().numpy()
-            return [], working_np, frame.to_original(working_np)
-        top = np.where(present[:, classes], probs[:, classes], -1.0).argmax(0)  # (K,) best mask per class
-        scores = probs[top, classes]
-        dropped = classes[scores < score_threshold]
-        if len(dropped):
-            working = torch.where(torch.isin(working, torch.as_tensor(dropped, device=working.device)), -1, working)
-        keep = scores >= score_threshold
-        classes, top = classes[keep], top[keep]
-        working_np = working.to(torch.int32).cpu().numpy()
-        label_map = frame.to_original(working_np)
-        if not len(classes):
-            return [], working_np, label_map
-        areas = np.bincount(label_map[label_map >= 0].ravel(), minlength=len(labels))
-        class_masks = working[None] == torch.as_tensor(classes, device=working.device)[:, None, None]  # (K, h, w)
-        boxes = frame.boxes(class_masks)
-        class_masks_np = class_masks.cpu().numpy()
-        segments = [
-            Segment(
-                labels[c],
-                int(c),
-                float(probs[top[k], c]),
-                _top(probs[top[k]], labels),
-                int(areas[c]),
-                tuple(int(v) for v in boxes[k]),
-                float(found.iou[top[k]]),
-                class_masks_np[k],
-                frame,
-            )
-            for k, c in enumerate(classes)
-        ]
-        segments.sort(key=lambda s: -s.area)
-        return segments, working_np, label_map
-
-
-@dataclass
-class Comparison:
-    """One image's masks classified two ways: ``adapter`` (Mask-Adapter) and ``pooling``
-    (plain mask pooling); ``changed`` of the ``masks`` SAM-2 masks have a different
-    best class under the two."""
-
-    adapter: SegmentationResult
-    pooling: SegmentationResult
-    changed: int
-    masks: int
-
-
-def compile_sam2(sam_model: torch.nn.Module) -> None:
-    """``torch.compile`` SAM-2's image encoder and mask decoder in place (the setting
-    ``compile``; worth it on a GPU for many images, costly on the first call)."""
-    sam_model.image_encoder = torch.compile(sam_model.image_encoder)
-    sam_model.sam_mask_decoder = torch.compile(sam_model.sam_mask_decoder, dynamic=True)
+        return assemble(self.frame(session), found, probs, vocabulary, Painting("per_mask", 0.0, 0.0))

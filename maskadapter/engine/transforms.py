@@ -1,8 +1,11 @@
-"""All resizing, padding, normalisation and coordinate checks of the project.
+"""All resizing, padding, normalisation, coordinate checks and coordinate mapping of the project.
 
-Conventions: images are HWC uint8 RGB numpy arrays; masks are (N, H, W) bool arrays
-at the original image resolution; points are XY pixel coordinates in the original
-image (x to the right, y down, origin at the top-left pixel's corner).
+Conventions: images are HWC uint8 RGB numpy arrays; masks are (N, H, W) bool; points
+are XY pixel coordinates in the original image (x to the right, y down, origin at the
+top-left pixel's corner); boxes of masks are XYXY pixels with x2/y2 exclusive (one past
+the last pixel, ``mask_boxes``), except where sam2's inclusive convention is needed to
+match its decisions (``inclusive_boxes``). ``WorkingFrame`` maps masks, areas and boxes
+of a working frame back to the original image.
 
 SAM-2 does its own resizing to 1024 inside ``SAM2ImagePredictor``; the CLIP side
 uses ``ImageTransform``: resize so the short side is ``short_side`` and the long side
@@ -15,20 +18,15 @@ from __future__ import annotations
 import math
 import numbers
 import reprlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from maskadapter.engine.images import (  # noqa: F401 - re-exported: images are checked in maskadapter.engine.images
-    MAX_ASPECT_RATIO,
-    MAX_IMAGE_PIXELS,
-    MIN_IMAGE_SIDE,
-    check_image,
-)
+from maskadapter.engine.images import check_image  # noqa: F401 - re-exported (the old place of the check)
 from maskadapter.errors import InputError
 
 CLIP_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
@@ -169,6 +167,46 @@ def check_box(box: object, image_hw: tuple[int, int]) -> np.ndarray | None:
     return np.array(box_in_image(box, image_hw), dtype=np.float32)
 
 
+def check_prompts(
+    points: object, box: object, image_hw: tuple[int, int]
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Validate the prompts of one SAM-2 mask inside an (H, W) image: points as in
+    ``check_points`` (at least one positive unless a box is given) and an optional box
+    as in ``check_box``; a box alone (points None or empty) is a prompt too.
+    Returns (coords (P, 2) float32, labels (P,) int32, box (4,) float32), None where absent."""
+    box_arr = check_box(box, image_hw)
+    points = [] if points is None else points
+    if box_arr is not None and isinstance(points, Sequence | np.ndarray) and len(points) == 0:
+        return None, None, box_arr
+    coords, labels = check_points(points, image_hw, require_positive=box_arr is None)
+    return coords, labels, box_arr
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(N, h, w) bool masks -> (N, 4) int64 XYXY boxes in the masks' pixels, x2/y2
+    exclusive (one past the last pixel), on the masks' device; (0, 0, 0, 0) for an
+    empty mask."""
+    n, h, w = masks.shape
+    if n == 0:
+        return torch.zeros(0, 4, dtype=torch.long, device=masks.device)
+    rows, cols = masks.any(2), masks.any(1)  # (N, h), (N, w)
+    ys = torch.arange(h, device=masks.device)
+    xs = torch.arange(w, device=masks.device)
+    y0 = torch.where(rows, ys, h).amin(1)
+    y1 = torch.where(rows, ys + 1, 0).amax(1)
+    x0 = torch.where(cols, xs, w).amin(1)
+    x1 = torch.where(cols, xs + 1, 0).amax(1)
+    box = torch.stack([x0, y0, x1, y1], dim=1)
+    return torch.where((x1 > x0)[:, None], box, torch.zeros_like(box))
+
+
+def inclusive_boxes(boxes: torch.Tensor) -> torch.Tensor:
+    """(N, 4) XYXY boxes with x2/y2 exclusive -> sam2's convention, x2/y2 the last
+    pixel (``x2 - x1`` is sam2's width); (0, 0, 0, 0) stays (an empty mask)."""
+    empty = (boxes == 0).all(1, keepdim=True)
+    return torch.where(empty, boxes, boxes - boxes.new_tensor([0, 0, 1, 1]))
+
+
 @dataclass(frozen=True)
 class ImageTransform:
     """Maps an image and its masks to the CLIP input frame and masks back."""
@@ -241,13 +279,6 @@ class ImageTransform:
             out[:, lost[0]] = (touched > 0).to(torch.float32)
         return F.pad(out, (0, pw - rw, 0, ph - rh))
 
-    def tensor_to_masks(self, x: torch.Tensor, hw: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
-        """(1, N, Hp, Wp) maps in the CLIP frame -> (N, H, W) bool at the original size."""
-        rh, rw = self.resized_hw(hw)
-        x = x[:, :, :rh, :rw].float()
-        x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
-        return (x[0] > threshold).cpu().numpy()
-
 
 class WorkingFrame:
     """The working resolution of one image, and the way back to the original size.
@@ -280,13 +311,6 @@ class WorkingFrame:
     def identity(self) -> bool:
         return self.work_hw == self.orig_hw
 
-    def image(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 -> (h, w, 3) uint8 at the working size (area-averaged)."""
-        if self.identity:
-            return image
-        h, w = self.work_hw
-        return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-
     def to_original(self, planes: np.ndarray | torch.Tensor) -> np.ndarray:
         """(..., h, w) working-frame array (mask or label map) -> (..., H, W) numpy."""
         if isinstance(planes, torch.Tensor):
@@ -296,7 +320,10 @@ class WorkingFrame:
         return planes[..., self.rows[:, None], self.cols[None, :]]
 
     def areas(self, masks: torch.Tensor, chunk: int = 32) -> torch.Tensor:
-        """(N, h, w) bool working masks -> (N,) int64 pixel counts at the original size."""
+        """(N, h, w) bool working masks -> (N,) int64 pixel counts at the original size,
+        on the masks' device."""
+        if self.identity:
+            return masks.flatten(1).sum(1)
         rc = torch.as_tensor(self.row_count, device=masks.device, dtype=torch.float64)
         cc = torch.as_tensor(self.col_count, device=masks.device, dtype=torch.float64)
         out = [
@@ -305,17 +332,20 @@ class WorkingFrame:
         ]
         return torch.cat(out).round().long() if out else torch.zeros(0, dtype=torch.long, device=masks.device)
 
-    def boxes(self, masks: torch.Tensor) -> torch.Tensor:
-        """(N, h, w) bool working masks -> (N, 4) int64 XYXY original pixels, x1/y1
-        exclusive; (0, 0, 0, 0) for an empty mask."""
-        n = len(masks)
-        if n == 0:
+    def to_original_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(N, 4) XYXY working-frame boxes -> (N, 4) int64 XYXY original pixels on the
+        CPU, both with x2/y2 exclusive: the original pixels that show the box's
+        working pixels; (0, 0, 0, 0) stays (an empty mask)."""
+        b = boxes.cpu().numpy().astype(np.int64)
+        if len(b) == 0:
             return torch.zeros(0, 4, dtype=torch.long)
-        rows, cols = masks.any(2).cpu().numpy(), masks.any(1).cpu().numpy()
-        has = rows.any(1)
-        r0 = rows.argmax(1)
-        r1 = rows.shape[1] - 1 - rows[:, ::-1].argmax(1)
-        c0 = cols.argmax(1)
-        c1 = cols.shape[1] - 1 - cols[:, ::-1].argmax(1)
-        box = np.stack([self.first_col[c0], self.first_row[r0], self.end_col[c1], self.end_row[r1]], 1)
-        return torch.from_numpy(np.where(has[:, None], box, 0).astype(np.int64))
+        empty = (b == 0).all(1, keepdims=True)
+        last = np.maximum(b[:, 2:] - 1, 0)  # the last working column / row
+        x2, y2 = self.end_col[last[:, 0]], self.end_row[last[:, 1]]
+        out = np.stack([self.first_col[b[:, 0]], self.first_row[b[:, 1]], x2, y2], 1)
+        return torch.from_numpy(np.where(empty, 0, out).astype(np.int64))
+
+    def boxes(self, masks: torch.Tensor) -> torch.Tensor:
+        """(N, h, w) bool working masks -> (N, 4) int64 XYXY original pixels, x2/y2
+        exclusive, on the CPU; (0, 0, 0, 0) for an empty mask."""
+        return self.to_original_boxes(mask_boxes(masks))

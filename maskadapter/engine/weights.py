@@ -34,6 +34,7 @@ from omegaconf import OmegaConf
 
 from maskadapter.errors import CheckpointError, WeightsNotFoundError
 from maskadapter.modeling import MaskAdapterHead
+from maskadapter.progress import ProgressCallback, no_progress
 from maskadapter.resources import package_path
 from maskadapter.settings import Settings
 
@@ -56,8 +57,6 @@ TINY_CLIP_CONFIG = package_path("clip_configs", "tiny-random-convnext.json")
 TINY_CLIP_NAME = TINY_CLIP_CONFIG.stem
 TINY_ADAPTER = dict(num_channels=32, mask_in_chans=16, num_output_maps=4)
 HUB_PROBE_TIMEOUT_S = 3.0
-
-Progress = Callable[[str], None]
 
 
 # ---------------------------------------------------------------------------- builders
@@ -268,9 +267,10 @@ def _local(path: str | None, flag: str) -> Path | None:
     return p
 
 
-def _fetch(entries: dict[str, tuple[Path | None, _HubFile]], progress: Progress | None) -> dict[str, Path]:
+def _fetch(entries: dict[str, tuple[Path | None, _HubFile]], progress: ProgressCallback) -> dict[str, Path]:
     """Local path for each entry: the given local file, else the hub cache, else a
-    download. Fails at once, naming every missing file, when the hub is unreachable."""
+    download (``progress`` hears each, with the fraction of the downloads done). Fails
+    at once, naming every missing file, when the hub is unreachable."""
     paths = {key: local or _cached(entry) for key, (local, entry) in entries.items()}
     missing = [key for key, path in paths.items() if path is None]
     if missing and not _hub_reachable():
@@ -286,10 +286,9 @@ def _fetch(entries: dict[str, tuple[Path | None, _HubFile]], progress: Progress 
             "Settings(sam_checkpoint=PATH, ...), or Settings.from_env() to read the variables), or run with "
             "--tiny-random (random weights, meaningless labels).",
         )
-    for key in missing:
+    for done, key in enumerate(missing):
         entry = entries[key][1]
-        if progress:
-            progress(f"downloading {entry.what} from {entry.repo} (first run only)")
+        progress(done / len(missing), f"downloading {entry.what} from {entry.repo} (first run only)")
         paths[key] = _download(entry)
     return paths
 
@@ -307,12 +306,12 @@ def sam2_config_for(settings: Settings, size: str) -> Path:
     return SAM2_CONFIG_DIR / SAM2_HUB[size][2]
 
 
-def resolve_sam2_file(settings: Settings, size: str, progress: Progress | None = None) -> Path:
+def resolve_sam2_file(settings: Settings, size: str, progress: ProgressCallback = no_progress) -> Path:
     """Local checkpoint of SAM-2.1 ``size`` (the configured local file for the configured size)."""
     return _fetch({"sam2": _sam2_entry(settings, size)}, progress)["sam2"]
 
 
-def resolve_model_files(settings: Settings, progress: Progress | None = None) -> ModelFiles:
+def resolve_model_files(settings: Settings, progress: ProgressCallback = no_progress) -> ModelFiles:
     """Local paths of the three checkpoints (downloading what is missing, if possible)."""
     clip_cfg = open_clip.get_pretrained_cfg(settings.clip_model, settings.clip_pretrained)
     clip_repo = (clip_cfg.get("hf_hub") or "").strip("/")
@@ -418,16 +417,14 @@ def save_tiny_random(directory: str | os.PathLike, seed: int = 0) -> ModelFiles:
     return files
 
 
-def build_models(files: ModelFiles, device: str | torch.device, progress: Progress | None = None) -> Models:
-    """Build the three models from local files (see ``resolve_model_files``)."""
-    if progress:
-        progress("loading SAM-2")
+def build_models(files: ModelFiles, device: str | torch.device, progress: ProgressCallback = no_progress) -> Models:
+    """Build the three models from local files (see ``resolve_model_files``);
+    ``progress`` hears which one is loading."""
+    progress(0.0, "loading SAM-2")
     sam = build_sam2_model(files.sam2_checkpoint, device, files.sam2_config)
-    if progress:
-        progress("loading CLIP")
+    progress(1 / 3, "loading CLIP")
     clip, tokenizer = build_clip(files.clip_checkpoint, device, files.clip_model)
-    if progress:
-        progress("loading Mask-Adapter")
+    progress(2 / 3, "loading Mask-Adapter")
     adapter = build_adapter(files.adapter_checkpoint, device)
     embed_dim = open_clip.get_model_config(files.clip_model)["embed_dim"]
     if adapter.clip_dim != embed_dim:
