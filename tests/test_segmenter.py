@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from maskadapter.engine.mask_settings import AutoMaskSettings
-from maskadapter.engine.segmenter import ImageSession
+from maskadapter.engine.segmenter import Segmenter
+from maskadapter.engine.session import ImageSession
+from maskadapter.engine.transforms import ImageTransform
 from maskadapter.engine.vocabulary import build_vocabulary
 from maskadapter.errors import InputError, VocabularyError
 from maskadapter.output.export import decode_rle, label_map_image, save_label_map, segments_json, segments_to_dict
@@ -95,6 +97,31 @@ def test_automatic_varied_masks_per_mask_and_semantic(segmenter, image, syntheti
     # the image was encoded once by each model for all three runs
     assert segmenter.stats["sam_image_encodings"] == 1
     assert segmenter.stats["clip_image_encodings"] == 1
+
+
+def test_segments_made_in_a_smaller_working_frame_are_at_the_original_size(tiny_models, image, synthetic_sam, tmp_path):
+    """Masks made in a working frame smaller than the image (``mask_side`` 97): the
+    masks' ``MaskSet`` is in that frame, largest first in original pixels; segments,
+    areas and boxes come back at the original size, in both modes and for points."""
+    transform = ImageTransform(short_side=224, max_size=320)
+    small = Segmenter(tiny_models, "cpu", transform, str(tmp_path / "cache"), mask_side=97)
+    voc, settings = build_vocabulary(VOCAB), AutoMaskSettings(points_per_side=8)
+    session = small.session(image)
+    frame = small.frame(session)
+    assert max(frame.work_hw) == 97 and frame.orig_hw == image.shape[:2]
+    for mode in ("semantic", "per_mask"):
+        result = small.segment_automatic(session, voc, settings, mode)
+        assert result.segments
+        _check_segments(result, image, voc)
+    found = small.automatic_masks(session, settings)
+    assert tuple(found.masks.shape[1:]) == frame.work_hw
+    assert found.areas.tolist() == found.masks.flatten(1).sum(1).tolist()  # working-frame pixels
+    original = frame.areas(found.masks).tolist()
+    assert original == sorted(original, reverse=True)
+    assert [s.area for s in result.segments] == original  # per_mask: one segment per mask, in their order
+    h, w = image.shape[:2]
+    clicked = small.segment_points(session, [[w / 2, h / 2, 1]], voc)
+    _check_segments(clicked, image, voc)
 
 
 def demo_semantic_map(masks, probs, granularity: float) -> np.ndarray:
