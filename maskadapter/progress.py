@@ -14,3 +14,8 @@ ProgressCallback = Callable[[float, str], None]
 
 def no_progress(fraction: float, message: str) -> None:
     """The callback that listens to nothing (the default everywhere)."""
+
+
+def within(progress: ProgressCallback, start: float, end: float) -> ProgressCallback:
+    """``progress`` for a part of the task: the part's fractions mapped to [start, end]."""
+    return lambda fraction, message: progress(start + (end - start) * fraction, message)

@@ -28,8 +28,9 @@ from typing import NamedTuple
 import numpy as np
 
 from maskadapter.engine.mask_settings import AutoMaskSettings, default_mask_settings
+from maskadapter.engine.results import Comparison, SegmentationResult
 from maskadapter.engine.runtime import ModelToken, model_token
-from maskadapter.engine.segmenter import Comparison, SegmentationResult, Segmenter
+from maskadapter.engine.segmenter import Segmenter
 from maskadapter.engine.session import ImageSession, key_mentions
 from maskadapter.engine.vocabulary import Vocabulary, build_vocabulary
 from maskadapter.engine.weights import build_sam2_model, resolve_sam2_file, sam2_config_for
@@ -142,7 +143,7 @@ class SegmentationService:
     def _load(self) -> None:
         try:
 
-            def note(message: str) -> None:
+            def note(fraction: float, message: str) -> None:
                 self._status = message
                 log.info(message)
 
@@ -213,7 +214,7 @@ class SegmentationService:
                 found = self._by_size.get(size)
             if found is None:
                 report(0.05, f"loading SAM-2.1 {size}")
-                path = resolve_sam2_file(self.settings, size, lambda msg: report(0.05, msg))
+                path = resolve_sam2_file(self.settings, size, lambda fraction, message: report(0.05, message))
                 sam = build_sam2_model(path, base.device, sam2_config_for(self.settings, size))
                 found = base.with_sam2(sam)
                 with self._load_lock:

@@ -199,3 +199,15 @@ def test_label_help_names_the_other_commands():
     help_text = " ".join(build_parser().format_help().split())
     for command in COMMANDS:
         assert f"maskadapter {command} --help" in help_text
+
+
+def test_loading_messages_hear_the_model_builders(tiny_files, capsys):
+    """The commands' model-loading printer is a progress callback the builders can call
+    (each model's line on stderr); with --quiet it prints nothing."""
+    from maskadapter.cli.common import loading_messages
+    from maskadapter.engine.weights import build_models
+
+    build_models(tiny_files, "cpu", progress=loading_messages(False))
+    assert capsys.readouterr().err.splitlines() == ["loading SAM-2", "loading CLIP", "loading Mask-Adapter"]
+    build_models(tiny_files, "cpu", progress=loading_messages(True))
+    assert capsys.readouterr().err == ""

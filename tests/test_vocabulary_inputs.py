@@ -16,7 +16,7 @@ from test_clip_features import reference_text_embeddings
 from test_predefined import TITLES, published_classes
 
 from maskadapter.engine.clip_features import VILD_TEMPLATES, encode_vocabulary
-from maskadapter.engine.segmenter import SegmentationResult
+from maskadapter.engine.results import SegmentationResult
 from maskadapter.engine.text_embeddings import TextEmbeddingCache, context_notes
 from maskadapter.engine.vocabulary import (
     MAX_CLASSES,

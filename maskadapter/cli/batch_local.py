@@ -18,7 +18,8 @@ import numpy as np
 
 from maskadapter.cli.batch_jobs import BatchOptions, ImageJob, ImageOutcome, Report
 from maskadapter.cli.common import atomic_write, loading_messages, one_line, print_notes, read_image_file, save_png
-from maskadapter.engine.segmenter import SegmentationResult, Segmenter
+from maskadapter.engine.results import SegmentationResult
+from maskadapter.engine.segmenter import Segmenter
 from maskadapter.engine.vocabulary import Vocabulary
 from maskadapter.errors import MaskAdapterError
 from maskadapter.output.export import label_map_image, segments_to_dict, write_segments_json

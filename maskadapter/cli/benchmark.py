@@ -52,6 +52,7 @@ from maskadapter.engine.mask_settings import (
     default_mask_settings,
     mask_settings_from_args,
 )
+from maskadapter.engine.results import Painting, assemble
 from maskadapter.engine.segmenter import Segmenter
 from maskadapter.engine.vocabulary import Vocabulary, build_vocabulary
 from maskadapter.errors import MaskAdapterError
@@ -213,7 +214,7 @@ def run(args: argparse.Namespace) -> dict:
     with clock("adapter_classification"):
         probs = segmenter.mask_probabilities(session, found.masks, vocabulary)
     with clock("painting_overlay"):
-        result = segmenter._assemble(session, found, probs, vocabulary, args.mode, 0.0, 0.8)
+        result = assemble(segmenter.frame(session), found, probs, vocabulary, Painting(args.mode))
         picture = overlay(image, result)
     with clock("export"), tempfile.TemporaryDirectory() as tmp:
         data = segments_to_dict(result)

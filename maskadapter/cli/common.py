@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from maskadapter.engine.images import load_image
 from maskadapter.engine.mask_settings import RANDOM_WEIGHT_OVERRIDES
-from maskadapter.engine.segmenter import MODES
+from maskadapter.engine.results import MODES
 from maskadapter.engine.vocabulary import PREDEFINED
 from maskadapter.errors import InputError
+from maskadapter.progress import ProgressCallback, no_progress
 from maskadapter.settings import Settings
 
 # the files a directory or a glob pattern contributes (a file named explicitly is read whatever its name)
@@ -66,12 +67,12 @@ def print_notes(notes: Iterable[str]) -> None:
         print(f"note: {text}", file=sys.stderr)
 
 
-def loading_messages(quiet: bool) -> Callable[[str], None] | None:
+def loading_messages(quiet: bool) -> ProgressCallback:
     """What the commands pass as ``Segmenter.from_settings``'s ``progress``: each
-    model-loading message (downloads, building) printed on stderr; None with ``--quiet``."""
+    model-loading message (downloads, building) printed on stderr; nothing with ``--quiet``."""
     if quiet:
-        return None
-    return lambda message: print(message, file=sys.stderr, flush=True)
+        return no_progress
+    return lambda fraction, message: print(message, file=sys.stderr, flush=True)
 
 
 def add_labelling_arguments(parser: argparse.ArgumentParser) -> None:

@@ -38,7 +38,6 @@ from maskadapter.engine.mask_set import MaskSet
 from maskadapter.engine.mask_settings import RANDOM_WEIGHT_NOTE, AutoMaskSettings, default_mask_settings
 from maskadapter.engine.predictor import encode_image, prompt_mask, sam_cache_key
 from maskadapter.engine.results import (
-    MODES,  # noqa: F401 - where maskadapter.cli.common finds it
     Comparison,
     Painting,
     SegmentationResult,
@@ -65,18 +64,13 @@ from maskadapter.engine.weights import (
     resolve_model_files,
 )
 from maskadapter.errors import InputError
-from maskadapter.progress import ProgressCallback, no_progress
+from maskadapter.progress import ProgressCallback, no_progress, within
 from maskadapter.settings import Settings
 
 METHODS = ("adapter", "pooling")  # how masks are classified: Mask-Adapter or plain mask pooling
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-
-def within(progress: ProgressCallback, start: float, end: float) -> ProgressCallback:
-    """``progress`` for a part of the task: the part's fractions mapped to [start, end]."""
-    return lambda fraction, message: progress(start + (end - start) * fraction, message)
 
 
 class Segmenter:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from maskadapter.engine.segmenter import SegmentationResult
+from maskadapter.engine.results import SegmentationResult
 
 
 def encode_rle(mask: np.ndarray) -> dict:

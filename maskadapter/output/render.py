@@ -23,7 +23,7 @@ from matplotlib import colormaps, font_manager
 from matplotlib.colors import hsv_to_rgb
 from PIL import Image, ImageDraw, ImageFont
 
-from maskadapter.engine.segmenter import SegmentationResult
+from maskadapter.engine.results import SegmentationResult
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import html
 import re
 from collections.abc import Sequence
 
-from maskadapter.engine.segmenter import SegmentationResult
+from maskadapter.engine.results import SegmentationResult
 from maskadapter.errors import MaskAdapterError, WeightsNotFoundError
 from maskadapter.point_prompts import PointState
 from maskadapter.service import ComparedOutput, LoadStatus, Output

@@ -1,0 +1,127 @@
+"""The package's shape: imports flow one way, modules and functions stay short, old
+import paths keep working."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "maskadapter"
+SOURCES = sorted(PACKAGE.rglob("*.py")) + [ROOT / "app.py"]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, known: set[str]) -> set[str]:
+    """The package modules ``path`` imports, at any depth of its code (function-level
+    imports count too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found.update(name for name in names if name in known)
+    return found
+
+
+def test_no_import_cycles_and_no_imports_from_the_entry_point():
+    files = {module_name(p): p for p in SOURCES if p.is_relative_to(PACKAGE)}
+    known = set(files)
+    graph = {name: imported_modules(path, known) - {name} for name, path in files.items()}
+    for name, targets in graph.items():
+        assert "maskadapter.__main__" not in targets, f"{name} imports the entry point"
+    # a package __init__ is not an edge of its own: importing maskadapter.engine.x runs it first anyway
+    graph = {n: {t for t in ts if t != "maskadapter"} for n, ts in graph.items() if n != "maskadapter"}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for target in graph.get(node, ()):
+            if state.get(target) == 1:
+                cycle = trail[trail.index(target):] + [target] if target in trail else [node, target]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, trail + [target])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def function_lengths(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                body = body[1:]  # the docstring
+            if body:
+                yield f"{path.name}:{node.lineno} {node.name}", body[-1].end_lineno - body[0].lineno + 1
+
+
+def test_modules_and_functions_are_short():
+    long_modules = {str(p.relative_to(ROOT)): n for p in SOURCES if (n := len(p.read_text().splitlines())) > 450}
+    assert not long_modules, f"modules over 450 lines: {long_modules}"
+    long_functions = {name: n for p in SOURCES for name, n in function_lengths(p) if n > 80}
+    assert not long_functions, f"function bodies over 80 lines: {long_functions}"
+
+
+def test_the_checks_see_a_cycle_and_a_long_function(tmp_path):
+    """The two checks above can fail: a made-up cycle and a long function are found."""
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("import b\n")
+    b.write_text("from a import x\n")
+    assert imported_modules(a, {"b"}) == {"b"} and imported_modules(b, {"a"}) == {"a"}
+    c = tmp_path / "c.py"
+    c.write_text('def f():\n    """doc"""\n' + "    x = 1\n" * 81)
+    assert [n for _, n in function_lengths(c)] == [81]
+
+
+OLD_PATHS = {
+    "maskadapter.segmenter": "maskadapter.engine.segmenter",
+    "maskadapter.vocabulary": "maskadapter.engine.vocabulary",
+    "maskadapter.render": "maskadapter.output.render",
+    "maskadapter.export": "maskadapter.output.export",
+    "maskadapter.batch": "maskadapter.cli.batch",
+    "maskadapter.evaluate": "maskadapter.cli.evaluate",
+    "maskadapter.metrics": "maskadapter.cli.metrics",
+    "maskadapter.datasets": "maskadapter.cli.datasets",
+}
+
+
+@pytest.mark.parametrize("old,new", OLD_PATHS.items())
+def test_old_import_paths_are_the_new_modules(old, new):
+    assert importlib.import_module(old) is importlib.import_module(new)
+
+
+def test_split_module_answers_old_names_and_names_new_places():
+    from maskadapter.engine.mask_settings import AutoMaskSettings
+    from maskadapter.engine.predictor import CachingPredictor
+    from maskadapter.masks import AutoMaskSettings as old_settings
+    from maskadapter.masks import CachingPredictor as old_predictor
+
+    assert old_settings is AutoMaskSettings and old_predictor is CachingPredictor
+    import maskadapter.masks
+
+    with pytest.raises(AttributeError, match="maskadapter.engine.mask_settings"):
+        maskadapter.masks.no_such_name  # noqa: B018
+
+
+def test_old_python_m_command_runs_the_new_one():
+    done = subprocess.run(
+        [sys.executable, "-m", "maskadapter.evaluate", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: maskadapter evaluate")
