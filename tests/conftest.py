@@ -22,6 +22,10 @@ from maskadapter.engine.weights import ModelFiles, build_models, save_tiny_rando
 
 EXAMPLES = ROOT / "examples"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n 2 on two cores: one thread per worker, so the workers do not fight over cores
+    torch.set_num_threads(1)
+
 
 def small_image(name: str = "chelsea.png", width: int = 160) -> np.ndarray:
     """An example photo scaled to ``width`` pixels, (H, W, 3) uint8 RGB."""

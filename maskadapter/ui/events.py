@@ -13,9 +13,12 @@ import inspect
 import logging
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
+from PIL import Image
 
 from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.progress import ProgressCallback
@@ -121,3 +124,22 @@ def gentle(outputs: int, message: int, restore: Callable[..., dict[int, Any]] | 
 def reporter(progress: gr.Progress) -> ProgressCallback:
     """The package's progress callback shown as Gradio's progress bar."""
     return lambda fraction, message: progress(fraction, desc=message)
+
+
+def served(picture: np.ndarray | None, directory: Path) -> str | np.ndarray | None:
+    """An (H, W, 3) uint8 RGB picture as a PNG file of its own in ``directory``, for an
+    image output. Gradio caches an array output at a path made from its content and
+    rewrites that file on every request, so two users shown the same picture at once
+    (the same photo and vocabulary) could be sent a truncated file; a file of our own is
+    copied into the cache under a temporary name and renamed, which is safe. The array
+    itself when the file cannot be written (the picture is still shown)."""
+    if picture is None:
+        return None
+    path = directory / f"picture-{uuid.uuid4().hex[:12]}.png"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(picture).save(path, format="PNG", compress_level=1)
+    except OSError as err:
+        log.warning("could not write a picture to %s: %s", directory, err)
+        return picture
+    return str(path)

@@ -21,7 +21,7 @@ from maskadapter.point_prompts import PointState, parse_box, parse_points
 from maskadapter.service import Output, SegmentationService
 from maskadapter.ui import endpoint_docs
 from maskadapter.ui.endpoint_docs import documented
-from maskadapter.ui.events import pixels, reporter
+from maskadapter.ui.events import pixels, reporter, served
 from maskadapter.ui.present import (
     START,
     automatic_message,
@@ -75,7 +75,8 @@ def automatic_handler(service: SegmentationService) -> Callable:
         words = vocabulary, predefined, sam_size
         advanced = points_per_side, pred_iou_thresh, stability_score_thresh, mode, score_threshold, granularity, alpha
         out, _ = _run_automatic(service.automatic, defaults, image, words, advanced, progress)
-        return out.picture, automatic_message(out), table_rows(out.result), downloads(out), out.segments
+        picture = served(out.picture, service.output_dir)
+        return picture, automatic_message(out), table_rows(out.result), downloads(out), out.segments
 
     return segment_automatic
 
@@ -105,7 +106,8 @@ def compare_handler(service: SegmentationService) -> Callable:
         found = _run_automatic(service.compare, defaults, image, words, advanced, progress)
         adapter, pooling = found.adapter, found.pooling
         rows = table_rows(adapter.result), table_rows(pooling.result)
-        return adapter.picture, pooling.picture, compare_message(found), *rows, adapter.segments, pooling.segments
+        pictures = (served(adapter.picture, service.output_dir), served(pooling.picture, service.output_dir))
+        return *pictures, compare_message(found), *rows, adapter.segments, pooling.segments
 
     return compare
 
@@ -127,14 +129,14 @@ def point_handlers(service: SegmentationService) -> PointHandlers:
         if image is None:  # the photo was removed
             return None, START, [], None, None, "[]", PointState()
         state = service.open_point_image(pixels(image))
-        picture = service.point_picture(state)  # as decoded: EXIF orientation applied
+        picture = served(service.point_picture(state), service.output_dir)  # as decoded: EXIF orientation applied
         return picture, "Click on an object to add a point.", [], None, None, "[]", state
 
     def label(state, vocabulary, predefined, sam_size, alpha, progress):
         out: Output = service.points(state, vocabulary, predefined, sam_size, alpha, reporter(progress))
         message = points_message(out, state)
         return (
-            out.picture,
+            served(out.picture, service.output_dir),
             message,
             table_rows(out.result),
             downloads(out),
@@ -163,6 +165,6 @@ def point_handlers(service: SegmentationService) -> PointHandlers:
     def segment_points(image, points, vocabulary, predefined, box, sam_size, alpha, progress=gr.Progress()):
         state = service.prompt_state(pixels(image), parse_points(points), parse_box(box))
         out = service.points(state, vocabulary, predefined, sam_size, alpha, reporter(progress))
-        return out.picture, out.segments
+        return served(out.picture, service.output_dir), out.segments
 
     return PointHandlers(new_photo, click, edit, segment_points)
