@@ -1,11 +1,14 @@
 """The command line: inputs (files, directories, globs), outputs, plurals, exit codes, quiet logs."""
 
+import contextlib
+import io
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,16 +21,29 @@ from maskadapter.output.export import decode_rle
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(args, tmp_path, **env):
+def _run(args, tmp_path, in_process: bool = True, **env):
+    """``python -m maskadapter ARGS`` with the cache in ``tmp_path``: its exit code,
+    stdout and stderr. In this process by default (``main`` as the entry point calls it,
+    argparse's exits included; a process start costs seconds of imports); in a new
+    process with ``in_process=False``."""
     full_env = {**os.environ, "MASKADAPTER_CACHE_DIR": str(tmp_path / "cache"), **env}
-    return subprocess.run(
-        [sys.executable, "-m", "maskadapter", *args],
-        cwd=ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    if not in_process:
+        command = [sys.executable, "-m", "maskadapter", *args]
+        return subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
+    from maskadapter.__main__ import main
+
+    out, err, saved = io.StringIO(), io.StringIO(), dict(os.environ)
+    os.environ.update(full_env)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exit_:
+                code = exit_.code
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def test_cli_two_images_three_outputs_each(tmp_path):
@@ -55,6 +71,7 @@ def test_cli_two_images_three_outputs_each(tmp_path):
             "256",
         ],
         tmp_path,
+        in_process=False,  # this one as a user starts it: a new process (warnings, imports)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if "random weights" in line]
