@@ -309,3 +309,9 @@ def test_server_files_cannot_be_read(client, app, tmp_path):
     result, error = _automatic(client, secret, "cat")
     assert error is None and result[4]["image"]["width"] == 64
     _still_answers(client, tmp_path)
+
+
+def test_no_mcp_server_without_the_setting(app):
+    from test_mcp import schema_tools
+
+    assert schema_tools(app.url) == (404, set())

@@ -39,13 +39,15 @@ async def _list_and_call(server: str, arguments: dict):
 
 
 def test_tools_over_streamable_http(tmp_path):
-    app = AppProcess(tmp_path)
-    app.command.append("--mcp")
+    """The MCP server, turned on by MASKADAPTER_MCP=1 (``--mcp`` is the same setting's
+    flag): its schema, the three tools, a call and a refusal."""
+    app = AppProcess(tmp_path, {"MASKADAPTER_MCP": "1"})
     pixels = small_image("chelsea.png", 225)
     h, w = pixels.shape[:2]
     prompts = json.dumps([[110, 75, 1], [10, 10, 0]])
     arguments = {"image": _data_url(pixels), "points": prompts, "vocabulary": "cat, wall"}
     with app:
+        assert schema_tools(app.url) == (200, TOOLS)
         tools, result, refused = asyncio.run(
             asyncio.wait_for(_list_and_call(app.url + "gradio_api/mcp/", arguments), 180)
         )
@@ -82,13 +84,11 @@ def test_tools_over_streamable_http(tmp_path):
     assert "e.g. 'car, road, tree | bush'" in text and "&#x27;" not in text, text
 
 
-@pytest.mark.parametrize("value, served", [("1", True), (None, False)])
-def test_mcp_setting_turns_the_server_on(tmp_path, value, served):
-    env = {} if value is None else {"MASKADAPTER_MCP": value}
-    with AppProcess(tmp_path, env) as app:
-        try:
-            with urllib.request.urlopen(app.url + "gradio_api/mcp/schema", timeout=30) as response:
-                status, tools = response.status, {tool["name"] for tool in json.load(response)}
-        except urllib.error.HTTPError as err:
-            status, tools = err.code, set()
-    assert (status, tools) == ((200, TOOLS) if served else (404, set()))
+def schema_tools(url: str) -> tuple[int, set[str]]:
+    """(HTTP status, tool names) of the app's MCP schema; (404, set()) when it serves none
+    (the app without the setting: tests/test_api_inputs.py asks its app)."""
+    try:
+        with urllib.request.urlopen(url + "gradio_api/mcp/schema", timeout=30) as response:
+            return response.status, {tool["name"] for tool in json.load(response)}
+    except urllib.error.HTTPError as err:
+        return err.code, set()
