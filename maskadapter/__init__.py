@@ -22,6 +22,7 @@ Benchmarks: ``maskadapter.cli.datasets`` (the prepared layouts), ``maskadapter.c
 """
 
 # isort: off
+# first: tunes the allocator before torch is imported
 import maskadapter.memory
 
 import maskadapter._moved  # noqa: F401  (old module paths such as maskadapter.segmenter keep working)

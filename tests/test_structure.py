@@ -128,3 +128,12 @@ def test_old_python_m_command_runs_the_new_one(capsys, monkeypatch):
         runpy.run_module("maskadapter.evaluate", run_name="__main__", alter_sys=True)
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith("usage: maskadapter evaluate")
+
+
+def test_every_package_folder_is_installed():
+    """pyproject.toml lists each package folder (setuptools installs only those listed)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {module_name(init) for init in PACKAGE.rglob("__init__.py")}
+    assert folders <= listed, sorted(folders - listed)
