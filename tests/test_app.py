@@ -7,6 +7,7 @@ the API test starts `python app.py --tiny-random` as the README says.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -89,6 +90,9 @@ def app_server(tmp_path_factory):
     )
     service.start(background=False)
     models = service.wait().models
+    # the sliders start at an 8 x 8 SAM-2 grid: these tests are about the page, not the grid
+    fast = dataclasses.replace(service.default_mask_settings(), points_per_side=8)
+    service.default_mask_settings = lambda: fast
     counters = {"sam": Counter(), "clip": Counter()}
     hooks = [
         models.sam2.image_encoder.register_forward_hook(lambda *a: counters["sam"]()),
