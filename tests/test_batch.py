@@ -205,3 +205,16 @@ def test_engines_have_one_name_each():
     assert batch.ENGINES == {"local": batch_local.run_local, "ray": batch_ray.run_ray}
     engine = next(action for action in batch.build_parser()._actions if action.dest == "engine")
     assert tuple(engine.choices) == tuple(batch.ENGINES)
+
+
+@pytest.mark.parametrize("flag, value", [("--score-threshold", "1.5"), ("--granularity", "-0.1")])
+def test_painting_values_out_of_range_are_refused_before_loading(tmp_path, capsys, flag, value):
+    from maskadapter.cli import batch, evaluate
+
+    photo = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    assert batch.main([str(photo), "--vocab", "cat", "--out", str(tmp_path / "out"), "--tiny-random", flag, value]) == 2
+    assert evaluate.main(["--dataset", "ade20k", "--out", str(tmp_path / "eval"), "--tiny-random", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("must be between 0 and 1") == 2 and f"got {float(value)}" in err, err
+    assert not (tmp_path / "out").exists()

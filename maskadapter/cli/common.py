@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from maskadapter.engine.images import load_image
 from maskadapter.engine.mask_settings import RANDOM_WEIGHT_OVERRIDES
-from maskadapter.engine.results import MODES
+from maskadapter.engine.results import MODES, Painting
 from maskadapter.engine.vocabulary import PREDEFINED
 from maskadapter.errors import InputError
 from maskadapter.progress import ProgressCallback, no_progress
@@ -112,13 +112,13 @@ def add_painting_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_painting_arguments(args: argparse.Namespace) -> None:
-    """Refuse ``add_painting_arguments``' thresholds outside [0, 1] (before any model loads).
+    """Refuse ``add_painting_arguments``' values before any model loads, by the engine's
+    own check (``Painting``: a known mode, thresholds in [0, 1]).
 
     Raises:
-        InputError: ``--score-threshold`` or ``--granularity`` is not in [0, 1].
+        InputError: ``--mode``, ``--score-threshold`` or ``--granularity`` is out of range.
     """
-    if not 0 <= args.score_threshold <= 1 or not 0 <= args.granularity <= 1:
-        raise InputError("--score-threshold and --granularity must be in [0, 1]")
+    Painting(args.mode, args.score_threshold, args.granularity)
 
 
 def add_chatter_arguments(parser: argparse.ArgumentParser) -> None:
