@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     service = SegmentationService(settings)
     service.start(background=events.spaces is None)  # ZeroGPU wants the models built at start-up
     demo = build_demo(service)
-    demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
+    events.queue(demo, settings.concurrency, settings.queue_size)
     demo.launch(
         server_name=settings.host,
         server_port=settings.port,

@@ -78,6 +78,7 @@ def app_server(tmp_path_factory):
     import app
     from maskadapter.service import SegmentationService
     from maskadapter.settings import Settings
+    from maskadapter.ui import events
 
     service = SegmentationService(
         Settings(
@@ -99,7 +100,7 @@ def app_server(tmp_path_factory):
         models.clip.visual.trunk.stem.register_forward_hook(lambda *a: counters["clip"]()),
     ]
     demo = app.build_demo(service)
-    demo.queue(default_concurrency_limit=1)
+    events.queue(demo, 1)
     port = _free_port()
     demo.launch(
         server_name="127.0.0.1",

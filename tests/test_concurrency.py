@@ -28,6 +28,7 @@ import app
 from maskadapter.point_prompts import parse_points
 from maskadapter.service import SegmentationService
 from maskadapter.settings import Settings
+from maskadapter.ui import events
 from maskadapter.ui.handlers import mask_settings
 from maskadapter.ui.present import automatic_message, compare_message, table_rows
 
@@ -64,7 +65,7 @@ def _free_port() -> int:
 
 def _serve(service: SegmentationService):
     demo = app.build_demo(service)
-    demo.queue(default_concurrency_limit=service.settings.concurrency)
+    events.queue(demo, service.settings.concurrency)
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
     url = f"http://127.0.0.1:{port}/"

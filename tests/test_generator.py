@@ -47,9 +47,11 @@ def per_mask_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return labels.to(mask.device), areas.to(mask.device)
 
 
-# a working frame smaller than the photo: WorkingFrame((300, 451), max_side=300).work_hw
-FRAME = (200, 300)
-PHOTO_HW = (300, 451)
+# a working frame smaller than the photo: WorkingFrame((150, 226), max_side=150).work_hw
+FRAME = (100, 150)
+# an 8 x 8 prompt grid in batches of 16: 192 candidates, four batches
+PHOTO_HW = (150, 226)
+GRID = 8
 
 
 def _float16_outputs(mp: pytest.MonkeyPatch, sam2_model) -> None:
@@ -107,17 +109,17 @@ def _decoder_logits(sam2_model, image: np.ndarray, points: list[tuple[float, flo
 @pytest.fixture(scope="module")
 def generated(tiny_models):
     """(name, frame) -> (our records, sam2's records, low-res logits per prompt point of
-    ours when small regions are removed) on the example photo at its own size (451 px
+    ours when small regions are removed) on the example photo at its own size (226 px
     wide), with varied synthetic decoder outputs (float16 values, see _float16_outputs);
     frame None: masks at the photo's size, else in a working frame of that size (sam2's
     predictor then upsamples to it). Each case is computed once."""
-    image = small_image("chelsea.png", 451)
+    image = small_image("chelsea.png", 226)
     assert image.shape[:2] == PHOTO_HW
     done: dict = {}
 
     def run(name: str, frame: tuple[int, int] | None = None):
         if (name, frame) not in done:
-            kwargs = {"points_per_side": 16, **SETTINGS[name]}
+            kwargs = {"points_per_side": GRID, "points_per_batch": 16, **SETTINGS[name]}
             speckle = kwargs.get("min_mask_region_area", 0) > 0
             synthetic = SyntheticSAM(tiny_models.sam2, sharpness=(0.4, 3.0), speckle=speckle)
             with synthetic, pytest.MonkeyPatch.context() as mp:
@@ -210,11 +212,11 @@ def _greedy_nms_records(records: list[dict], threshold: float) -> list[int]:
 @pytest.mark.slow
 def test_filters_and_nms_keep_the_masks_sam2s_candidates_give(generated):
     """The expected masks of each setting, derived here from sam2's unfiltered candidates
-    (the "no-nms" run: every mask of the 16 x 16 grid, 3 per point): sam2's filters
+    (the "no-nms" run: every mask of the 8 x 8 grid, 3 per point): sam2's filters
     (predicted IoU > 0.8, stability >= 0.95, compared in float32 as sam2 does) then
     plain greedy box NMS at 0.7."""
     _, candidates, _ = generated("no-nms")
-    assert len(candidates) == 16 * 16 * 3  # nothing filtered, NMS at 1.0 drops nothing
+    assert len(candidates) == GRID * GRID * 3  # nothing filtered, NMS at 1.0 drops nothing
     iou_ok = np.float32([r["predicted_iou"] for r in candidates]) > np.float32(0.8)
     stable = np.float32([r["stability_score"] for r in candidates]) >= np.float32(0.95)
     passing = [r for r, a, b in zip(candidates, iou_ok, stable, strict=True) if a and b]
@@ -510,7 +512,7 @@ def _nearest(out_len: int, in_len: int) -> np.ndarray:
     return ((2 * np.arange(out_len) + 1) * in_len) // (2 * out_len)
 
 
-@pytest.mark.parametrize("orig_hw,work_hw", [((4000, 6000), (683, 1024)), ((300, 451), (300, 451))])
+@pytest.mark.parametrize("orig_hw,work_hw", [((2000, 3000), (683, 1024)), ((300, 451), (300, 451))])
 def test_working_frame_maps_masks_areas_and_boxes_back(orig_hw, work_hw):
     frame = WorkingFrame(orig_hw, max_side=1024)
     assert frame.work_hw == work_hw
