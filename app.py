@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import gradio as gr
+from gradio.components.annotated_image import AnnotatedImageData, Annotation
+from gradio.data_classes import FileData
 
 from maskadapter.engine.images import load_image
 from maskadapter.engine.vocabulary import PREDEFINED
@@ -26,10 +28,30 @@ from maskadapter.point_prompts import PointState
 from maskadapter.service import SegmentationService
 from maskadapter.settings import Settings, add_arguments, settings_from_args
 from maskadapter.ui import events
-from maskadapter.ui.events import friendly, gentle, gpu
-from maskadapter.ui.handlers import automatic_handler, compare_handler, point_handlers
+from maskadapter.ui.events import Runs, friendly, gentle, gpu
+from maskadapter.ui.explore import ALL
+from maskadapter.ui.handlers import (
+    POINT_OUTPUTS,
+    automatic_handler,
+    automatic_view,
+    compare_handler,
+    compare_view,
+    point_handlers,
+    shown_in_banner,
+)
 from maskadapter.ui.mcp_outputs import fix_mcp_outputs
-from maskadapter.ui.present import START, TABLE_HEADERS, status_markdown
+from maskadapter.ui.page import CSS, JS
+from maskadapter.ui.present import CHANGE_HEADERS, START, status_markdown
+from maskadapter.ui.wiring import (
+    Shared,
+    advanced_controls,
+    api_outputs,
+    segment_table,
+    stopper,
+    upload_guard,
+    wire_api,
+    wire_run,
+)
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_VOCABULARY = "person, cat, dog, car, road, tree | bush, grass, sky, building, table, wall"
@@ -40,10 +62,7 @@ EXAMPLES = [
     [str(HERE / "examples" / "rocket.jpg"), "rocket, smoke | steam, sky, tower, trees, ground"],
 ]
 CLICK_KINDS = [("positive point (+)", "positive"), ("negative point (-)", "negative"), ("box corner (2 clicks)", "box")]
-MODES = [("semantic map", "semantic"), ("one label per mask", "per_mask")]
 VOCAB_HINT = "Commas or new lines between classes, `|` between synonyms: `tree | bush, sky, person | people`."
-CSS = "#banner {font-size: 0.95em} .gradio-container {max-width: 1400px !important}"
-POINT_OUTPUTS = 7  # the point tab's events: photo, message, table, downloads, JSON, points text, state
 
 
 class Photo(gr.Image):
@@ -63,115 +82,60 @@ class Photo(gr.Image):
             return err
 
 
-class Advanced(NamedTuple):
-    """The Automatic tab's Advanced settings, in the endpoints' order (the Compare tab
-    uses them too)."""
+class SegmentView(gr.AnnotatedImage):
+    """``gr.AnnotatedImage`` showing an ``Exploration``'s files as they are: its value is
+    ``(base PNG path, [(layer PNG path, name), ...])`` (``Exploration.shown``), each
+    layer already coloured, so nothing is drawn again when one class is shown alone."""
 
-    sam_size: gr.Dropdown
-    points_per_side: gr.Slider
-    pred_iou_thresh: gr.Slider
-    stability_score_thresh: gr.Slider
-    mode: gr.Radio
-    score_threshold: gr.Slider
-    granularity: gr.Slider
-    alpha: gr.Slider
+    is_template = True  # the browser side is gr.AnnotatedImage's
 
-
-class Shared(NamedTuple):
-    """Inputs the tabs share: the vocabulary, and the Automatic tab's Advanced settings."""
-
-    vocabulary: gr.Textbox
-    predefined: gr.Dropdown
-    advanced: Advanced
+    def postprocess(self, value):
+        if value is None:
+            return None
+        base, layers = value
+        return AnnotatedImageData(
+            image=FileData(path=base), annotations=[Annotation(image=FileData(path=p), label=n) for p, n in layers]
+        )
 
 
-def wire_endpoint(
-    fn: Callable,
-    api_name: str,
-    buttons: tuple[gr.Button, gr.Button],
-    inputs: list,
-    outputs: list,
-    message: int,
-    limit: int,
-) -> None:
-    """``fn`` as the API endpoint ``api_name`` (clicked by the hidden ``buttons[0]``;
-    failures as short errors) and as the visible ``buttons[1]``'s event (failures in
-    output ``message``; a private endpoint ``<api_name>_ui``)."""
-    common = dict(inputs=inputs, outputs=outputs, concurrency_id="automatic", concurrency_limit=limit)
-    api_button, button = buttons
-    api_button.click(friendly(gpu(fn)), api_name=api_name, **common)
-    ui = gentle(len(outputs), message)(gpu(fn))
-    button.click(ui, api_name=f"{api_name}_ui", api_visibility="private", **common)
-
-
-def advanced_controls(service: SegmentationService) -> Advanced:
-    """The Advanced accordion's controls, starting at the demo's mask settings."""
-    defaults = service.default_mask_settings()
-    sam_size = gr.Dropdown(
-        service.sam_sizes,
-        value=service.default_sam_size,
-        label="SAM-2 size",
-        info="Other sizes download on first use.",
-    )
-    points_per_side = gr.Slider(
-        4,
-        64,
-        defaults.points_per_side,
-        step=1,
-        label="Points per side",
-        info="SAM-2 prompt grid; more finds smaller things, slower.",
-    )
-    pred_iou_thresh = gr.Slider(
-        0, 1, defaults.pred_iou_thresh, step=0.01, label="Pred IoU thresh", info="SAM-2's own mask quality filter."
-    )
-    stability_score_thresh = gr.Slider(0, 1, defaults.stability_score_thresh, step=0.01, label="Stability score thresh")
-    mode = gr.Radio(
-        MODES,
-        value="semantic",
-        label="Mode",
-        info="A semantic map merging masks per class (the method's demo), or one label per SAM-2 mask.",
-    )
-    score_threshold = gr.Slider(
-        0, 1, 0.0, step=0.01, label="Score threshold", info="Drop segments whose class probability is lower."
-    )
-    granularity = gr.Slider(
-        0, 1, 0.8, step=0.01, label="Granularity", info="Semantic map: keep masks scoring >= this x the class's best."
-    )
-    alpha = gr.Slider(0, 1, 0.5, step=0.05, label="Overlay alpha")
-    return Advanced(
-        sam_size, points_per_side, pred_iou_thresh, stability_score_thresh, mode, score_threshold, granularity, alpha
-    )
-
-
-def automatic_results() -> list:
-    """The Automatic tab's outputs: overlay, message, table, downloads, segments JSON."""
-    return [
-        gr.Image(label="Overlay", interactive=False, format="png", elem_id="auto-output"),
-        gr.Markdown(label="Message", elem_id="auto-message"),
-        gr.Dataframe(
-            headers=TABLE_HEADERS, label="Segment table", interactive=False, elem_id="auto-table", max_height=320
-        ),
-        gr.File(label="Downloads (label map PNG, segments JSON)", file_count="multiple", interactive=False),
-        gr.JSON(label="Segments JSON", visible=False),
-    ]
-
-
-def automatic_tab(service: SegmentationService, vocabulary: gr.Textbox, predefined: gr.Dropdown) -> Shared:
+def automatic_tab(service: SegmentationService, runs: Runs, vocabulary: gr.Textbox, predefined: gr.Dropdown) -> Shared:
     """The "segment everything" tab and its ``/segment_automatic`` endpoint."""
     with gr.Tab("Automatic", id="automatic"):
         with gr.Row():
             with gr.Column():
                 image = Photo(type="numpy", label="Photo", sources=["upload", "clipboard"], elem_id="auto-image")
-                button = gr.Button("Segment", variant="primary", elem_id="segment")
+                with gr.Row():
+                    button = gr.Button("Segment", variant="primary", elem_id="segment")
+                    stop = gr.Button("Stop", variant="stop", elem_id="auto-stop", scale=0, min_width=90)
+                message = gr.Markdown(elem_id="auto-message", elem_classes=["status-line"])
                 with gr.Accordion("Advanced", open=False):
                     advanced = advanced_controls(service)
             with gr.Column():
-                outputs = automatic_results()
+                view = SegmentView(label="Segments", elem_id="auto-output", elem_classes=["explorer"], format="png")
+                show = gr.Dropdown([ALL], value=ALL, label="Show", elem_id="auto-show")
+                details = gr.Markdown(elem_id="auto-details")
+                table = segment_table("Segment table", "auto-table", elem_classes=["explorer-table"], max_height=360)
+                files = gr.File(
+                    label="Downloads (label map PNG, segments JSON, overlay PNG)",
+                    file_count="multiple",
+                    interactive=False,
+                    elem_id="auto-files",
+                )
+        exploration = gr.State(None, time_to_live=3600)
         gr.Examples(EXAMPLES, inputs=[image, vocabulary], label="Examples (photo and vocabulary)")
-        api_button = gr.Button("segment automatic", visible=False)
-    inputs = [image, vocabulary, predefined, *advanced]
-    handler = automatic_handler(service)
-    wire_endpoint(handler, "segment_automatic", (api_button, button), inputs, outputs, 1, service.settings.concurrency)
+        outputs = api_outputs("overlay", "message", "table", "files", "segments")
+        inputs = [image, vocabulary, predefined, *advanced]
+        limit = service.settings.concurrency
+        wire_api(automatic_handler(service), "segment_automatic", inputs, outputs, limit)
+        page = automatic_view(service, runs)
+        shown = shown_in_banner(service)
+        page_outputs = [view, message, table, files, show, exploration, details]
+        wire_run(page.run, (button, stop), inputs, page_outputs, 1, limit, stopper(runs, "automatic"), shown)
+        common = dict(api_visibility="private", queue=False)
+        show.input(page.show, inputs=[show, exploration], outputs=[view], **common)
+        view.select(page.pick, inputs=[exploration], outputs=[details], **common)
+        table.select(page.pick_row, inputs=[exploration], outputs=[details], **common)
+        upload_guard(service, image, message)  # wired inside the tab: a block between tabs splits them
     return Shared(vocabulary, predefined, advanced)
 
 
@@ -183,16 +147,26 @@ class PointView(NamedTuple):
     undo: gr.Button
     clear: gr.Button
     relabel: gr.Button
+    stop: gr.Button
     points_text: gr.Textbox
+    box_text: gr.Textbox
     message: gr.Markdown
+    legend: gr.HTML
     table: gr.Dataframe
     files: gr.File
     segment_json: gr.JSON
 
+    def outputs(self, state: gr.State) -> list:
+        """The tab's event outputs, in ``PointHandlers``' order."""
+        return [
+            self.image, self.message, self.table, self.files, self.segment_json,
+            self.points_text, self.box_text, self.legend, state,
+        ]  # fmt: skip
+
 
 def point_view() -> PointView:
-    """The point tab's photo, click kind, buttons and points on the left, the result on
-    the right."""
+    """The point tab's photo, click kind, buttons, points and box on the left, the
+    message, legend and result on the right."""
     with gr.Row():
         with gr.Column():
             image = Photo(
@@ -202,20 +176,39 @@ def point_view() -> PointView:
                 format="png",
                 elem_id="point-image",
             )
+            legend = gr.HTML(elem_id="point-legend")
             click_kind = gr.Radio(CLICK_KINDS, value="positive", label="A click adds", elem_id="click-kind")
             with gr.Row():
                 undo = gr.Button("Undo", elem_id="undo")
                 clear = gr.Button("Clear", elem_id="clear")
                 relabel = gr.Button("Label again", elem_id="relabel")
+                stop = gr.Button("Stop", variant="stop", elem_id="point-stop", scale=0, min_width=90)
             points_text = gr.Textbox(
                 "[]", label="Points [x, y, label] (original pixels)", interactive=False, elem_id="points-text"
             )
+            box_text = gr.Textbox(
+                "", label="Box [x0, y0, x1, y1] (original pixels)", interactive=False, elem_id="box-text"
+            )
         with gr.Column():
-            message = gr.Markdown(START, elem_id="point-message")
-            table = gr.Dataframe(headers=TABLE_HEADERS, label="Segment", interactive=False, elem_id="point-table")
+            message = gr.Markdown(START, elem_id="point-message", elem_classes=["status-line"])
+            table = segment_table("Segment", "point-table")
             files = gr.File(label="Downloads", file_count="multiple", interactive=False)
             segment_json = gr.JSON(label="Segment JSON", visible=False)
-    return PointView(image, click_kind, undo, clear, relabel, points_text, message, table, files, segment_json)
+    return PointView(
+        image,
+        click_kind,
+        undo,
+        clear,
+        relabel,
+        stop,
+        points_text,
+        box_text,
+        message,
+        legend,
+        table,
+        files,
+        segment_json,
+    )
 
 
 def point_api(shared: Shared) -> Callable[[Callable, int], None]:
@@ -243,24 +236,25 @@ def point_api(shared: Shared) -> Callable[[Callable, int], None]:
     return wire
 
 
-def point_tab(service: SegmentationService, shared: Shared) -> None:
+def point_tab(service: SegmentationService, runs: Runs, shared: Shared) -> None:
     """The click-on-an-object tab and its ``/segment_points`` endpoint."""
     limit = service.settings.concurrency
-    handlers = point_handlers(service)
+    handlers = point_handlers(service, runs)
+    shown = shown_in_banner(service)
 
     def restore(image, state):  # a photo that fails to decode puts the previous one back
         return {0: service.point_picture(state)}
 
-    upload = gentle(POINT_OUTPUTS, 1, restore=restore)(handlers.new_photo)
+    upload = gentle(POINT_OUTPUTS, 1, restore=restore, shown=shown)(handlers.new_photo)
     with gr.Tab("Point prompt", id="points"):
         state = gr.State(PointState(), time_to_live=3600)
         view = point_view()
-        outputs = [view.image, view.message, view.table, view.files, view.segment_json, view.points_text, state]
+        outputs = view.outputs(state)
         gr.Examples(
             [[row[0]] for row in EXAMPLES],
             inputs=[view.image],
             outputs=outputs,
-            fn=gentle(POINT_OUTPUTS, 1)(lambda image: handlers.new_photo(image, None)),
+            fn=gentle(POINT_OUTPUTS, 1, shown=shown)(lambda image: handlers.new_photo(image, None)),
             label="Examples",
             run_on_click=True,
             cache_examples=False,
@@ -270,54 +264,64 @@ def point_tab(service: SegmentationService, shared: Shared) -> None:
 
     settings = [shared.vocabulary, shared.predefined, shared.advanced.sam_size, shared.advanced.alpha]
     common = dict(outputs=outputs, api_visibility="private", concurrency_id="points", concurrency_limit=limit)
+    progress = dict(show_progress_on=[view.message])
     for event in (view.image.upload, view.image.clear):
-        event(upload, inputs=[view.image, state], **common)
-    click = gentle(POINT_OUTPUTS, 1)(gpu(handlers.click))
-    view.image.select(click, inputs=[view.click_kind, *settings, state], **common)
+        event(upload, inputs=[view.image, state], **common, **progress)
+    click = gentle(POINT_OUTPUTS, 1, shown=shown)(gpu(handlers.click))
+    runs_ = [view.image.select(click, inputs=[view.click_kind, *settings, state], **common, **progress)]
     for button, operation in (
         (view.undo, PointState.undo),
         (view.clear, PointState.clear),
         (view.relabel, lambda state: None),
     ):
-        edit = gentle(POINT_OUTPUTS, 1)(gpu(handlers.edit(operation)))
-        button.click(edit, inputs=[*settings, state], **common)
+        edit = gentle(POINT_OUTPUTS, 1, shown=shown)(gpu(handlers.edit(operation)))
+        runs_.append(button.click(edit, inputs=[*settings, state], **common, **progress))
+    view.stop.click(
+        stopper(runs, "points"), outputs=[view.message], cancels=runs_, queue=False, api_visibility="private"
+    )
     wire_api(handlers.segment_points, limit)
 
 
-def compare_tab(service: SegmentationService, shared: Shared) -> None:
-    """The same SAM-2 masks named by Mask-Adapter and by plain mask pooling, side by
-    side, and its ``/compare`` endpoint."""
+def compare_tab(service: SegmentationService, runs: Runs, shared: Shared) -> None:
+    """The same SAM-2 masks named by Mask-Adapter and by plain mask pooling, under a
+    slider over the photo, and its ``/compare`` endpoint."""
     with gr.Tab("Compare", id="compare"):
         gr.Markdown(
             "The same SAM-2 masks named two ways: by **Mask-Adapter**, and by **plain mask pooling** "
             "(CLIP features averaged inside each mask: the baseline the paper improves on). "
-            "The settings are the Automatic tab's *Advanced* ones."
+            "Drag the slider over the photo to compare. The settings are the Automatic tab's *Advanced* ones."
         )
         with gr.Row():
             with gr.Column(scale=1):
                 image = Photo(type="numpy", label="Photo", sources=["upload", "clipboard"], elem_id="compare-image")
-                button = gr.Button("Compare", variant="primary", elem_id="compare")
-            message = gr.Markdown(elem_id="compare-message")
-        pictures, tables = [], []
-        with gr.Row():
-            for key, title in zip(("adapter", "pooling"), COMPARE_TITLES, strict=True):
-                with gr.Column():
-                    pictures.append(gr.Image(label=title, interactive=False, format="png", elem_id=f"compare-{key}"))
-                    table = gr.Dataframe(
-                        headers=TABLE_HEADERS,
-                        label=f"{title}: segments",
-                        interactive=False,
-                        elem_id=f"compare-{key}-table",
-                        max_height=320,
-                    )
-                    tables.append(table)
-        segments = [gr.JSON(label=f"{key} segments", visible=False) for key in ("adapter", "pooling")]
+                with gr.Row():
+                    button = gr.Button("Compare", variant="primary", elem_id="compare")
+                    stop = gr.Button("Stop", variant="stop", elem_id="compare-stop", scale=0, min_width=90)
+                message = gr.Markdown(elem_id="compare-message", elem_classes=["status-line"])
+            with gr.Column(scale=2):
+                slider = gr.ImageSlider(
+                    label=f"{COMPARE_TITLES[0]} (left) | {COMPARE_TITLES[1]} (right)",
+                    type="filepath",
+                    interactive=False,
+                    elem_id="compare-slider",
+                    max_height=720,
+                )
+                changes = segment_table("Masks named differently", "compare-changes", CHANGE_HEADERS, max_height=320)
+                files = gr.File(
+                    label="Downloads (side-by-side PNG, label maps, segments JSON)",
+                    file_count="multiple",
+                    interactive=False,
+                    elem_id="compare-files",
+                )
         gr.Examples(EXAMPLES, inputs=[image, shared.vocabulary], label="Examples (photo and vocabulary)")
-        api_button = gr.Button("compare", visible=False)
-    inputs = [image, shared.vocabulary, shared.predefined, *shared.advanced]
-    outputs = [*pictures, message, *tables, *segments]
-    handler = compare_handler(service)
-    wire_endpoint(handler, "compare", (api_button, button), inputs, outputs, 2, service.settings.concurrency)
+        hidden = api_outputs("overlay:a", "overlay:b", "message", "table:a", "table:b", "segments:a", "segments:b")
+        inputs = [image, shared.vocabulary, shared.predefined, *shared.advanced]
+        limit = service.settings.concurrency
+        wire_api(compare_handler(service), "compare", inputs, hidden, limit)
+        outputs = [slider, message, changes, files]
+        run = compare_view(service, runs)
+        wire_run(run, (button, stop), inputs, outputs, 1, limit, stopper(runs, "compare"), shown_in_banner(service))
+        upload_guard(service, image, message)
 
 
 def build_demo(service: SegmentationService) -> gr.Blocks:
@@ -346,9 +350,10 @@ def build_demo(service: SegmentationService) -> gr.Blocks:
                 info="Added to the classes you type.",
                 elem_id="predefined",
             )
-        shared = automatic_tab(service, vocabulary, predefined)
-        point_tab(service, shared)
-        compare_tab(service, shared)
+        runs = Runs()
+        shared = automatic_tab(service, runs, vocabulary, predefined)
+        point_tab(service, runs, shared)
+        compare_tab(service, runs, shared)
 
         def refresh_banner():
             return status_markdown(service.load_status()), gr.Timer(active=service.loading)
@@ -386,13 +391,29 @@ def main(argv: list[str] | None = None) -> int:
         server_name=settings.host,
         server_port=settings.port,
         share=settings.share,
-        css=CSS,
-        allowed_paths=[str(HERE / "examples")],
-        show_error=False,  # only our own short messages reach users (gr.Error)
         max_file_size=f"{settings.max_upload_mb}mb",
         mcp_server=settings.mcp,
+        quiet=True,  # Gradio's own lines suggest launch(share=True); ours name the app's flags
+        prevent_thread_lock=True,
+        **page_options(),
     )
+    print(f"Running on {demo.local_url}", flush=True)
+    if demo.share_url:
+        print(f"Public link: {demo.share_url}", flush=True)
+    else:
+        print("For a public link, start it with --share (or MASKADAPTER_SHARE=1).", flush=True)
+    demo.block_thread()
     return 0
+
+
+def page_options() -> dict:
+    """The ``launch`` options that make the page what it is (tests launch with them too)."""
+    return dict(
+        css=CSS,
+        js=JS,
+        allowed_paths=[str(HERE / "examples")],
+        show_error=False,  # only our own short messages reach users (gr.Error)
+    )
 
 
 if __name__ == "__main__":

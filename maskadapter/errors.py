@@ -23,6 +23,11 @@ class VocabularyError(InputError):
     """The vocabulary text or the predefined vocabulary names are unusable."""
 
 
+class Cancelled(MaskAdapterError):
+    """The person who asked for the work stopped it (raised by a progress callback, so
+    the work ends at the engine's next progress report: within one SAM-2 point batch)."""
+
+
 class WeightsNotFoundError(MaskAdapterError, FileNotFoundError):
     """Model files are neither on disk nor downloadable.
 

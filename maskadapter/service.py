@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from maskadapter.engine.mask_settings import AutoMaskSettings, default_mask_settings
-from maskadapter.engine.results import Comparison, SegmentationResult
+from maskadapter.engine.results import Comparison, MaskChange, SegmentationResult
 from maskadapter.engine.runtime import ModelToken, model_token
 from maskadapter.engine.segmenter import Segmenter
 from maskadapter.engine.session import ImageSession, key_mentions
@@ -100,6 +100,7 @@ class ComparedOutput:
     pooling: Output
     changed: int
     masks: int
+    changes: tuple[MaskChange, ...] = ()  # the masks named differently (Comparison.changes)
 
 
 class LoadStatus(NamedTuple):
@@ -265,12 +266,7 @@ class SegmentationService:
         if state.key is None:
             return None
         image = self._point_session(self.wait(), state).image
-        return draw_points(image, self._shown(state), state.box)
-
-    @staticmethod
-    def _shown(state: PointState) -> list[list[float]]:
-        """The points to draw: the state's points and a pending box corner."""
-        return list(state.points) + ([[*state.corner, 1]] if state.corner else [])
+        return draw_points(image, state.points, state.box, state.corner)
 
     @staticmethod
     def _point_session(segmenter: Segmenter, state: PointState) -> ImageSession:
@@ -358,7 +354,7 @@ class SegmentationService:
             self._output(result, overlay(session.image, result, alpha=alpha), f"compare-{name}", notes)
             for name, result in (("adapter", found.adapter), ("pooling", found.pooling))
         )
-        return ComparedOutput(adapter, pooling, found.changed, found.masks)
+        return ComparedOutput(adapter, pooling, found.changed, found.masks, found.changes)
 
     def _run_automatic(
         self,
@@ -396,14 +392,14 @@ class SegmentationService:
         no result."""
         if state.key is None:
             raise InputError("upload an image first, then click on the object")
-        shown = self._shown(state)
         segmenter = self.segmenter(sam_size, report)
         session = self._point_session(segmenter, state)
         if not state.ready:
-            return Output(None, draw_points(session.image, shown, state.box), {}, None, None)
+            return Output(None, draw_points(session.image, state.points, state.box, state.corner), {}, None, None)
         vocabulary = self.vocabulary(vocabulary_text, predefined)
         result = segmenter.segment_points(session, state.points, vocabulary, box=state.box, progress=report)
-        picture = overlay(session.image, result, alpha=alpha, legend=False, points=shown, box=state.box)
+        prompts = dict(points=state.points, box=state.box, corner=state.corner)
+        picture = overlay(session.image, result, alpha=alpha, legend=False, **prompts)
         return self._output(result, picture, "points", segmenter.vocabulary_notes(vocabulary))
 
     def _output(self, result: SegmentationResult, picture: np.ndarray, name: str, notes: tuple[str, ...]) -> Output:

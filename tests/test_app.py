@@ -7,24 +7,29 @@ the API test starts `python app.py --tiny-random` as the README says.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from conftest import SyntheticSAM
 from PIL import Image
 
 from maskadapter.output.export import decode_rle
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
+SCREENSHOTS = ROOT / "docs" / "screenshots"  # README's and docs' pictures, taken here from the running app
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -94,21 +99,25 @@ def app_server(tmp_path_factory):
     # the sliders start at an 8 x 8 SAM-2 grid: these tests are about the page, not the grid
     fast = dataclasses.replace(service.default_mask_settings(), points_per_side=8)
     service.default_mask_settings = lambda: fast
-    counters = {"sam": Counter(), "clip": Counter()}
+    counters = {"sam": Counter(), "clip": Counter(), "decoder": Counter()}
+    slow = threading.Event()  # set: each SAM-2 decoder call takes 0.2 s more (a long run to cancel)
+
+    def decoder_hook(*args):
+        counters["decoder"]()
+        if slow.is_set():
+            time.sleep(0.2)
+
     hooks = [
         models.sam2.image_encoder.register_forward_hook(lambda *a: counters["sam"]()),
         models.clip.visual.trunk.stem.register_forward_hook(lambda *a: counters["clip"]()),
+        models.sam2.sam_mask_decoder.register_forward_hook(decoder_hook),
     ]
+    counters["slow"] = slow
+    counters["models"] = models  # for SyntheticSAM (varied masks) in a test
     demo = app.build_demo(service)
     events.queue(demo, 1)
     port = _free_port()
-    demo.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        css=app.CSS,
-        allowed_paths=[str(ROOT / "examples")],
-    )
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, **app.page_options())
     url = f"http://127.0.0.1:{port}/"
     _wait_http(url)
     yield url, counters
@@ -132,20 +141,59 @@ def browser():
 class Page:
     """A page with its console errors recorded."""
 
-    def __init__(self, browser, url: str) -> None:
-        self.context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    def __init__(self, browser, url: str, width: int = 1400) -> None:
+        height = 1100 if width > 800 else 844
+        self.context = browser.new_context(viewport={"width": width, "height": height})
         self.page = self.context.new_page()
-        self.page.set_default_timeout(TIMEOUT_MS)
+        self.page.set_default_timeout(int(os.environ.get("BROWSER_TIMEOUT_MS", TIMEOUT_MS)))
         self.errors: list[str] = []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.goto(url)
         self.page.locator("#vocabulary textarea").wait_for()
 
-    def screenshot(self, name: str) -> None:
-        ARTIFACTS.mkdir(exist_ok=True)
+    def screenshot(self, name: str, docs: bool = False) -> None:
+        """The whole page as test-artifacts/NAME (and docs/screenshots/NAME: ``docs``)."""
         self.page.wait_for_timeout(800)  # let the result's fade-in finish
-        self.page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+        for folder in (ARTIFACTS, SCREENSHOTS) if docs else (ARTIFACTS,):
+            folder.mkdir(exist_ok=True)
+            self.page.screenshot(path=str(folder / name), full_page=True)
+
+    def segment(self, image: Path, vocabulary: str) -> None:
+        """Automatic tab: upload, vocabulary, Segment, and wait for the table's rows."""
+        page = self.page
+        page.locator("#auto-image input[type=file]").set_input_files(str(image))
+        page.locator("#auto-image img").wait_for()
+        page.locator("#vocabulary textarea").fill(vocabulary)
+        page.locator("#segment").click()
+        page.wait_for_function(f"() => document.querySelectorAll('#auto-table {ROWS}').length > 0")
+        page.locator("#auto-output img.base-image").wait_for()
+
+    def clipped_cells(self, selector: str) -> list[str]:
+        """The texts of the table's cells (headers too) that do not fit their cell."""
+        return self.page.evaluate(
+            """(sel) => [...document.querySelectorAll(sel + ' td, ' + sel + ' th')]
+                 .filter((c) => c.offsetParent !== null && c.scrollWidth > c.clientWidth + 1)
+                 .map((c) => c.innerText)""",
+            selector,
+        )
+
+    def overlapping_messages(self) -> list[str]:
+        """Pairs of visible message boxes, progress bars and toasts whose boxes overlap."""
+        return self.page.evaluate(
+            """() => {
+                const els = [...document.querySelectorAll('.status-line, .toast-body, .progress-bar-wrap, .eta-bar')]
+                  .filter((e) => e.offsetParent !== null);
+                const out = [];
+                for (let i = 0; i < els.length; i++) for (let j = i + 1; j < els.length; j++) {
+                  if (els[i].contains(els[j]) || els[j].contains(els[i])) continue;
+                  const a = els[i].getBoundingClientRect(), b = els[j].getBoundingClientRect();
+                  if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom)
+                    out.push(els[i].className + ' / ' + els[j].className);
+                }
+                return out;
+            }"""
+        )
 
     def open_point_tab(self, image: Path) -> None:
         page = self.page
@@ -189,18 +237,14 @@ def test_both_tabs_in_chromium(app_server, browser, tmp_path):
     page = view.page
     assert "Random weights" in page.locator("#banner").inner_text()
 
-    # Automatic: upload, vocabulary, Segment -> overlay and table
-    page.locator("#auto-image input[type=file]").set_input_files(str(_small_copy(tmp_path, "chelsea.png", 240)))
-    page.locator("#auto-image img").wait_for()
-    page.locator("#vocabulary textarea").fill("cat | kitten, blanket, wall")
-    page.locator("#segment").click()
-    page.locator("#auto-output img").wait_for()
+    # Automatic: upload, vocabulary, Segment -> the explorable picture and the table
+    view.segment(_small_copy(tmp_path, "chelsea.png", 240), "cat | kitten, blanket, wall")
     page.locator("#auto-table").get_by_text("alternatives (top 3)").wait_for()
-    page.wait_for_function(f"() => document.querySelectorAll('#auto-table {ROWS}').length > 0")
     first_label = page.locator('#auto-table [data-testid="cell-0-0"]').inner_text().strip()
     assert first_label in {"cat", "blanket", "wall"}
     assert "segment" in page.locator("#auto-message").inner_text()
-    view.screenshot("automatic.png")
+    rows = page.locator(f"#auto-table {ROWS}").count()
+    assert page.locator("#auto-output img.mask").count() == page.locator("#auto-output .legend-item").count() == rows
 
     # Point prompt: two clicks, the second negative -> a labelled mask
     view.open_point_tab(_small_copy(tmp_path, "coffee.png", 300))
@@ -214,7 +258,8 @@ def test_both_tabs_in_chromium(app_server, browser, tmp_path):
     message = page.locator("#point-message").inner_text()
     assert message.split(" (")[0].strip() in {"cat", "kitten", "blanket", "wall"}
     page.wait_for_function(f"() => document.querySelectorAll('#point-table {ROWS}').length === 1")
-    view.screenshot("point_prompt.png")
+    legend = page.locator("#point-legend").inner_text()
+    assert message.split(" (")[0].strip() in legend  # the point tab has a legend too
 
     # Undo removes the negative point, Clear removes everything
     page.locator("#undo").click()
@@ -284,7 +329,7 @@ def test_two_sessions_do_not_share_state(app_server, browser, tmp_path):
     second.close()
 
 
-def test_compare_tab_shows_both_methods(app_server, browser, tmp_path):
+def test_compare_slider_and_changed_masks(app_server, browser, tmp_path):
     url, _ = app_server
     view = Page(browser, url)
     page = view.page
@@ -294,14 +339,36 @@ def test_compare_tab_shows_both_methods(app_server, browser, tmp_path):
     page.locator("#vocabulary textarea").fill("cup | mug, saucer, table, spoon")
     page.locator("#compare").click()
     page.locator("#compare-message").get_by_text("changed label").wait_for()
-    for key in ("adapter", "pooling"):
-        page.locator(f"#compare-{key} img").wait_for()
-        page.wait_for_function(f"() => document.querySelectorAll('#compare-{key}-table {ROWS}').length > 0")
-    sources = {page.locator(f"#compare-{key} img").get_attribute("src") for key in ("adapter", "pooling")}
-    assert len(sources) == 2  # two pictures
-    assert "Mask-Adapter" in page.locator("#compare-adapter").inner_text()
-    assert "mask pooling" in page.locator("#compare-pooling").inner_text()
-    view.screenshot("compare.png")
+    page.wait_for_function("() => document.querySelectorAll('#compare-slider img').length === 2")
+    pictures = page.locator("#compare-slider img")
+    sources = {pictures.nth(i).get_attribute("src") for i in range(2)}
+    assert len(sources) == 2  # Mask-Adapter's and plain pooling's overlays, one over the other
+    for i in range(2):  # the same photo size: the slider wipes one over the other
+        page.wait_for_function("(i) => document.querySelectorAll('#compare-slider img')[i].complete", arg=i)
+    sizes = page.evaluate(
+        "() => [...document.querySelectorAll('#compare-slider img')]"
+        ".map(i => [i.naturalWidth, i.naturalHeight])"
+    )
+    assert sizes[0] == sizes[1] and sizes[0][0] == 240
+
+    # the changed masks are listed: as many rows as the message counts
+    changed = int(page.locator("#compare-message").inner_text().split(" of ")[0].split()[-1])
+    page.wait_for_function(f"(n) => document.querySelectorAll('#compare-changes {ROWS}').length === n", arg=changed)
+
+    # move the slider: the top picture's visible part follows the handle
+    clip = "() => [...document.querySelectorAll('#compare-slider img')].map(i => getComputedStyle(i).clipPath).join()"
+    before = page.evaluate(clip)
+    handle = page.locator('#compare-slider [data-testid="slider"]')
+    box = handle.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x - 80, y, steps=8)
+    page.mouse.up()
+    page.wait_for_function(f"(before) => ({clip})() !== before", arg=before)
+    view.screenshot("compare_slider.png")
+    names = page.locator("#compare-files").inner_text()
+    assert "compare-" in names and names.count(".json") == 2  # the side-by-side PNG, both segments JSON
     assert view.errors == [], view.errors
     view.close()
 
@@ -326,12 +393,12 @@ def test_errors_keep_the_photo_points_and_result(app_server, browser, tmp_path):
     page.locator("#segment").click()
     page.wait_for_function(f"() => document.querySelectorAll('#auto-table {ROWS}').length > 0")
     rows = page.locator(f"#auto-table {ROWS}").count()
-    overlay = page.locator("#auto-output img").get_attribute("src")
+    overlay = page.locator("#auto-output img.base-image").get_attribute("src")
     vocabulary.fill(" , | ")
     page.locator("#segment").click()
     page.locator("#auto-message").get_by_text("the vocabulary is empty").wait_for()
-    assert page.locator("#auto-image img").is_visible() and page.locator("#auto-output img").is_visible()
-    assert page.locator("#auto-output img").get_attribute("src") == overlay  # the previous result stays
+    assert page.locator("#auto-image img").is_visible() and page.locator("#auto-output img.base-image").is_visible()
+    assert page.locator("#auto-output img.base-image").get_attribute("src") == overlay  # the previous result stays
     assert page.locator(f"#auto-table {ROWS}").count() == rows
     for selector in ("#auto-image", "#auto-output", "#auto-table"):
         _no_error_badge(page, selector)
@@ -374,6 +441,272 @@ def test_errors_keep_the_photo_points_and_result(app_server, browser, tmp_path):
     view.close()
 
 
+@contextlib.contextmanager
+def varied_results(models):
+    """SyntheticSAM's varied masks, each named a different class in turn: random CLIP
+    weights give every mask the same class, and these tests are about the page, so they
+    need a result with several segments to tell apart."""
+    from maskadapter.engine.segmenter import Segmenter
+
+    original = Segmenter._probabilities
+
+    def varied(self, *args, **kwargs):
+        probs = original(self, *args, **kwargs)  # (N, C)
+        return torch.stack([row.roll(i % probs.shape[1]) for i, row in enumerate(probs)]) if len(probs) else probs
+
+    with SyntheticSAM(models.sam2), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Segmenter, "_probabilities", varied)
+        yield
+
+
+def _point_at(page, selector: str, fx: float, fy: float) -> dict:
+    """Move the mouse to a fraction (fx, fy) of the element; its page coordinates."""
+    box = page.locator(selector).bounding_box()
+    spot = {"x": box["x"] + box["width"] * fx, "y": box["y"] + box["height"] * fy}
+    page.mouse.move(spot["x"], spot["y"])
+    return spot
+
+
+def _solid_spot(page) -> tuple[float, float, int]:
+    """A point of the picture, as fractions (fx, fy), whose 7 x 7 pixels all show the same
+    topmost layer (the mouse lands within a pixel or two of where it is aimed), and that
+    layer's index; read here from the layers' PNGs."""
+    return page.evaluate(
+        """() => {
+            const layers = [...document.querySelectorAll('#auto-output img.mask')];
+            const w = layers[0].naturalWidth, h = layers[0].naturalHeight;
+            const alpha = layers.map((img) => {
+              const c = document.createElement('canvas'); c.width = w; c.height = h;
+              const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
+              return ctx.getImageData(0, 0, w, h).data;
+            });
+            const top = (x, y) => {
+              for (let i = layers.length - 1; i >= 0; i--) if (alpha[i][4 * (y * w + x) + 3] > 0) return i;
+              return -1;
+            };
+            for (let fy = 0.1; fy < 0.9; fy += 0.05) for (let fx = 0.1; fx < 0.9; fx += 0.05) {
+              const x = Math.floor(fx * w), y = Math.floor(fy * h), i = top(x, y);
+              let same = i >= 0;
+              for (let dy = -3; dy <= 3 && same; dy++) for (let dx = -3; dx <= 3 && same; dx++)
+                same = top(x + dx, y + dy) === i;
+              if (same) return [(x + 0.5) / w, (y + 0.5) / h, i];
+            }
+            return null;
+        }"""
+    )
+
+
+def test_explore_a_segment(app_server, browser, tmp_path):
+    url, counters = app_server
+    view = Page(browser, url)
+    page = view.page
+    # a photo no other test segments (the store would give back its random masks)
+    with varied_results(counters["models"]):  # several segments to tell apart
+        view.segment(_small_copy(tmp_path, "astronaut.png", 240), "person | astronaut, flag, rocket, wall")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#auto-output img.mask')].every(i => i.complete && i.naturalWidth)"
+    )
+    names = [x.strip() for x in page.locator("#auto-output .legend-item").all_inner_texts()]
+    assert names and len(set(names)) == len(names)  # one legend entry per segment, each its own name
+
+    # hover a segment in the picture: it is highlighted (the others fade), as its legend entry would do
+    fx, fy, index = _solid_spot(page)
+    spot = (fx, fy)
+    _point_at(page, "#auto-output img.base-image", *spot)
+    page.wait_for_function(
+        "(i) => document.querySelectorAll('#auto-output img.mask')[i].classList.contains('active')", arg=index
+    )
+    # click it: its details (name, score, area, top 5) are shown
+    page.mouse.click(*_point_at(page, "#auto-output img.base-image", *spot).values())
+    details = page.locator("#auto-details")
+    details.get_by_text(names[index]).first.wait_for()
+    text = details.inner_text()
+    assert "score" in text and "% of the photo" in text and "Top 5:" in text, text
+
+    # the legend and the table name a segment too
+    last = names[-1]
+    page.locator("#auto-output .legend-item").nth(len(names) - 1).click()
+    page.wait_for_function("(n) => document.querySelector('#auto-details').innerText.startsWith(n + ':')", arg=last)
+    page.locator('#auto-table [data-testid="cell-0-0"]').click()
+    page.wait_for_function("(n) => document.querySelector('#auto-details').innerText.startsWith(n + ':')", arg=names[0])
+
+    # show one class alone (a semantic map: one segment per class): only its layer stays
+    assert len(names) > 1
+    page.locator("#auto-show input").click()
+    page.get_by_role("option", name=names[-1], exact=True).click()
+    page.wait_for_function("() => document.querySelectorAll('#auto-output img.mask').length === 1")
+    assert [x.strip() for x in page.locator("#auto-output .legend-item").all_inner_texts()] == [names[-1]]
+    assert view.errors == [], view.errors
+    view.close()
+
+
+def test_cancel_a_long_run(app_server, browser, tmp_path):
+    url, counters = app_server
+    view = Page(browser, url)
+    page = view.page
+    view.segment(_small_copy(tmp_path, "chelsea.png", 200), "cat, wall")
+    previous = page.locator("#auto-output img.base-image").get_attribute("src")
+    rows = page.locator(f"#auto-table {ROWS}").count()
+
+    # a long run: 64 x 64 points (64 batches), each decoder call slowed down
+    page.get_by_text("Advanced").click()
+    slider = page.locator("#points-per-side input[type=number]")
+    slider.fill("64")
+    slider.press("Enter")
+    counters["slow"].set()
+    try:
+        started = counters["decoder"].calls
+        page.locator("#segment").click()
+        page.wait_for_function("() => /SAM-2 masks/.test(document.querySelector('#auto-message').innerText)")
+        page.locator("#auto-stop").click()
+        page.locator("#auto-message").get_by_text("Stopped.").wait_for()
+        at_stop = counters["decoder"].calls
+        settled = at_stop
+        while True:  # the work ends at the next point batch's progress report
+            time.sleep(1.0)
+            if counters["decoder"].calls == settled:
+                break
+            settled = counters["decoder"].calls
+        batch = 64 // 4  # decoder calls per point batch of 64 prompts (4 prompts per call on CPU)
+        assert settled - at_stop <= batch, (at_stop, settled)
+        assert settled - started < 64 * 64 // 4 // 2  # far from the whole run's 1024 calls
+    finally:
+        counters["slow"].clear()
+    # the previous result and the inputs stay
+    assert page.locator("#auto-output img.base-image").get_attribute("src") == previous
+    assert page.locator(f"#auto-table {ROWS}").count() == rows
+    assert page.locator("#auto-image img").is_visible()
+    # the next request is served at once, not after the stopped run's remaining batches
+    slider.fill("8")
+    slider.press("Enter")
+    page.locator("#segment").click()
+    page.wait_for_function(
+        "(src) => { const i = document.querySelector('#auto-output img.base-image');"
+        " return i && i.getAttribute('src') !== src; }",
+        arg=previous,
+    )
+    assert counters["decoder"].calls - started < 64 * 64 // 4 // 2
+    assert view.errors == [], view.errors
+    view.close()
+
+
+def test_non_images_are_refused_at_upload_in_every_tab(app_server, browser, tmp_path):
+    url, _ = app_server
+    view = Page(browser, url)
+    page = view.page
+    fake = tmp_path / "notes.png"
+    fake.write_text("this is not a picture")
+    photo = _small_copy(tmp_path, "coffee.png", 200)
+    for tab, image, message in (
+        ("Automatic", "#auto-image", "#auto-message"),
+        ("Point prompt", "#point-image", "#point-message"),
+        ("Compare", "#compare-image", "#compare-message"),
+    ):
+        page.get_by_role("tab", name=tab).click()
+        page.locator(f"{image} input[type=file]").set_input_files(str(photo))
+        page.locator(f"{image} img").wait_for()
+        page.locator(f"{image} input[type=file]").set_input_files(str(fake))
+        page.locator(message).get_by_text("not an image").wait_for()  # at once, before any run
+        page.wait_for_function(
+            "(sel) => { const i = document.querySelector(sel + ' img');"
+            " return i && i.complete && i.naturalWidth > 0; }",
+            arg=image,
+        )  # the previous photo is back, no broken picture
+    assert page.locator(".toast-body").count() == 0  # the message box only: one place for messages
+    view.close()
+
+
+def test_box_with_two_clicks(app_server, browser, tmp_path):
+    url, _ = app_server
+    view = Page(browser, url)
+    page = view.page
+    view.open_point_tab(_small_copy(tmp_path, "coffee.png", 300))
+    page.locator("#click-kind").get_by_text("box corner").click()
+    img = page.locator("#point-image img")
+    box = img.bounding_box()
+    img.click(position={"x": box["width"] * 0.2, "y": box["height"] * 0.25})
+    page.locator("#point-message").get_by_text("Click the opposite corner of the box.").wait_for()
+    assert page.locator("#box-text textarea").input_value().startswith("first corner (60, ")
+    assert json.loads(view.points()) == []  # a corner is not a point
+    img.click(position={"x": box["width"] * 0.7, "y": box["height"] * 0.8})
+    page.get_by_text("alternatives:").wait_for()
+    x0, y0, x1, y1 = json.loads(page.locator("#box-text textarea").input_value())
+    assert (x0, x1) == (60, 210) and y0 < y1
+    view.close()
+
+
+@pytest.mark.parametrize("width", [1400, 390])
+def test_every_tab_at_desktop_and_phone_width(app_server, browser, tmp_path, width):
+    """Screenshots of every tab with a result (docs/screenshots at 1400 px): no table
+    column cut, no message overlapping another (look at them too)."""
+    url, counters = app_server
+    view = Page(browser, url, width=width)
+    page = view.page
+    suffix = "" if width == 1400 else "-phone"
+    with varied_results(counters["models"]):  # a picture with several segments
+        view.segment(_small_copy(tmp_path, "coffee.png", 320), "coffee cup | mug, saucer, spoon, wooden table")
+    assert view.clipped_cells("#auto-table") == []
+    assert view.overlapping_messages() == []
+    view.screenshot(f"automatic{suffix}.png", docs=True)
+
+    view.open_point_tab(_small_copy(tmp_path, "coffee.png", 320))
+    view.click_image(0.5, 0.55, "positive point")
+    page.get_by_text("alternatives:").wait_for()
+    assert view.clipped_cells("#point-table") == []
+    assert view.overlapping_messages() == []
+    view.screenshot(f"point_prompt{suffix}.png", docs=True)
+
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-image input[type=file]").set_input_files(str(_small_copy(tmp_path, "coffee.png", 320)))
+    page.locator("#compare-image img").wait_for()
+    page.locator("#compare").click()
+    page.locator("#compare-message").get_by_text("changed label").wait_for()
+    page.wait_for_function("() => document.querySelectorAll('#compare-slider img').length === 2")
+    assert view.clipped_cells("#compare-changes") == []
+    assert view.overlapping_messages() == []
+    view.screenshot(f"compare{suffix}.png", docs=True)
+    assert view.errors == [], view.errors
+    view.close()
+
+
+def test_missing_weights_said_once(browser, tmp_path, monkeypatch):
+    """Without model files the banner lists them (one list item each, no glyph a font
+    may lack); a run says so in one short line, and no toast repeats it."""
+    from huggingface_hub import constants
+
+    import app
+    from maskadapter.service import SegmentationService
+    from maskadapter.settings import Settings
+    from maskadapter.ui import events
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    service = SegmentationService(Settings(device="cpu", cache_dir=str(tmp_path / "cache")))
+    service.start(background=False)
+    demo = app.build_demo(service)
+    events.queue(demo, 1)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, **app.page_options())
+    try:
+        view = Page(browser, f"http://127.0.0.1:{port}/")
+        page = view.page
+        banner = page.locator("#banner")
+        banner.get_by_text("The models could not be loaded.").wait_for()
+        assert banner.locator("li").count() == 3  # SAM-2, CLIP and Mask-Adapter files, one per line
+        assert not any(ord(c) > 0x2000 for c in banner.inner_text())  # no emoji or symbol glyphs
+        page.locator("#auto-image input[type=file]").set_input_files(str(_small_copy(tmp_path, "coffee.png", 120)))
+        page.locator("#auto-image img").wait_for()
+        page.locator("#segment").click()
+        page.locator("#auto-message").get_by_text("the message at the top of the page says why").wait_for()
+        assert "sam2.1_hiera" not in page.locator("#auto-message").inner_text()  # the list is only in the banner
+        assert page.locator(".toast-body").count() == 0
+        view.screenshot("missing_weights.png")
+        view.close()
+    finally:
+        demo.close()
+
+
 # ---------------------------------------------------------------------------- the README's way
 
 
@@ -403,7 +736,10 @@ def app_process(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+        text = log.read_text()
+        assert "Traceback" not in text, text[-3000:]
+        # its own start-up line: the URL, and the app's --share flag (not Gradio's launch(share=True))
+        assert f"Running on http://127.0.0.1:{port}" in text and "--share" in text and "share=True" not in text
 
 
 def test_api_through_gradio_client(app_process, tmp_path):

@@ -47,14 +47,20 @@ def test_api_errors_are_short_and_unexpected_ones_get_an_id(caplog):
 
 
 def test_ui_errors_leave_every_output_and_state_alone(monkeypatch):
-    warnings = []
-    monkeypatch.setattr(gr, "Warning", lambda message: warnings.append(message))
+    toasts = []
+    monkeypatch.setattr(gr, "Warning", lambda message, *a, **k: toasts.append(message))
+    messages = []
     for fn, expected in ((_refused, "the vocabulary is empty"), (_broken, "error id")):
         result = gentle(4, 1)(fn)("photo", "state")
         assert len(result) == 4
         assert [r for i, r in enumerate(result) if i != 1] == [gr.skip()] * 3  # nothing else changes
-        assert expected in result[1] and expected in warnings[-1]
-    assert "&lt;b&gt;" in warnings[0] and "<b>" not in result[1]
+        assert expected in result[1] and result[1].startswith("**Error:** ")
+        messages.append(result[1])
+    assert toasts == []  # one place for messages: the tab's message box, no toast over the result
+    assert "&lt;b&gt;" in messages[0] and "<b>" not in messages[0]
+    # an error the banner shows in full: a short line pointing there instead
+    result = gentle(2, 1, shown=lambda err: "see the banner")(_refused)("photo", "state")
+    assert result[1] == "**Error:** see the banner"
     # restore: the previous photo comes back when a new upload fails
     result = gentle(3, 1, restore=lambda image, state: {0: f"picture of {state}"})(_refused)("bad", "old")
     assert result[0] == "picture of old" and result[2] == gr.skip()

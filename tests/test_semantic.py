@@ -285,6 +285,16 @@ def test_compare_classifies_the_same_masks_two_ways(segmenter, image, synthetic_
     assert found.masks == len(masks) > 3
     changed = sum(int(a.argmax()) != int(b.argmax()) for a, b in zip(adapter, pooling, strict=True))
     assert found.changed == changed
+    # each changed mask listed: its index, both labels and its area at the photo's size
+    expected = [
+        (i, vocabulary.labels[int(a.argmax())], vocabulary.labels[int(b.argmax())])
+        for i, (a, b) in enumerate(zip(adapter, pooling, strict=True))
+        if int(a.argmax()) != int(b.argmax())
+    ]
+    assert [(c.mask, c.adapter, c.pooling) for c in found.changes] == expected
+    frame = segmenter.frame(session)
+    for c in found.changes:
+        assert c.area == int(frame.to_original(masks[c.mask]).sum())
     # each side is what segment_automatic gives with that method
     for method, result in (("adapter", found.adapter), ("pooling", found.pooling)):
         again = segmenter.segment_automatic(session, vocabulary, settings, method=method)

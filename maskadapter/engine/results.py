@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -77,16 +78,28 @@ class SegmentationResult:
     frame: WorkingFrame | None = None
 
 
+class MaskChange(NamedTuple):
+    """A SAM-2 mask the two methods name differently: its index among the image's
+    masks, its best class under each (None: none of the vocabulary) and its area in
+    original pixels."""
+
+    mask: int
+    adapter: str | None
+    pooling: str | None
+    area: int
+
+
 @dataclass
 class Comparison:
     """One image's masks classified two ways: ``adapter`` (Mask-Adapter) and ``pooling``
     (plain mask pooling); ``changed`` of the ``masks`` SAM-2 masks have a different
-    best class under the two."""
+    best class under the two, listed in ``changes``."""
 
     adapter: SegmentationResult
     pooling: SegmentationResult
     changed: int
     masks: int
+    changes: tuple[MaskChange, ...] = ()
 
 
 def with_others(vocabulary: Vocabulary) -> Vocabulary:

@@ -39,6 +39,7 @@ from maskadapter.engine.mask_settings import RANDOM_WEIGHT_NOTE, AutoMaskSetting
 from maskadapter.engine.predictor import encode_image, prompt_mask, sam_cache_key
 from maskadapter.engine.results import (
     Comparison,
+    MaskChange,
     Painting,
     SegmentationResult,
     assemble,
@@ -391,8 +392,11 @@ class Segmenter:
         key, c = self._mask_key(settings), len(vocabulary)
         best = [self._probabilities(session, key, masks, vocabulary, progress, m).argmax(1) for m in METHODS]
         best = [torch.where(b < c, b, -1) for b in best]  # "others" is no label
-        changed = int((best[0] != best[1]).sum()) if len(best[0]) else 0
-        return Comparison(adapter, pooling, changed, len(best[0]))
+        differ = torch.nonzero(best[0] != best[1]).flatten()
+        areas = self.frame(session).areas(masks[differ]).tolist() if len(differ) else []
+        names = [[vocabulary.labels[i] if i >= 0 else None for i in b[differ].tolist()] for b in best]
+        changes = tuple(map(MaskChange, differ.tolist(), *names, areas))
+        return Comparison(adapter, pooling, len(changes), len(best[0]), changes)
 
     def _automatic(
         self,

@@ -311,6 +311,14 @@ class WorkingFrame:
     def identity(self) -> bool:
         return self.work_hw == self.orig_hw
 
+    def shrink(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB image at the original size -> (h, w, 3) at ``work_hw`` (box
+        filter: each pixel the mean of those it covers); the image itself when the frame
+        is the original size."""
+        if self.identity:
+            return image
+        return np.asarray(Image.fromarray(image).resize((self.work_hw[1], self.work_hw[0]), Image.BOX))
+
     def to_original(self, planes: np.ndarray | torch.Tensor) -> np.ndarray:
         """(..., h, w) working-frame array (mask or label map) -> (..., H, W) numpy."""
         if isinstance(planes, torch.Tensor):

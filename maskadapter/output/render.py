@@ -153,6 +153,7 @@ def overlay(
     legend: bool = True,
     points: Sequence[Sequence[float]] = (),
     box: Sequence[float] | None = None,
+    corner: Sequence[float] | None = None,
 ) -> np.ndarray:
     """The image with every segment filled in its class colour.
 
@@ -163,6 +164,7 @@ def overlay(
             its largest region where the text fits; legend: append a legend below.
         points: ``[[x, y, label], ...]`` prompts to mark (green positive, red negative).
         box: optional XYXY box prompt to outline.
+        corner: optional (x, y) first corner of a box being drawn, marked as a corner.
     Returns:
         (H', W, 3) uint8 RGB (H' = H plus the legend's height when ``legend``).
     """
@@ -207,6 +209,12 @@ def overlay(
         x0, y0, x1, y1 = (float(v) for v in box)
         draw.rectangle((x0, y0, x1, y1), outline=(255, 215, 0), width=3)
     radius = max(4, size // 2)
+    if corner is not None:  # a box's corner: crossing lines in the box's colour, not a dot
+        x, y = (float(v) for v in corner[:2])
+        arm = 3 * radius
+        for line in (((x - arm, y), (x + arm, y)), ((x, y - arm), (x, y + arm))):
+            draw.line(line, fill=(255, 255, 255), width=5)
+            draw.line(line, fill=(255, 215, 0), width=3)
     for x, y, lab in points:
         color = (40, 220, 60) if int(lab) == 1 else (230, 40, 40)
         draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=color, outline=(255, 255, 255), width=2)
@@ -264,10 +272,15 @@ def legend_panel(result: SegmentationResult, width: int) -> np.ndarray:
     return np.asarray(panel)
 
 
-def draw_points(image: np.ndarray, points: Sequence[Sequence[float]], box: Sequence[float] | None = None) -> np.ndarray:
-    """The image with prompt points (and box) marked, nothing else."""
+def draw_points(
+    image: np.ndarray,
+    points: Sequence[Sequence[float]],
+    box: Sequence[float] | None = None,
+    corner: Sequence[float] | None = None,
+) -> np.ndarray:
+    """The image with prompt points (and box, and a box's first corner) marked, nothing else."""
     empty = SegmentationResult(image.shape[:2], [], [], np.full(image.shape[:2], UNLABELLED, np.int32), "per_mask")
-    return overlay(image, empty, legend=False, points=points, box=box)
+    return overlay(image, empty, legend=False, points=points, box=box, corner=corner)
 
 
 COMPARE_TITLES = ("Mask-Adapter", "plain mask pooling (baseline)")

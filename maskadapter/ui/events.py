@@ -7,12 +7,13 @@ progress, and GPU time on a ZeroGPU Space.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import html
 import inspect
 import logging
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from maskadapter.errors import InputError, MaskAdapterError
+from maskadapter.errors import Cancelled, InputError, MaskAdapterError
 from maskadapter.progress import ProgressCallback
 from maskadapter.ui.present import plain
 
@@ -93,10 +94,17 @@ def friendly(fn):
     return wrapper
 
 
-def gentle(outputs: int, message: int, restore: Callable[..., dict[int, Any]] | None = None):
-    """For UI events: a failure shows a warning and goes into the tab's message box
-    (output ``message``); every other output (photo, points, previous result) and the
-    user's state stay as they were, except what ``restore(*args)`` gives back."""
+def gentle(
+    outputs: int,
+    message: int,
+    restore: Callable[..., dict[int, Any]] | None = None,
+    shown: Callable[[Exception], str | None] | None = None,
+):
+    """For UI events: a failure goes into the tab's message box (output ``message``; no
+    toast: one place for messages); every other output (photo, points, previous result)
+    and the user's state stay as they were, except what ``restore(*args)`` gives back.
+    ``shown(err)``: a shorter text for an error the page already shows in full (the
+    banner's), or None."""
 
     def decorate(fn):
         @functools.wraps(fn)
@@ -104,10 +112,9 @@ def gentle(outputs: int, message: int, restore: Callable[..., dict[int, Any]] | 
             try:
                 return fn(*args, **kwargs)
             except Exception as err:
-                text = user_message(err, fn.__name__)
-            gr.Warning(html.escape(text))
+                text = (shown(err) if shown is not None else None) or user_message(err, fn.__name__)
             result: list[Any] = [gr.skip()] * outputs
-            result[message] = "⚠️ " + plain(text)
+            result[message] = "**Error:** " + plain(text)
             if restore is not None:
                 try:
                     for index, value in restore(*args).items():
@@ -121,12 +128,59 @@ def gentle(outputs: int, message: int, restore: Callable[..., dict[int, Any]] | 
     return decorate
 
 
-def reporter(progress: gr.Progress) -> ProgressCallback:
-    """The package's progress callback shown as Gradio's progress bar."""
-    return lambda fraction, message: progress(fraction, desc=message)
+class Runs:
+    """The UI runs in progress, one per (browser session, tab), so that the tab's Stop
+    button can end its run: ``running`` hands the run a ``threading.Event`` that
+    ``stop`` sets, and the run's progress callback (``reporter``) raises ``Cancelled``
+    at the engine's next progress report. Gradio's own cancel only drops the waiting
+    request; the thread doing the work would otherwise run to its end."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[tuple[str, str], threading.Event] = {}
+
+    @contextlib.contextmanager
+    def running(self, session: str | None, tab: str) -> Iterator[threading.Event]:
+        stop = threading.Event()
+        key = (session or "", tab)
+        with self._lock:
+            self._running[key] = stop  # a newer run of the tab replaces an older one
+        try:
+            yield stop
+        finally:
+            with self._lock:
+                if self._running.get(key) is stop:
+                    del self._running[key]
+
+    def stop(self, session: str | None, tab: str) -> bool:
+        """Ask the tab's run in this browser session to stop; whether one was running."""
+        with self._lock:
+            stop = self._running.get((session or "", tab))
+        if stop is not None:
+            stop.set()
+        return stop is not None
 
 
-def served(picture: np.ndarray | None, directory: Path) -> str | np.ndarray | None:
+def stage(message: str) -> str:
+    """The step a progress message names, without its count ("SAM-2 masks: point batch 3
+    of 16" -> "SAM-2 masks"): the bar beside it shows the fraction of the whole task, so a
+    step's own count ("391 of 391" at 5%) would contradict it."""
+    return message.split(": ", 1)[0]
+
+
+def reporter(progress: gr.Progress, stop: threading.Event | None = None) -> ProgressCallback:
+    """The package's progress callback shown as Gradio's progress bar; raises
+    ``Cancelled`` once ``stop`` is set (see ``Runs``)."""
+
+    def report(fraction: float, message: str) -> None:
+        if stop is not None and stop.is_set():
+            raise Cancelled("stopped")
+        progress(fraction, desc=stage(message))
+
+    return report
+
+
+def served(picture: np.ndarray | None, directory: Path, name: str = "picture") -> str | np.ndarray | None:
     """An (H, W, 3) uint8 RGB picture as a PNG file of its own in ``directory``, for an
     image output. Gradio caches an array output at a path made from its content and
     rewrites that file on every request, so two users shown the same picture at once
@@ -135,7 +189,7 @@ def served(picture: np.ndarray | None, directory: Path) -> str | np.ndarray | No
     itself when the file cannot be written (the picture is still shown)."""
     if picture is None:
         return None
-    path = directory / f"picture-{uuid.uuid4().hex[:12]}.png"
+    path = directory / f"{name}-{uuid.uuid4().hex[:12]}.png"
     try:
         directory.mkdir(parents=True, exist_ok=True)
         Image.fromarray(picture).save(path, format="PNG", compress_level=1)
@@ -155,4 +209,3 @@ def queue(demo: gr.Blocks, concurrency: int, max_size: int | None = None) -> gr.
     demo.queue(default_concurrency_limit=concurrency, max_size=max_size)
     demo._queue.sleep_when_free = max(demo._queue.sleep_when_free, IDLE_POLL_S)  # no public setting (Gradio 6.31)
     return demo
-

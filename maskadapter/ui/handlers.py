@@ -17,16 +17,22 @@ import gradio as gr
 
 from maskadapter.engine.mask_settings import AutoMaskSettings
 from maskadapter.errors import InputError
+from maskadapter.output.render import COMPARE_TITLES, side_by_side
 from maskadapter.point_prompts import PointState, parse_box, parse_points
 from maskadapter.service import Output, SegmentationService
 from maskadapter.ui import endpoint_docs
 from maskadapter.ui.endpoint_docs import documented
-from maskadapter.ui.events import pixels, reporter, served
+from maskadapter.ui.events import Runs, pixels, reporter, served
+from maskadapter.ui.explore import ALL, Exploration, explore
 from maskadapter.ui.present import (
     START,
     automatic_message,
+    banner_error,
+    box_text,
+    change_rows,
     compare_message,
     downloads,
+    legend_html,
     points_message,
     table_rows,
 )
@@ -42,19 +48,22 @@ def mask_settings(defaults: AutoMaskSettings, points_per_side, pred_iou_thresh, 
     )
 
 
-def _run_automatic(run: Callable, defaults: AutoMaskSettings, image, words: tuple, advanced: tuple, progress) -> Any:
+def _run_automatic(
+    run: Callable, defaults: AutoMaskSettings, image, words: tuple, advanced: tuple, progress, stop=None
+) -> Any:
     """``service.automatic`` or ``service.compare`` (``run``) on the endpoints' inputs:
     ``words`` = (vocabulary, predefined, sam size), ``advanced`` = (points per side,
-    pred IoU and stability thresholds, mode, score threshold, granularity, alpha)."""
+    pred IoU and stability thresholds, mode, score threshold, granularity, alpha);
+    ``stop``: the run's ``Runs`` event."""
     points_per_side, pred_iou, stability, mode, score_threshold, granularity, alpha = advanced
     settings = mask_settings(defaults, points_per_side, pred_iou, stability)
     numbers = float(score_threshold), float(granularity), float(alpha)
-    return run(pixels(image), *words, settings, mode, *numbers, reporter(progress))
+    return run(pixels(image), *words, settings, mode, *numbers, reporter(progress, stop))
 
 
 def automatic_handler(service: SegmentationService) -> Callable:
-    """The Automatic tab's ``/segment_automatic``: overlay, message, table rows,
-    downloads and segments JSON."""
+    """The ``/segment_automatic`` endpoint: overlay, message, table rows, downloads and
+    segments JSON."""
     defaults = service.default_mask_settings()
 
     @documented(endpoint_docs.SEGMENT_AUTOMATIC)
@@ -81,8 +90,75 @@ def automatic_handler(service: SegmentationService) -> Callable:
     return segment_automatic
 
 
+def shown(exploration: Exploration, choice: str | None) -> dict:
+    """The explorable picture's update: the layers of ``choice`` (``ALL`` or a class)."""
+    return gr.update(value=exploration.shown(choice), color_map=exploration.colors)
+
+
+class AutomaticView(NamedTuple):
+    """The Automatic tab's functions for the page (the endpoint is ``automatic_handler``).
+    ``run``'s outputs: picture, message, table rows, downloads, "Show" choices,
+    exploration (state), details."""
+
+    run: Callable  # the endpoint's inputs, then the request
+    show: Callable  # (choice, exploration): the picture
+    pick: Callable  # (exploration, evt): the selected segment's details (picture or legend)
+    pick_row: Callable  # (exploration, evt): the selected table row's details
+
+
+def automatic_view(service: SegmentationService, runs: Runs) -> AutomaticView:
+    """The Automatic tab's page functions (``AutomaticView``)."""
+    defaults = service.default_mask_settings()
+
+    def run(
+        image,
+        vocabulary,
+        predefined,
+        sam_size,
+        points_per_side,
+        pred_iou_thresh,
+        stability_score_thresh,
+        mode,
+        score_threshold,
+        granularity,
+        alpha,
+        request: gr.Request,
+        progress=gr.Progress(),
+    ):
+        words = vocabulary, predefined, sam_size
+        advanced = points_per_side, pred_iou_thresh, stability_score_thresh, mode, score_threshold, granularity, alpha
+        with runs.running(request.session_hash, "automatic") as stop:
+            out, _ = _run_automatic(service.automatic, defaults, image, words, advanced, progress, stop)
+        found = explore(pixels(image), out.result, service.output_dir)
+        overlay = served(out.picture, service.output_dir, "overlay")
+        files = [*(downloads(out) or []), *([overlay] if isinstance(overlay, str) else [])] or None
+        names = [layer.name for layer in found.layers]
+        choices = gr.update(choices=[ALL, *found.classes], value=ALL)
+        message = automatic_message(out)
+        if found.layers:
+            message += " Point at a segment (picture, legend or table) to see it; click it for its details."
+        return shown(found, ALL), message, table_rows(out.result, names, digits=2), files, choices, found, ""
+
+    def show(choice, exploration):
+        if exploration is None:
+            return gr.skip()
+        return shown(exploration, choice)
+
+    def pick(exploration, evt: gr.SelectData):
+        if exploration is None:
+            return gr.skip()
+        return exploration.details.get(str(evt.value), "")
+
+    def pick_row(exploration, evt: gr.SelectData):
+        if exploration is None or not evt.row_value:
+            return gr.skip()
+        return exploration.details.get(str(evt.row_value[0]), "")
+
+    return AutomaticView(run, show, pick, pick_row)
+
+
 def compare_handler(service: SegmentationService) -> Callable:
-    """The Compare tab's ``/compare``: both overlays, the message, both tables and both
+    """The ``/compare`` endpoint: both overlays, the message, both tables and both
     segments JSON."""
     defaults = service.default_mask_settings()
 
@@ -112,52 +188,104 @@ def compare_handler(service: SegmentationService) -> Callable:
     return compare
 
 
+def compare_view(service: SegmentationService, runs: Runs) -> Callable:
+    """The Compare tab's page function: the slider's two pictures (Mask-Adapter, plain
+    mask pooling: the overlays without their legends, the same size), the message, the
+    changed masks and the downloads (the side-by-side PNG with legends, both label maps
+    and segments JSON)."""
+    defaults = service.default_mask_settings()
+
+    def run(
+        image,
+        vocabulary,
+        predefined,
+        sam_size,
+        points_per_side,
+        pred_iou_thresh,
+        stability_score_thresh,
+        mode,
+        score_threshold,
+        granularity,
+        alpha,
+        request: gr.Request,
+        progress=gr.Progress(),
+    ):
+        words = vocabulary, predefined, sam_size
+        advanced = points_per_side, pred_iou_thresh, stability_score_thresh, mode, score_threshold, granularity, alpha
+        with runs.running(request.session_hash, "compare") as stop:
+            found = _run_automatic(service.compare, defaults, image, words, advanced, progress, stop)
+        adapter, pooling = found.adapter, found.pooling
+        height = adapter.result.image_size[0]  # the overlays' legends start below the photo
+        slider = tuple(served(out.picture[:height], service.output_dir) for out in (adapter, pooling))
+        both = served(side_by_side([adapter.picture, pooling.picture], COMPARE_TITLES), service.output_dir, "compare")
+        files = [*(downloads(adapter) or []), *(downloads(pooling) or []), *([both] if isinstance(both, str) else [])]
+        return slider, compare_message(found), change_rows(found), files or None
+
+    return run
+
+
 class PointHandlers(NamedTuple):
-    """The point tab's functions. Each UI event's outputs are the tab's seven:
-    photo, message, table rows, downloads, segment JSON, points text, state."""
+    """The point tab's functions. Each UI event's outputs are the tab's nine
+    (``POINT_OUTPUTS``): photo, message, table rows, downloads, segment JSON, points
+    text, box text, legend, state."""
 
     new_photo: Callable  # (image, state): a new or removed photo
-    click: Callable  # (kind, vocabulary, predefined, sam_size, alpha, state, evt, progress)
+    click: Callable  # (kind, vocabulary, predefined, sam_size, alpha, state, evt, request, progress)
     edit: Callable[[Callable[[PointState], None]], Callable]  # an edit of the state, then label again
     segment_points: Callable  # the /segment_points endpoint: overlay, segments JSON
 
 
-def point_handlers(service: SegmentationService) -> PointHandlers:
+POINT_OUTPUTS = 9
+
+
+def point_handlers(service: SegmentationService, runs: Runs) -> PointHandlers:
     """The point tab's functions (``PointHandlers``)."""
 
     def new_photo(image, state):
         if image is None:  # the photo was removed
-            return None, START, [], None, None, "[]", PointState()
+            return None, START, [], None, None, "[]", "", "", PointState()
         state = service.open_point_image(pixels(image))
         picture = served(service.point_picture(state), service.output_dir)  # as decoded: EXIF orientation applied
-        return picture, "Click on an object to add a point.", [], None, None, "[]", state
+        return picture, "Click on an object to add a point.", [], None, None, "[]", "", "", state
 
-    def label(state, vocabulary, predefined, sam_size, alpha, progress):
-        out: Output = service.points(state, vocabulary, predefined, sam_size, alpha, reporter(progress))
-        message = points_message(out, state)
+    def label(state, vocabulary, predefined, sam_size, alpha, request, progress):
+        with runs.running(request.session_hash if request else None, "points") as stop:
+            out: Output = service.points(state, vocabulary, predefined, sam_size, alpha, reporter(progress, stop))
         return (
             served(out.picture, service.output_dir),
-            message,
-            table_rows(out.result),
+            points_message(out, state),
+            table_rows(out.result, digits=2),
             downloads(out),
             out.segments or None,
             state.points_json(),
+            box_text(state),
+            legend_html(out.result),
             state,
         )
 
-    def click(kind, vocabulary, predefined, sam_size, alpha, state, evt: gr.SelectData, progress=gr.Progress()):
+    def click(
+        kind,
+        vocabulary,
+        predefined,
+        sam_size,
+        alpha,
+        state,
+        evt: gr.SelectData,
+        request: gr.Request,
+        progress=gr.Progress(),
+    ):
         state = state.copy()
         index = evt.index if isinstance(evt.index, list | tuple) and len(evt.index) == 2 else (None, None)
         state.add(index[0], index[1], kind)
-        return label(state, vocabulary, predefined, sam_size, alpha, progress)
+        return label(state, vocabulary, predefined, sam_size, alpha, request, progress)
 
     def edit(operation: Callable[[PointState], None]) -> Callable:
-        def handler(vocabulary, predefined, sam_size, alpha, state, progress=gr.Progress()):
+        def handler(vocabulary, predefined, sam_size, alpha, state, request: gr.Request, progress=gr.Progress()):
             state = state.copy()
             operation(state)
             if state.key is None:
                 raise InputError("upload a photo first")
-            return label(state, vocabulary, predefined, sam_size, alpha, progress)
+            return label(state, vocabulary, predefined, sam_size, alpha, request, progress)
 
         return handler
 
@@ -168,3 +296,28 @@ def point_handlers(service: SegmentationService) -> PointHandlers:
         return served(out.picture, service.output_dir), out.segments
 
     return PointHandlers(new_photo, click, edit, segment_points)
+
+
+def upload_check(service: SegmentationService) -> Callable:
+    """For the Automatic and Compare photos: an upload that is not an image is refused
+    at once (the message box says why, the previous photo comes back); a good one is
+    kept (a PNG path, for that). Outputs: photo, message, last good photo (state)."""
+
+    def check(image, last):
+        if image is None:
+            return gr.skip(), "", None
+        good = served(pixels(image), service.output_dir, "photo")  # raises the file's InputError
+        return gr.skip(), "", good if isinstance(good, str) else None
+
+    return check
+
+
+def upload_restore(image, last) -> dict[int, Any]:
+    """``gentle``'s restore for ``upload_check``: the last good photo back (None: empty)."""
+    return {0: last}
+
+
+def shown_in_banner(service: SegmentationService) -> Callable[[Exception], str | None]:
+    """For ``gentle``: a tab's short line for the error the page's banner already shows
+    in full (the models could not be loaded), None for any other."""
+    return lambda err: banner_error(service.load_status(), err)

@@ -8,11 +8,13 @@ labels are in ``app.py``); user text such as class names always shows literally
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Sequence
 
 from maskadapter.engine.results import SegmentationResult
 from maskadapter.errors import MaskAdapterError, WeightsNotFoundError
+from maskadapter.output.render import class_colors
 from maskadapter.point_prompts import PointState
 from maskadapter.service import ComparedOutput, LoadStatus, Output
 
@@ -38,38 +40,93 @@ def error_markdown(err: MaskAdapterError) -> str:
 def status_markdown(status: LoadStatus) -> str:
     """A line for the top of the page: what runs, or why nothing does."""
     if status.loading:
-        return f"⏳ Loading models: {status.step} The first request waits for them."
+        return f"**Loading models:** {status.step} The first request waits for them."
     if status.error is not None:
-        return "❌ **The models could not be loaded.** " + error_markdown(status.error)
+        return "**The models could not be loaded.** " + error_markdown(status.error)
     seg = status.segmenter
     text = f"Models: {seg.models.description}; device `{seg.device}`, {seg.arithmetic}"
     if seg.amp_dtype is not None:
         text += " autocast"
     if not seg.real_weights:
         text = (
-            "⚠️ **Random weights (`--tiny-random`): masks and labels are meaningless.** "
+            "**Random weights (`--tiny-random`): masks and labels are meaningless.** "
             "This mode only shows that the app works; run without `--tiny-random` "
             "to download the real models. " + text
         )
     return text
 
 
-def table_rows(result: SegmentationResult | None) -> list[list]:
-    """One row per segment, in the result's order (``TABLE_HEADERS``): label, score,
-    area in percent of the image, and the next three labels of its top 5 with their
-    scores, e.g. ``"dog (0.12), wall (0.05), sky (0.01)"``; [] without a result."""
+def table_rows(
+    result: SegmentationResult | None, names: Sequence[str] | None = None, digits: int = 3
+) -> list[list]:
+    """One row per segment, in the result's order (``TABLE_HEADERS``): label (or the
+    segment's name from ``names``, as the app's picture names it), score (``digits``
+    decimals), area in percent of the image (one decimal fewer), and the next three
+    labels of its top 5 with their scores, e.g. ``"dog (0.12), wall (0.05), sky
+    (0.01)"``; [] without a result. The page shows 2 digits (narrow columns on a
+    phone), the API 3."""
     if result is None:
         return []
     total = result.label_map.size
+    names = names or [seg.label for seg in result.segments]
     return [
         [
-            seg.label,
-            round(seg.score, 3),
-            round(100.0 * seg.area / total, 2),
+            name,
+            round(seg.score, digits),
+            round(100.0 * seg.area / total, digits - 1),
             ", ".join(f"{label} ({score:.2f})" for label, score in seg.top5[1:4]),
         ]
-        for seg in result.segments
+        for seg, name in zip(result.segments, names, strict=True)
     ]
+
+
+CHANGE_HEADERS = ["SAM-2 mask", "Mask-Adapter", "plain mask pooling", "area %"]
+
+
+def change_rows(found: ComparedOutput) -> list[list]:
+    """The masks the two methods name differently (``CHANGE_HEADERS``): the mask's
+    number, its class under each ("(none)" for none of the vocabulary), its area in
+    percent of the image, largest first."""
+    total = max(1, found.adapter.result.label_map.size)
+    changes = sorted(found.changes, key=lambda c: -c.area)
+    return [
+        [c.mask + 1, c.adapter or "(none)", c.pooling or "(none)", round(100.0 * c.area / total, 2)] for c in changes
+    ]
+
+
+def legend_html(result: SegmentationResult | None) -> str:
+    """The classes shown in a result as HTML swatches with their labels and scores
+    (the point tab's legend); "" without a segment."""
+    if result is None or not result.segments:
+        return ""
+    colors = class_colors(len(result.labels))
+    items = []
+    for seg in result.segments:
+        r, g, b = (int(v) for v in colors[seg.class_id])
+        items.append(
+            f'<span class="legend-entry"><span class="swatch" style="background: rgb({r}, {g}, {b})"></span>'
+            f"{html.escape(seg.label)} ({seg.score:.2f})</span>"
+        )
+    return f'<div class="point-legend">{"".join(items)}</div>'
+
+
+def box_text(state: PointState) -> str:
+    """The point tab's box field: the box ``[x0, y0, x1, y1]`` in original pixels, the
+    first corner of one being drawn, or "" without a box."""
+    if state.corner:
+        x, y = (round(v) for v in state.corner)
+        return f"first corner ({x}, {y}): click the opposite corner"
+    if state.box:
+        return json.dumps([round(v) for v in state.box])
+    return ""
+
+
+def banner_error(status: LoadStatus, err: Exception) -> str | None:
+    """A tab's short line for the error the page's banner shows in full (model loading
+    failed), else None."""
+    if status.error is not None and err is status.error:
+        return "The models could not be loaded; the message at the top of the page says why."
+    return None
 
 
 def downloads(out: Output) -> list[str] | None:
@@ -103,7 +160,9 @@ def points_message(out: Output, state: PointState) -> str:
     """What the point tab says: the label, its score and alternatives, or what to click
     next when the state has no prompt SAM-2 can use yet (Markdown)."""
     if out.result is None:
-        if state.points or state.corner:
+        if state.corner:
+            return "Click the opposite corner of the box."
+        if state.points:
             return "Add a positive point (or a box) on the object."
         return "Click on the object to add a point."
     if out.result.segments:
@@ -112,6 +171,8 @@ def points_message(out: Output, state: PointState) -> str:
         message = f"**{plain(seg.label)}** ({seg.score:.2f}); alternatives: {alternatives}"
     else:
         message = "SAM-2 returned an empty mask for these points; try another click."
+    if state.corner:
+        message += " Click the opposite corner of the box."
     return _with_notes(message, out.notes, out.downloads)
 
 
