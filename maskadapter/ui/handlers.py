@@ -106,8 +106,10 @@ class AutomaticView(NamedTuple):
     pick_row: Callable  # (exploration, evt): the selected table row's details
 
 
-def automatic_view(service: SegmentationService, runs: Runs) -> AutomaticView:
-    """The Automatic tab's page functions (``AutomaticView``)."""
+def page_run(service: SegmentationService, runs: Runs, tab: str, method: Callable, finish: Callable) -> Callable:
+    """A tab's run for the page, with the endpoints' inputs: ``method``
+    (``service.automatic`` or ``service.compare``) under the tab's ``Runs`` entry (its
+    Stop ends it), then ``finish(image, what method returned)`` gives the outputs."""
     defaults = service.default_mask_settings()
 
     def run(
@@ -127,17 +129,28 @@ def automatic_view(service: SegmentationService, runs: Runs) -> AutomaticView:
     ):
         words = vocabulary, predefined, sam_size
         advanced = points_per_side, pred_iou_thresh, stability_score_thresh, mode, score_threshold, granularity, alpha
-        with runs.running(request.session_hash, "automatic") as stop:
-            out, _ = _run_automatic(service.automatic, defaults, image, words, advanced, progress, stop)
-        found = explore(pixels(image), out.result, service.output_dir)
+        with runs.running(request.session_hash, tab) as stop:
+            found = _run_automatic(method, defaults, image, words, advanced, progress, stop)
+        return finish(image, found)
+
+    return run
+
+
+def automatic_view(service: SegmentationService, runs: Runs) -> AutomaticView:
+    """The Automatic tab's page functions (``AutomaticView``)."""
+
+    def finish(image, found):
+        out, _ = found
+        exploration = explore(pixels(image), out.result, service.output_dir)
         overlay = served(out.picture, service.output_dir, "overlay")
         files = [*(downloads(out) or []), *([overlay] if isinstance(overlay, str) else [])] or None
-        names = [layer.name for layer in found.layers]
-        choices = gr.update(choices=[ALL, *found.classes], value=ALL)
+        names = [layer.name for layer in exploration.layers]
+        choices = gr.update(choices=[ALL, *exploration.classes], value=ALL)
         message = automatic_message(out)
-        if found.layers:
+        if exploration.layers:
             message += " Point at a segment (picture, legend or table) to see it; click it for its details."
-        return shown(found, ALL), message, table_rows(out.result, names, digits=2), files, choices, found, ""
+        rows = table_rows(out.result, names, digits=2)
+        return shown(exploration, ALL), message, rows, files, choices, exploration, ""
 
     def show(choice, exploration):
         if exploration is None:
@@ -154,7 +167,7 @@ def automatic_view(service: SegmentationService, runs: Runs) -> AutomaticView:
             return gr.skip()
         return exploration.details.get(str(evt.row_value[0]), "")
 
-    return AutomaticView(run, show, pick, pick_row)
+    return AutomaticView(page_run(service, runs, "automatic", service.automatic, finish), show, pick, pick_row)
 
 
 def compare_handler(service: SegmentationService) -> Callable:
@@ -189,31 +202,12 @@ def compare_handler(service: SegmentationService) -> Callable:
 
 
 def compare_view(service: SegmentationService, runs: Runs) -> Callable:
-    """The Compare tab's page function: the slider's two pictures (Mask-Adapter, plain
-    mask pooling: the overlays without their legends, the same size), the message, the
+    """The Compare tab's page run: the slider's two pictures (Mask-Adapter, plain mask
+    pooling: the overlays without their legends, the same size), the message, the
     changed masks and the downloads (the side-by-side PNG with legends, both label maps
     and segments JSON)."""
-    defaults = service.default_mask_settings()
 
-    def run(
-        image,
-        vocabulary,
-        predefined,
-        sam_size,
-        points_per_side,
-        pred_iou_thresh,
-        stability_score_thresh,
-        mode,
-        score_threshold,
-        granularity,
-        alpha,
-        request: gr.Request,
-        progress=gr.Progress(),
-    ):
-        words = vocabulary, predefined, sam_size
-        advanced = points_per_side, pred_iou_thresh, stability_score_thresh, mode, score_threshold, granularity, alpha
-        with runs.running(request.session_hash, "compare") as stop:
-            found = _run_automatic(service.compare, defaults, image, words, advanced, progress, stop)
+    def finish(image, found):
         adapter, pooling = found.adapter, found.pooling
         height = adapter.result.image_size[0]  # the overlays' legends start below the photo
         slider = tuple(served(out.picture[:height], service.output_dir) for out in (adapter, pooling))
@@ -221,7 +215,7 @@ def compare_view(service: SegmentationService, runs: Runs) -> Callable:
         files = [*(downloads(adapter) or []), *(downloads(pooling) or []), *([both] if isinstance(both, str) else [])]
         return slider, compare_message(found), change_rows(found), files or None
 
-    return run
+    return page_run(service, runs, "compare", service.compare, finish)
 
 
 class PointHandlers(NamedTuple):
