@@ -16,9 +16,11 @@ CSS = """
 .point-legend .legend-entry {display: inline-flex; align-items: center; gap: 6px}
 .point-legend .swatch {display: inline-block; width: 14px; height: 14px; border: 1px solid #444}
 .status-line {min-height: 2.2em}
-.segment-table td, .segment-table th {white-space: normal !important; overflow-wrap: break-word}
+.segment-table td, .segment-table th, .segment-table td *, .segment-table th * {
+  white-space: normal !important; overflow-wrap: normal !important; word-break: normal !important
+}
 @media (max-width: 600px) {
-  .segment-table td, .segment-table th {padding: 4px !important; font-size: 13px !important}
+  .segment-table td, .segment-table th {padding: 4px 3px !important; font-size: 12px !important}
 }
 """
 

@@ -17,7 +17,6 @@ from maskadapter.ui.handlers import upload_check, upload_restore
 from maskadapter.ui.present import TABLE_HEADERS
 
 MODES = [("semantic map", "semantic"), ("one label per mask", "per_mask")]
-TABLE_WIDTHS = ["25%", "15%", "15%", "45%"]  # label, score, area %, alternatives: nothing cut at 390 px
 
 
 def wire_api(fn: Callable, api_name: str, inputs: list, outputs: list, limit: int) -> None:
@@ -82,15 +81,14 @@ def upload_guard(service: SegmentationService, image: gr.Image, message: gr.Mark
 
 
 def segment_table(label: str, elem_id: str, headers: list[str] = TABLE_HEADERS, **kwargs) -> gr.Dataframe:
-    """A read-only table whose text wraps (no column cut at 1400 px or on a phone)."""
-    widths = TABLE_WIDTHS if headers is TABLE_HEADERS else None
+    """A read-only table whose text wraps between words (no column cut at 1400 px or on
+    a phone; the browser sizes the columns to their words, so numbers never break)."""
     classes = ["segment-table", *kwargs.pop("elem_classes", [])]
     return gr.Dataframe(
         headers=headers,
         label=label,
         interactive=False,
         wrap=True,
-        column_widths=widths,
         elem_id=elem_id,
         elem_classes=classes,
         **kwargs,
