@@ -540,6 +540,25 @@ def test_explore_a_segment(app_server, browser, tmp_path):
     view.close()
 
 
+def _set_grid(page, n: int) -> None:
+    """Advanced's points per side set to ``n``, and seen on the slider itself."""
+    number = page.locator("#points-per-side input[type=number]")
+    for _ in range(5):
+        number.fill(str(n))
+        number.press("Enter")
+        number.blur()
+        try:
+            page.wait_for_function(
+                "(n) => document.querySelector('#points-per-side input[type=range]').value === String(n)",
+                arg=n,
+                timeout=5000,
+            )
+            return
+        except Exception:  # the page had not taken it yet: type it again
+            continue
+    raise AssertionError(f"points per side did not become {n}")
+
+
 def test_cancel_a_long_run(app_server, browser, tmp_path):
     url, counters = app_server
     view = Page(browser, url)
@@ -550,14 +569,15 @@ def test_cancel_a_long_run(app_server, browser, tmp_path):
 
     # a long run: 64 x 64 points (64 batches), each decoder call slowed down
     page.get_by_text("Advanced").click()
-    slider = page.locator("#points-per-side input[type=number]")
-    slider.fill("64")
-    slider.press("Enter")
+    _set_grid(page, 64)  # checked: else Segment could run the cached 8 x 8 result
     counters["slow"].set()
     try:
         started = counters["decoder"].calls
         page.locator("#segment").click()
-        page.wait_for_function("() => /SAM-2 masks/.test(document.querySelector('#auto-message').innerText)")
+        deadline = time.monotonic() + 120
+        while counters["decoder"].calls < started + 20:  # past the first point batch: the run is under way
+            assert time.monotonic() < deadline, "the long run did not start"
+            time.sleep(0.2)
         page.locator("#auto-stop").click()
         page.locator("#auto-message").get_by_text("Stopped.").wait_for()
         at_stop = counters["decoder"].calls
@@ -577,8 +597,7 @@ def test_cancel_a_long_run(app_server, browser, tmp_path):
     assert page.locator(f"#auto-table {ROWS}").count() == rows
     assert page.locator("#auto-image img").is_visible()
     # the next request is served at once, not after the stopped run's remaining batches
-    slider.fill("8")
-    slider.press("Enter")
+    _set_grid(page, 8)
     page.locator("#segment").click()
     page.wait_for_function(
         "(src) => { const i = document.querySelector('#auto-output img.base-image');"
