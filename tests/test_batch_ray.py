@@ -1,4 +1,4 @@
-"""The ray batch engine (Ray Data actors) on a local 2-CPU Ray instance: the same label
+"""The ray batch engine (Ray Data actors) on a local one-CPU Ray instance (one actor): the same label
 maps as the local engine, a corrupt image recorded as failed (exit 3). Ray is a dev
 requirement (requirements-dev.txt): without it this test fails rather than skips."""
 
@@ -25,7 +25,7 @@ def test_ray_engine_matches_local(tree, tmp_path, monkeypatch, capsys):  # noqa:
     assert batch.main([str(tree), "--out", str(local_out), *_common(tmp_path)]) == 3
     capsys.readouterr()
 
-    ray_args = ["--engine", "ray", "--ray-cpus", "2", "--ray-actors", "2", "--ray-batch-size", "1"]
+    ray_args = ["--engine", "ray", "--ray-cpus", "1", "--ray-actors", "1", "--ray-batch-size", "1"]
     code = batch.main([str(tree), "--out", str(ray_out), *ray_args, *_common(tmp_path)])
     err = capsys.readouterr().err
     assert code == common.EXIT_PARTIAL == 3, err[-3000:]
