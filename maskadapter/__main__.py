@@ -1,9 +1,10 @@
 """``maskadapter`` (and ``python -m maskadapter``): dispatch to a command.
 
-    maskadapter IMAGE ... --vocab "car, road" --out DIR    label images (maskadapter.cli.label)
-    maskadapter batch ...                                  label a collection (maskadapter.cli.batch)
-    maskadapter evaluate ...                               the paper's benchmarks (maskadapter.cli.evaluate)
-    maskadapter benchmark ...                              speed (maskadapter.cli.benchmark)
+maskadapter IMAGE ... --vocab "car, road" --out DIR    label images (maskadapter.cli.label)
+maskadapter batch ...                                  label a collection (maskadapter.cli.batch)
+maskadapter evaluate ...                               the paper's benchmarks (maskadapter.cli.evaluate)
+maskadapter benchmark ...                              speed (maskadapter.cli.benchmark)
+maskadapter video CLIP ... --vocab "ball" --out DIR    track and name objects (maskadapter.cli.video)
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {name: f"maskadapter.cli.{name}" for name in ("batch", "evaluate", "benchmark")}
+COMMANDS = {name: f"maskadapter.cli.{name}" for name in ("batch", "evaluate", "benchmark", "video")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,6 +80,10 @@ class Settings:
         "GPUs older than compute capability 8, float32 elsewhere), float32, or bf16 (forced)",
         choices=PRECISIONS,
     )
+    video_side: int = _opt(640, "video: working resolution, the long side frames are shrunk to before tracking")
+    video_max_seconds: int = _opt(300, "video: longest clip accepted, seconds")
+    video_max_frames: int = _opt(3000, "video: most frames processed per clip (after --every)")
+    video_max_side: int = _opt(3840, "video: largest frame accepted, pixels on the long side")
     compile: bool = _opt(False, "torch.compile SAM-2's image encoder and mask decoder (GPU; slow first call)")
     # app only
     sam_models: int = _opt(
@@ -111,6 +115,10 @@ class Settings:
             raise InputError(f"sam_size must be one of {', '.join(SAM2_SIZES)}, got {self.sam_size!r}")
         if self.mask_side < 64:
             raise InputError(f"mask_side must be at least 64, got {self.mask_side}")
+        minimums = {"video_side": 64, "video_max_seconds": 1, "video_max_frames": 1, "video_max_side": 64}
+        for name, least in minimums.items():
+            if getattr(self, name) < least:
+                raise InputError(f"{name} must be at least {least}, got {getattr(self, name)}")
         if self.session_cache_mb < 1:
             raise InputError(f"session_cache_mb must be at least 1, got {self.session_cache_mb}")
         if self.short_side < 32 or self.max_size < self.short_side:

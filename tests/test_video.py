@@ -1,0 +1,295 @@
+"""Video: clips made here (moving squares), tracked by the tiny SAM-2 and named by
+Mask-Adapter; outputs read back with OpenCV, PIL and pycocotools; every bad input.
+
+Random SAM-2 weights track nothing in particular, so ``ColourSAM`` makes SAM-2's video
+masks deterministic the way ``SyntheticSAM`` does for images: the real networks run,
+and each object's mask is then replaced by the pixels of its colour, the colour found
+under its prompt (the click, the box's centre or the mask) on its starting frame.
+"""
+
+from __future__ import annotations
+
+import json
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pycocotools import mask as mask_utils
+from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+from maskadapter import InputError
+from maskadapter.cli import video as video_cli
+from maskadapter.engine.results import with_others
+from maskadapter.engine.tracker import Tracker
+from maskadapter.engine.video import VideoPrompt, parse_prompts, track_clip
+from maskadapter.engine.video_source import VideoLimits, open_clip_file
+
+H, W = 120, 160
+RED, BLUE = (230, 30, 30), (30, 60, 230)
+SIDE = 30  # the squares' side
+
+
+def red_box(t: int) -> tuple[int, int, int, int]:
+    """XYXY of the red square on frame t: moving right 6 pixels a frame."""
+    return 10 + 6 * t, 20, 10 + 6 * t + SIDE, 20 + SIDE
+
+
+def blue_box(t: int) -> tuple[int, int, int, int] | None:
+    """The blue square enters on frame 5 and moves down 4 pixels a frame."""
+    return None if t < 5 else (110, 30 + 4 * (t - 5), 110 + SIDE, 30 + 4 * (t - 5) + SIDE)
+
+
+def drawn(t: int) -> np.ndarray:
+    frame = np.full((H, W, 3), 200, np.uint8)
+    for box, colour in ((red_box(t), RED), (blue_box(t), BLUE)):
+        if box is not None:
+            x0, y0, x1, y1 = box
+            frame[y0:y1, x0:x1] = colour
+    return frame
+
+
+def shape(box) -> np.ndarray:
+    mask = np.zeros((H, W), bool)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def write_clip(path, frames: int, fps: int = 10) -> None:
+    """An H.264 MP4 of the moving squares (lossless, so colours stay exact)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv444p"
+        stream.options = {"qp": "0"}
+        for t in range(frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(drawn(t), format="rgb24")))
+        container.mux(stream.encode())
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    write_clip(folder / "twelve.mp4", 12)
+    write_clip(folder / "twenty.mp4", 20)
+    return folder
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return (a & b).sum() / max(1, (a | b).sum())
+
+
+class ColourSAM:
+    """Patches ``SAM2VideoPredictor._run_single_frame_inference``: the real step runs,
+    then the object's low-res mask logits become +10 on its colour's pixels, -10 elsewhere."""
+
+    MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+    def __init__(self, monkeypatch) -> None:
+        self.colours: dict[int, torch.Tensor] = {}  # id(the object's output dict) -> RGB
+        original = SAM2VideoPredictor._run_single_frame_inference
+
+        def step(predictor, inference_state, output_dict, frame_idx, batch_size, *args, **kwargs):
+            out, masks = original(predictor, inference_state, output_dict, frame_idx, batch_size, *args, **kwargs)
+            rgb = (inference_state["images"][frame_idx].float().cpu() * self.STD + self.MEAN) * 255  # (3, 1024, 1024)
+            points, given = kwargs.get("point_inputs"), kwargs.get("mask_inputs")
+            if given is not None:
+                self.colours[id(output_dict)] = rgb[:, given[0, 0] > 0.5].median(1).values
+            elif points is not None:
+                xy, labels = points["point_coords"][0].cpu(), points["point_labels"][0].cpu()
+                x, y = (xy[labels == 1][0] if (labels == 1).any() else xy[labels >= 2].mean(0)).long().tolist()
+                self.colours[id(output_dict)] = rgb[:, y, x]
+            colour = self.colours[id(output_dict)]
+            low = F.avg_pool2d(rgb[None], 4)[0]  # (3, 256, 256)
+            near = (low - colour.view(3, 1, 1)).abs().amax(0) < 40
+            logits = torch.where(near, 10.0, -10.0)[None, None].to(masks.dtype)
+            out["pred_masks"] = logits.to(out["pred_masks"].device)
+            return out, logits.to(masks.device)
+
+        monkeypatch.setattr(SAM2VideoPredictor, "_run_single_frame_inference", step)
+
+
+def test_clicked_objects_follow_their_shapes_and_memory_stays_windowed(segmenter, clips, monkeypatch):
+    ColourSAM(monkeypatch)
+    made = []
+
+    def tracker(*args):
+        made.append(Tracker(*args))
+        return made[-1]
+
+    clip = open_clip_file(clips / "twelve.mp4")
+    prompts = [VideoPrompt(0, 1, ((25, 35, 1),)), VideoPrompt(6, 2, (), (105, 34, 145, 70))]
+    result = track_clip(segmenter, clip, segmenter.vocabulary("ball, box"), prompts=prompts, make_tracker=tracker)
+    assert result.frames == list(range(12)) and result.mode == "points"
+    one, two = result.tracks
+    assert (one.id, one.first_frame, two.id, two.first_frame) == (1, 0, 2, 6)
+    for t in range(12):
+        assert iou(one.mask(t, (H, W)), shape(red_box(t))) > 0.8, t
+        if t < 6:
+            assert t not in two.masks
+        else:
+            assert iou(two.mask(t, (H, W)), shape(blue_box(t))) > 0.8, t
+    # SAM-2's memory: at most its window of past frames per object, whatever the length
+    state = made[0].state
+    assert all(len(out["non_cond_frame_outputs"]) <= made[0].window for out in state["output_dict_per_obj"].values())
+    assert made[0].window == 16
+
+
+def test_a_click_on_a_later_frame_corrects_the_object(segmenter, clips, monkeypatch):
+    ColourSAM(monkeypatch)
+    clip = open_clip_file(clips / "twelve.mp4")
+    # object 1 starts on red, and a click on frame 8 moves it to the blue square
+    prompts = [VideoPrompt(0, 1, ((25, 35, 1),)), VideoPrompt(8, 1, ((125, 60, 1),))]
+    result = track_clip(segmenter, clip, segmenter.vocabulary("ball"), prompts=prompts, every=2)
+    assert result.frames == [0, 2, 4, 6, 8, 10]
+    (track,) = result.tracks
+    for t in (0, 2, 4, 6):
+        assert iou(track.mask(t, (H, W)), shape(red_box(t))) > 0.8
+    for t in (8, 10):
+        assert iou(track.mask(t, (H, W)), shape(blue_box(t))) > 0.8
+
+
+class ColourDetections:
+    """``segment_automatic`` of a frame: one segment per colour square present."""
+
+    def __init__(self, segmenter) -> None:
+        self.segmenter, self.frames = segmenter, []
+
+    def __call__(self, session, vocabulary, *args, **kwargs):
+        pixels = session.image.astype(int)
+        self.frames.append(pixels)
+        segments = []
+        for colour in (RED, BLUE):
+            mask = (np.abs(pixels - colour).max(2) < 40)
+            if mask.any():
+                segments.append(type("Found", (), {"working_mask": mask})())
+        return type("Result", (), {"segments": segments})()
+
+
+def test_automatic_tracks_match_new_objects_and_names_come_from_several_frames(segmenter, clips, monkeypatch):
+    ColourSAM(monkeypatch)
+    detections = ColourDetections(segmenter)
+    monkeypatch.setattr(segmenter, "segment_automatic", detections)
+    clip = open_clip_file(clips / "twelve.mp4")
+    vocabulary = segmenter.vocabulary("ball, box, sky")
+    result = track_clip(segmenter, clip, vocabulary, redetect_every=3)
+    assert len(detections.frames) == 4  # frames 0, 3, 6, 9
+    red, blue = result.tracks  # red found at 0 and matched at 3, 6, 9; blue found when it is first looked for
+    assert (red.first_frame, blue.first_frame) == (0, 6)
+    assert red.named_on == [0, 3, 6, 9] and blue.named_on == [6, 9]
+    assert all(iou(blue.mask(t, (H, W)), shape(blue_box(t))) > 0.8 for t in range(6, 12))
+    # names: the mean of Mask-Adapter's probabilities on the naming frames, recomputed
+    classes = with_others(vocabulary)
+    for track in result.tracks:
+        rows = []
+        for index in track.named_on:
+            session = segmenter.store.open(drawn(index))
+            rows.append(segmenter.mask_probabilities(session, track.mask(index, (H, W))[None], classes)[0].numpy())
+        mean = np.mean(rows, axis=0)
+        best = int(mean[:3].argmax())
+        assert mean.argmax() == best  # three classes: no "others" column to win
+        assert track.label == vocabulary.labels[best]
+        assert track.score == pytest.approx(mean[best], abs=1e-3)  # bf16: batched here, one by one there
+        assert [name for name, _ in track.top5] == [vocabulary.labels[i] for i in np.argsort(-mean, kind="stable")]
+    # a cap on tracks: the blue square is found but not tracked, and the result says so
+    capped = track_clip(segmenter, clip, vocabulary, redetect_every=3, max_objects=1)
+    assert len(capped.tracks) == 1
+    assert capped.notes == ["2 more objects were found but not tracked: at most 1 tracks"]
+
+
+def test_cli_writes_the_overlay_video_label_maps_and_tracks(clips, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [str(clips / "twenty.mp4"), "--vocab", "ball, box", "--out", str(out), "--tiny-random"]
+    args += ["--points-per-side", "6", "--max-objects", "2", "--cache-dir", str(tmp_path / "cache")]
+    assert video_cli.main(args) == 0, capsys.readouterr().err
+    capture = cv2.VideoCapture(str(out / "twenty_overlay.mp4"))
+    frames = []
+    while (read := capture.read())[0]:
+        frames.append(read[1])
+    assert len(frames) == 20 and frames[0].shape == (H, W, 3)
+    labels = sorted((out / "twenty_labels").iterdir())
+    assert [p.name for p in labels] == [f"{t:06d}.png" for t in range(20)]
+    assert np.asarray(Image.open(labels[0])).shape == (H, W)
+    data = json.loads((out / "twenty_tracks.json").read_text())
+    assert data["video"] | {"seconds": 2.0} == {
+        "file": "twenty.mp4", "width": W, "height": H, "fps": 10.0, "frames": 20, "seconds": 2.0,
+        "every": 1, "processed": 20, "output_fps": 10.0,
+    }
+    assert data["labels"] == ["ball", "box"] and 1 <= len(data["objects"]) <= 2
+    for obj in data["objects"]:
+        for entry in obj["frames"]:
+            rle = entry["segmentation"]
+            mask = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+            assert mask.shape == (H, W) and int(mask.sum()) == entry["area"]
+    assert "through 20 frames" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--video-max-frames", "5"], "twenty.mp4 has 20 frames: at most 5"),
+        (["--every", "0"], "every must be a whole number of frames, at least 1"),
+        (["--prompts", "[{\"frame\": 0}]"], "prompt 1 must have frame, object and points and/or box"),
+        (["--prompts", "{"], "--prompts is neither a JSON file nor JSON"),
+    ],
+)
+def test_cli_refuses_bad_clips_and_flags_in_one_line(clips, tmp_path, capsys, extra, message):
+    args = [str(clips / "twenty.mp4"), "--vocab", "ball", "--out", str(tmp_path / "o"), "--tiny-random", *extra]
+    assert video_cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1], err
+
+
+def test_not_a_video_and_missing_files(tmp_path, capsys):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    assert video_cli.main([str(text), "--vocab", "ball", "--out", str(tmp_path / "o"), "--tiny-random"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: notes.mp4 is not a video file FFmpeg can read (Invalid data found when processing input)"
+    )
+    with pytest.raises(InputError, match="no such file"):
+        open_clip_file(tmp_path / "gone.mp4")
+    still = tmp_path / "still.png"
+    Image.fromarray(drawn(0)).save(still)
+    clip = open_clip_file(still)  # a picture is a one-frame clip
+    assert clip.frame_count == 1
+
+
+def test_gif_and_limits(tmp_path):
+    gif = tmp_path / "moving.gif"
+    pictures = [Image.fromarray(drawn(t)) for t in range(6)]
+    pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=100, loop=0)
+    clip = open_clip_file(gif)
+    assert clip.hw == (H, W) and clip.frame_count == 6
+    frames = list(clip.frames(every=2))
+    assert [i for i, _ in frames] == [0, 2, 4]
+    assert np.abs(frames[1][1].astype(int) - drawn(2)).max() < 40  # GIF's palette
+    with pytest.raises(InputError, match="is 160x120: its long side may be at most 100 pixels"):
+        open_clip_file(gif, VideoLimits(max_side=100))
+    with pytest.raises(InputError, match="lasts 0.6 s: at most 0.5 s"):
+        open_clip_file(gif, VideoLimits(max_seconds=0.5))
+
+
+def test_prompts_are_checked(segmenter, clips):
+    with pytest.raises(InputError, match="prompts must be a list"):
+        parse_prompts({"frame": 0})
+    with pytest.raises(InputError, match="prompt 1 has neither points nor a box"):
+        parse_prompts([{"frame": 0, "object": 1}])
+    with pytest.raises(InputError, match="label of point 1 must be 1"):
+        parse_prompts([{"frame": 0, "object": 1, "points": [[1, 2, 5]]}])
+    assert parse_prompts([{"frame": 2, "object": 3, "box": [9, 8, 1, 2]}]) == [VideoPrompt(2, 3, (), (1, 2, 9, 8))]
+    clip = open_clip_file(clips / "twelve.mp4")
+    vocabulary = segmenter.vocabulary("ball")
+    for prompt, message in [
+        (VideoPrompt(12, 1, ((5, 5, 1),)), "frame must be 0 to 11, got 12"),
+        (VideoPrompt(1, 1, ((5, 5, 1),)), "frame 1 is skipped"),
+        (VideoPrompt(0, 0, ((5, 5, 1),)), "object id must be a whole number >= 1"),
+        (VideoPrompt(0, 1, ((500, 5, 1),)), "lies outside the 160x120 image"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            track_clip(segmenter, clip, vocabulary, prompts=[prompt], every=2)
