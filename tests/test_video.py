@@ -293,3 +293,31 @@ def test_prompts_are_checked(segmenter, clips):
     ]:
         with pytest.raises(InputError, match=message):
             track_clip(segmenter, clip, vocabulary, prompts=[prompt], every=2)
+
+
+def test_overlay_video_plays_in_chromium(tmp_path):
+    """The MP4 the overlay writer makes is one a browser plays (H.264, fast start), odd sizes included."""
+    from playwright.sync_api import sync_playwright
+    from test_app import CHROMIUM, CHROMIUM_ARGS
+
+    from maskadapter.output.video_export import Mp4Writer
+
+    writer = Mp4Writer(tmp_path / "clip.mp4", 10.0, (H - 1, W - 1))
+    for t in range(10):
+        writer.write(drawn(t)[: H - 1, : W - 1])
+    writer.close()
+    (tmp_path / "page.html").write_text('<video id="v" src="clip.mp4" muted></video>')
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page()
+        page.goto((tmp_path / "page.html").as_uri())
+        played = page.evaluate(
+            """async () => {
+                const v = document.getElementById("v");
+                await v.play();
+                await new Promise((done) => setTimeout(done, 500));
+                return [v.videoWidth, v.videoHeight, v.currentTime > 0, v.error];
+            }"""
+        )
+        browser.close()
+    assert played == [W, H, True, None]  # odd sizes padded by one pixel for H.264's 4:2:0

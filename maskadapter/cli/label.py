@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="maskadapter",
         description="Open-vocabulary segmentation: SAM-2 masks named by Mask-Adapter. This command labels "
         "single images; the others: maskadapter batch --help (a collection of images, resumable), "
-        "maskadapter evaluate --help (mIoU on the paper's benchmarks), maskadapter benchmark --help (speed).",
+        "maskadapter evaluate --help (mIoU on the paper's benchmarks), maskadapter benchmark --help (speed), "
+        "maskadapter video --help (track and name the objects of clips).",
         epilog="Vocabulary syntax: classes separated by commas or new lines, synonyms by '|'. "
         "Outputs per image: NAME_overlay.png, NAME_labels.png (0 = unlabelled, k = class k-1 "
         "of the JSON's 'labels'), NAME_segments.json (COCO RLE masks, label, score, top-5, area, bbox). "
