@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,12 +37,16 @@ from pycocotools import mask as mask_utils
 from maskadapter.engine.images import image_key
 from maskadapter.engine.mask_settings import AutoMaskSettings
 from maskadapter.engine.results import TOP_K, Painting, with_others
+from maskadapter.engine.session import ImageSession
 from maskadapter.engine.tracker import Tracker
 from maskadapter.engine.transforms import WorkingFrame, box_corners, check_prompts, point_list
 from maskadapter.engine.video_source import Clip
 from maskadapter.engine.vocabulary import Vocabulary
 from maskadapter.errors import InputError
 from maskadapter.progress import ProgressCallback, no_progress
+
+if TYPE_CHECKING:
+    from maskadapter.engine.segmenter import Segmenter
 
 MATCH_IOU = 0.5  # a detection overlapping a track's mask this much is that track
 MAX_OBJECTS = 16  # tracks per clip (each costs one SAM-2 memory pass per frame)
@@ -173,7 +178,7 @@ def _name(track: Track, vocabulary: Vocabulary, score_threshold: float) -> None:
 
 
 def track_clip(
-    segmenter,
+    segmenter: Segmenter,
     clip: Clip,
     vocabulary: Vocabulary,
     *,
@@ -306,7 +311,7 @@ class _Run:
             return self.tracker.end()
 
 
-def _frame_session(segmenter, work: np.ndarray):
+def _frame_session(segmenter: Segmenter, work: np.ndarray) -> tuple[ImageSession, bool]:
     """The store's session of a working-size frame, and whether this call opened it."""
     opened = image_key(work) not in segmenter.store
     return segmenter.session(work), opened

@@ -69,20 +69,6 @@ class Clip:
             except av.error.FFmpegError as err:  # a file cut short: what was decoded stands
                 raise InputError(f"{self.path.name} cannot be decoded after frame {index}: {_reason(err)}") from None
 
-    def frame(self, index: int) -> np.ndarray:
-        """Frame ``index`` (0 <= index < ``frame_count``) as (H, W, 3) uint8 RGB, decoded
-        from the start of the clip (the frame picker of the app)."""
-        if not 0 <= index < self.frame_count:
-            raise InputError(f"frame {index} is outside the clip (frames 0 to {self.frame_count - 1})")
-        last = None
-        for i, pixels in self.frames(1):
-            last = pixels
-            if i == index:
-                return pixels
-        if last is None:
-            raise InputError(f"{self.path.name} has no frames")
-        return last  # the stated count was one too many: the last frame decoded
-
     def _upright(self, pixels: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.rot90(pixels, self.rotation // 90)) if self.rotation else pixels
 
