@@ -16,18 +16,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 import gradio as gr
-from gradio.components.annotated_image import AnnotatedImageData, Annotation
-from gradio.data_classes import FileData
 
-from maskadapter.engine.images import load_image
 from maskadapter.engine.vocabulary import PREDEFINED
-from maskadapter.errors import InputError, MaskAdapterError
+from maskadapter.errors import MaskAdapterError
 from maskadapter.logs import setup_logging
 from maskadapter.output.render import COMPARE_TITLES
 from maskadapter.point_prompts import PointState
 from maskadapter.service import SegmentationService
 from maskadapter.settings import Settings, add_arguments, settings_from_args
 from maskadapter.ui import events
+from maskadapter.ui.components import Photo, SegmentView
 from maskadapter.ui.events import Runs, friendly, gentle, gpu
 from maskadapter.ui.explore import ALL
 from maskadapter.ui.handlers import (
@@ -41,7 +39,8 @@ from maskadapter.ui.handlers import (
 )
 from maskadapter.ui.mcp_outputs import fix_mcp_outputs
 from maskadapter.ui.page import CSS, JS
-from maskadapter.ui.present import CHANGE_HEADERS, START, status_markdown
+from maskadapter.ui.present import CHANGE_HEADERS, START, TRACK_HEADERS, status_markdown
+from maskadapter.ui.video import START_VIDEO, video_handlers
 from maskadapter.ui.wiring import (
     Shared,
     advanced_controls,
@@ -63,39 +62,6 @@ EXAMPLES = [
 ]
 CLICK_KINDS = [("positive point (+)", "positive"), ("negative point (-)", "negative"), ("box corner (2 clicks)", "box")]
 VOCAB_HINT = "Commas or new lines between classes, `|` between synonyms: `tree | bush, sky, person | people`."
-
-
-class Photo(gr.Image):
-    """``gr.Image`` whose uploads the package decodes (EXIF orientation, every pixel
-    format, its own message for a file that is not an image). A file that fails to
-    decode reaches the handler as its ``InputError``, so that the handler reports it
-    like any other bad input."""
-
-    is_template = True  # the browser side is gr.Image's
-
-    def preprocess(self, payload):
-        if payload is None:
-            return None
-        try:
-            return load_image(payload.path)
-        except InputError as err:
-            return err
-
-
-class SegmentView(gr.AnnotatedImage):
-    """``gr.AnnotatedImage`` showing an ``Exploration``'s files as they are: its value is
-    ``(base PNG path, [(layer PNG path, name), ...])`` (``Exploration.shown``), each
-    layer already coloured, so nothing is drawn again when one class is shown alone."""
-
-    is_template = True  # the browser side is gr.AnnotatedImage's
-
-    def postprocess(self, value):
-        if value is None:
-            return None
-        base, layers = value
-        return AnnotatedImageData(
-            image=FileData(path=base), annotations=[Annotation(image=FileData(path=p), label=n) for p, n in layers]
-        )
 
 
 def automatic_tab(service: SegmentationService, runs: Runs, vocabulary: gr.Textbox, predefined: gr.Dropdown) -> Shared:
@@ -324,6 +290,54 @@ def compare_tab(service: SegmentationService, runs: Runs, shared: Shared) -> Non
         upload_guard(service, image, message)
 
 
+VIDEO_KINDS = [("positive point (+)", "positive"), ("negative point (-)", "negative")]
+
+
+def video_tab(service: SegmentationService, runs: Runs, shared: Shared) -> None:
+    """A clip's objects found (or clicked on a frame), tracked and named, and its
+    ``/segment_video`` endpoint."""
+    handlers = video_handlers(service, runs)
+    shown = shown_in_banner(service)
+    with gr.Tab("Video", id="video"):
+        with gr.Row():
+            with gr.Column():
+                clip = gr.Video(label="Clip", sources=["upload"], include_audio=True, elem_id="video-clip")
+                with gr.Row():
+                    button = gr.Button("Track", variant="primary", elem_id="track")
+                    stop = gr.Button("Stop", variant="stop", elem_id="video-stop", scale=0, min_width=90)
+                message = gr.Markdown(START_VIDEO, elem_id="video-message", elem_classes=["status-line"])
+                every = gr.Slider(1, 10, 1, step=1, label="Keep every K-th frame", elem_id="video-every")
+                with gr.Accordion("Click objects on a frame (optional)", open=False, elem_id="video-clicks"):
+                    index = gr.Slider(0, 1, 0, step=1, label="Frame", elem_id="video-frame")
+                    frame = gr.Image(label="Click on an object", interactive=False, elem_id="video-picture")
+                    with gr.Row():
+                        obj = gr.Number(1, label="Object", precision=0, minimum=1, elem_id="video-object")
+                        kind = gr.Radio(VIDEO_KINDS, value="positive", label="A click adds", elem_id="video-kind")
+                    prompts = gr.Textbox("[]", label="Prompts (JSON; [] finds objects itself)", elem_id="video-prompts")
+            with gr.Column():
+                output = gr.Video(label="Tracked objects", interactive=False, elem_id="video-output")
+                table = segment_table("Objects", "video-table", TRACK_HEADERS)
+                files = gr.File(
+                    label="Downloads (overlay MP4, tracks JSON)", file_count="multiple", interactive=False,
+                    elem_id="video-files",
+                )  # fmt: skip
+        gr.Markdown("Settings: the vocabulary above and the Automatic tab's *Advanced* ones.")
+        inputs = [clip, shared.vocabulary, shared.predefined, *shared.advanced, every, prompts]
+        limit = service.settings.concurrency
+        hidden = api_outputs("video", "message", "track-table", "tracks")
+        wire_api(handlers.segment_video, "segment_video", inputs, hidden, limit)
+        outputs, stops = [output, message, table, files], stopper(runs, "video")
+        wire_run(handlers.run, (button, stop), inputs, outputs, 1, limit, stops, shown)
+        private = dict(api_visibility="private", queue=False)
+        new_clip = gentle(4, 3, shown=shown)(handlers.new_clip)
+        for event in (clip.upload, clip.clear):
+            event(new_clip, inputs=[clip], outputs=[index, frame, prompts, message], **private)
+        show = gentle(2, 1)(handlers.show_frame)
+        index.release(show, inputs=[clip, index, prompts], outputs=[frame, message], **private)
+        click = gentle(3, 2)(handlers.click)
+        frame.select(click, inputs=[clip, index, obj, kind, prompts], outputs=[frame, prompts, message], **private)
+
+
 def build_demo(service: SegmentationService) -> gr.Blocks:
     predefined_choices = [(title, key) for key, (title, _) in PREDEFINED.items()]
     with gr.Blocks(
@@ -354,6 +368,7 @@ def build_demo(service: SegmentationService) -> gr.Blocks:
         shared = automatic_tab(service, runs, vocabulary, predefined)
         point_tab(service, runs, shared)
         compare_tab(service, runs, shared)
+        video_tab(service, runs, shared)
 
         def refresh_banner():
             return status_markdown(service.load_status()), gr.Timer(active=service.loading)

@@ -809,3 +809,74 @@ def test_api_through_gradio_client(app_process, tmp_path):
         client.predict(handle_file(str(photo)), "[[900, 10, 1]]", "cat", api_name="/segment_points")
     with pytest.raises(AppError, match="points must be JSON"):
         client.predict(handle_file(str(photo)), "[[1, 2", "cat", api_name="/segment_points")
+
+
+def test_video_tab_tracks_a_clicked_object_and_stops(app_server, browser, tmp_path):
+    """Upload a clip, click an object on a frame, Track, watch the result; a long run is
+    stopped and the previous result stays; the endpoint answers gradio_client."""
+    from gradio_client import Client, handle_file
+    from test_video import H, W, write_clip
+
+    url, counters = app_server
+    clip = tmp_path / "squares.mp4"
+    write_clip(clip, 12)
+    view = Page(browser, url)
+    page = view.page
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-clip input[type=file]").set_input_files(str(clip))
+    page.locator("#video-message").get_by_text("12 frames, 160x120, 10 fps").wait_for()
+    page.locator("#video-clicks").get_by_text("Click objects on a frame").click()
+    picture = page.locator("#video-picture img")
+    picture.wait_for()
+    box = picture.bounding_box()
+    picture.click(position={"x": box["width"] * 25 / W, "y": box["height"] * 35 / H})  # the red square
+    page.wait_for_function("() => document.querySelector('#video-prompts textarea').value.includes('points')")
+    prompts = json.loads(page.locator("#video-prompts textarea").input_value())
+    assert [(p["frame"], p["object"], len(p["points"])) for p in prompts] == [(0, 1, 1)]
+    x, y, label = prompts[0]["points"][0]
+    assert abs(x - 25) <= 3 and abs(y - 35) <= 3 and label == 1
+
+    page.locator("#track").click()
+    page.locator("#video-message").get_by_text("tracked through 12 frames").wait_for()
+    page.wait_for_function(f"() => document.querySelectorAll('#video-table {ROWS}').length === 1")
+    played = page.evaluate(
+        """async () => {
+            const v = document.querySelector('#video-output video');
+            v.muted = true;
+            await v.play();
+            await new Promise((done) => setTimeout(done, 500));
+            return [v.videoWidth, v.videoHeight, v.currentTime > 0];
+        }"""
+    )
+    assert played == [W, H, True]
+    assert ".json" in page.locator("#video-files").inner_text()
+    assert view.clipped_cells("#video-table") == [] and view.overlapping_messages() == []
+    view.screenshot("video.png", docs=True)
+    previous = page.locator("#video-output video").get_attribute("src")
+
+    # a long run (objects found automatically, each decoder call slowed), stopped
+    page.locator("#video-prompts textarea").fill("[]")
+    counters["slow"].set()
+    try:
+        started = counters["decoder"].calls
+        page.locator("#track").click()
+        deadline = time.monotonic() + 120
+        while counters["decoder"].calls < started + 3:
+            assert time.monotonic() < deadline, "the long run did not start"
+            time.sleep(0.2)
+        page.locator("#video-stop").click()
+        page.locator("#video-message").get_by_text("Stopped.").wait_for()
+    finally:
+        counters["slow"].clear()
+    assert page.locator("#video-output video").get_attribute("src") == previous
+    assert view.errors == [], view.errors
+    view.close()
+
+    client = Client(url, verbose=False)
+    overlay, message, table, tracks = client.predict(
+        handle_file(str(clip)), "ball, box", points_per_side=4, every=3, prompts="", api_name="/segment_video"
+    )
+    assert "tracked through 4 frames" in message
+    assert tracks["video"]["processed"] == 4 and tracks["labels"] == ["ball", "box"]
+    assert len(table["data"]) == len(tracks["objects"])
+    assert Path(overlay["video"] if isinstance(overlay, dict) else overlay).suffix == ".mp4"

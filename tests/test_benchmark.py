@@ -271,3 +271,16 @@ def test_compare_precision_figures_on_known_masks():
         "label_map_pixels_changed": 0.25,
     }
     assert fake.amp_dtype is None  # the segmenter itself was left as it was
+
+
+def test_video_figures_on_a_short_clip(tmp_path, capsys):
+    """``--video-frames``: a synthetic clip tracked instead of the image path; its figures."""
+    out = tmp_path / "video.json"
+    args = ["--tiny-random", "--video-frames", "5", "--width", "96", "--height", "64", "--json", str(out)]
+    assert benchmark.main([*args, "--cache-dir", str(tmp_path / "cache")]) == 0
+    video = json.loads(out.read_text())["video"]
+    assert (video["frames"], video["size"], video["objects"], video["working_side"]) == (5, [96, 64], 1, 640)
+    assert video["frames_per_s"] == pytest.approx(5 / video["seconds"], rel=0.01)
+    assert 0 < video["peak_rss_first_tenth_mb"] <= video["peak_rss_mb"]
+    assert video["peak_rss_growth"] == pytest.approx(video["peak_rss_mb"] / video["peak_rss_first_tenth_mb"], abs=1e-3)
+    assert "video: tracking" in capsys.readouterr().out

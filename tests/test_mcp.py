@@ -16,7 +16,7 @@ from PIL import Image
 
 pytestmark = pytest.mark.slow
 
-TOOLS = {"segment_automatic", "segment_points", "compare"}
+TOOLS = {"segment_automatic", "segment_points", "compare", "segment_video"}
 
 
 def _data_url(pixels) -> str:
@@ -25,7 +25,14 @@ def _data_url(pixels) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-async def _list_and_call(server: str, arguments: dict):
+def _clip_url(tmp_path) -> str:
+    from test_video import write_clip
+
+    write_clip(tmp_path / "clip.mp4", 4)
+    return "data:video/mp4;base64," + base64.b64encode((tmp_path / "clip.mp4").read_bytes()).decode("ascii")
+
+
+async def _list_and_call(server: str, arguments: dict, video: dict):
     from mcp import ClientSession
     from mcp.client.streamable_http import streamablehttp_client
 
@@ -35,7 +42,8 @@ async def _list_and_call(server: str, arguments: dict):
             tools = (await session.list_tools()).tools
             result = await session.call_tool("segment_points", arguments)
             refused = await session.call_tool("segment_points", {**arguments, "vocabulary": " , "})
-            return tools, result, refused
+            tracked = await session.call_tool("segment_video", video)
+            return tools, result, refused, tracked
 
 
 def test_tools_over_streamable_http(tmp_path):
@@ -48,16 +56,18 @@ def test_tools_over_streamable_http(tmp_path):
     arguments = {"image": _data_url(pixels), "points": prompts, "vocabulary": "cat, wall"}
     with app:
         assert schema_tools(app.url) == (200, TOOLS)
-        tools, result, refused = asyncio.run(
-            asyncio.wait_for(_list_and_call(app.url + "gradio_api/mcp/", arguments), 180)
+        video = {"video": _clip_url(tmp_path), "vocabulary": "ball, box", "points_per_side": 4}
+        tools, result, refused, tracked = asyncio.run(
+            asyncio.wait_for(_list_and_call(app.url + "gradio_api/mcp/", arguments, video), 180)
         )
 
     by_name = {tool.name: tool for tool in tools}
     assert set(by_name) == TOOLS  # the UI's private events are no tools
     for tool in by_name.values():
         assert "`|` between synonyms" in tool.description and "car, road, tree | bush" in tool.description
-        assert "data:image/png;base64" in tool.description
-        assert tool.inputSchema["required"] == ["image"]
+        clip = tool.name == "segment_video"
+        assert ("data:video/mp4;base64" if clip else "data:image/png;base64") in tool.description
+        assert tool.inputSchema["required"] == ["video" if clip else "image"]
     points = by_name["segment_points"]
     assert "[[x, y, label], ...]" in points.description and "label 1 positive" in points.description
     assert "[x0, y0, x1, y1]" in points.inputSchema["properties"]["box"]["description"]
@@ -77,6 +87,11 @@ def test_tools_over_streamable_http(tmp_path):
     seg = segments["segments"][0]
     assert seg["label"] in ("cat", "wall") and seg["segmentation"]["size"] == [h, w]
     assert "Traceback" not in app.log, app.log[-3000:]
+
+    # a clip as a data URL: tracked, the tracks JSON last
+    assert not tracked.isError, tracked.content
+    tracks = json.loads([c.text for c in tracked.content if c.type == "text"][-1])
+    assert tracks["video"]["frames"] == 4 and tracks["labels"] == ["ball", "box"]
 
     # a refusal arrives as the package's own text, not HTML-escaped
     assert refused.isError

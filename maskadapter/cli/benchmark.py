@@ -44,6 +44,7 @@ from PIL import Image
 from maskadapter.cli.batch_jobs import BatchOptions, plan_jobs
 from maskadapter.cli.batch_local import run_local
 from maskadapter.cli.benchmark_compare import compare_precision, run_sam2_reference
+from maskadapter.cli.benchmark_video import video_figures, video_rows
 from maskadapter.cli.common import EXIT_OK, fail
 from maskadapter.engine.images import load_image
 from maskadapter.engine.mask_settings import (
@@ -166,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-images", type=int, default=3, help="images the batch command's local engine labels (0: skip)"
     )
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
+    video = parser.add_argument_group("video (maskadapter.cli.benchmark_video): measured instead of the image path")
+    video.add_argument("--video-frames", type=int, default=0, help="track a synthetic clip this long (0: no video)")
+    video.add_argument("--video-objects", type=int, default=1, help="clicked objects tracked through it")
     add_arguments(parser)
     return parser
 
@@ -373,13 +377,28 @@ def print_table(figures: dict) -> None:
         print(f"{name:<{width}}  {value}")
 
 
+def run_video(args: argparse.Namespace) -> dict:
+    """The video figures (``benchmark_video``) on the chosen models, ``--width`` x ``--height``."""
+    segmenter = _segmenter(args)
+    side = settings_from_args(args).video_side
+    figures = video_figures(segmenter, args.video_frames, (args.height, args.width), args.video_objects, side)
+    device = segmenter.device
+    described = {"date": date.today().isoformat(), "machine": _machine(device), "models": segmenter.models.description}
+    return described | {"device": str(device), "precision": segmenter.arithmetic, "video": figures}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        figures = run(args)
+        figures = run_video(args) if args.video_frames > 0 else run(args)
     except MaskAdapterError as err:
         return fail(err)
-    print_table(figures)
+    if "video" in figures:
+        print(f"{figures['models']} on {figures['device']} ({figures['precision']})")
+        for name, value in video_rows(figures["video"]):
+            print(f"{name:<18}  {value}")
+    else:
+        print_table(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
     return EXIT_OK

@@ -117,6 +117,32 @@ COMPARE = endpoint_doc(
     ],
 )
 
+SEGMENT_VIDEO = endpoint_doc(
+    "Find the objects of a video clip and follow them: SAM-2 segments everything on the first frame\n"
+    "and again every 20 frames (or starts from the prompts given), its video predictor tracks each\n"
+    "object, and Mask-Adapter over CLIP names it from several of its frames.",
+    [
+        "Pass the clip (MP4, MOV, WebM, GIF) as a data URL (data:video/mp4;base64,...), a public http(s) URL\n"
+        "or a file upload.",
+        VOCABULARY_SYNTAX,
+    ],
+    [("video", "the clip: a data:video/mp4;base64 URL, a public http(s) URL or a file (MP4, MOV, WebM, GIF)")]
+    + [(name, ARGS[name]) for name in AUTOMATIC_ARGS[1:]]
+    + [
+        ("alpha", "opacity of the colours painted on the overlay video, 0 to 1"),
+        ("every", "keep every K-th frame (1: all)"),
+        ("prompts", 'optional JSON [{"frame": 0, "object": 1, "points": [[x, y, 1]], "box": [x0, y0, x1, y1]}]; '
+         "empty: objects are found automatically"),
+    ],  # fmt: skip
+    [
+        "overlay: MP4 of the clip with each tracked object painted in its colour and named",
+        "message: one line saying what was tracked",
+        "table: one row per object (name, label, score, frames visible, top-5)",
+        "tracks: JSON with the clip's size, fps, frame count and labels, and per object its id, label, class id, "
+        "score, top-5 and per frame its bbox [x, y, w, h], area and COCO RLE mask",
+    ],
+)
+
 
 def documented(doc: str) -> Callable[[F], F]:
     """A decorator that gives a function the docstring ``doc``."""

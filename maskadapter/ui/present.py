@@ -183,3 +183,6 @@ def _with_notes(message: str, notes: Sequence[str], downloads: bool) -> str:
     if not downloads:
         extra.append("Downloads are unavailable: the server could not write its output files.")
     return " ".join([message, *extra])
+
+
+TRACK_HEADERS = ["object", "label", "score", "frames", "top 5"]  # the Video tab's table

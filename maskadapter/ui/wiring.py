@@ -14,7 +14,7 @@ import gradio as gr
 from maskadapter.service import SegmentationService
 from maskadapter.ui.events import Runs, friendly, gentle, gpu
 from maskadapter.ui.handlers import upload_check, upload_restore
-from maskadapter.ui.present import TABLE_HEADERS
+from maskadapter.ui.present import TABLE_HEADERS, TRACK_HEADERS
 
 MODES = [("semantic map", "semantic"), ("one label per mask", "per_mask")]
 
@@ -101,8 +101,11 @@ def api_outputs(*names: str) -> list:
         "overlay": lambda: gr.Image(label="overlay", format="png"),
         "message": lambda: gr.Markdown(label="message"),
         "table": lambda: gr.Dataframe(headers=TABLE_HEADERS, label="table"),
+        "track-table": lambda: gr.Dataframe(headers=TRACK_HEADERS, label="table"),
         "files": lambda: gr.File(label="downloads", file_count="multiple"),
         "segments": lambda: gr.JSON(label="segments"),
+        "video": lambda: gr.Video(label="overlay", include_audio=True),
+        "tracks": lambda: gr.JSON(label="tracks"),
     }
     with gr.Group(visible=False):
         return [kinds[name.split(":")[0]]() for name in names]
