@@ -37,5 +37,7 @@ def test_large_photo_is_kept_at_the_working_resolution(segmenter):
     tensors = list(held_arrays([getattr(session, name) for name in TABLES]))
     costs = array_bytes(tensors)
     assert segmenter.store.nbytes == image.nbytes + costs  # the store counts all of it
-    assert costs < image.nbytes / 2  # 72 MB photo; one full-size float mask alone would be 96 MB
+    masks_bytes = found.masks.numel() * found.masks.element_size()
+    assert masks_bytes == len(found.masks) * 683 * 1024  # a byte per working pixel (a full-size float mask: 96 MB)
+    assert costs - masks_bytes < image.nbytes / 4  # the rest (encodings, features, scores): a fraction of 72 MB
     assert all(t.shape[-2:] != (4000, 6000) for t in tensors)

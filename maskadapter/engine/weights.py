@@ -357,11 +357,14 @@ def clip_fingerprint(model_name: str, checkpoint: str | os.PathLike | None) -> s
 
 
 def build_tiny_random(device: str | torch.device = "cpu", seed: int = 0) -> Models:
-    """Small random-weight models of the real architectures, identical for a given seed."""
+    """Small random-weight models of the real architectures, identical for a given seed
+    (each model drawn from its own seed, so that a change to one leaves the others)."""
     torch.manual_seed(seed)
     sam = build_sam2_model(None, device, TINY_SAM2_CONFIG)
+    torch.manual_seed(seed + 1)
     clip, tokenizer = build_clip(None, device, TINY_CLIP_NAME)
     embed_dim = open_clip.get_model_config(TINY_CLIP_NAME)["embed_dim"]
+    torch.manual_seed(seed + 2)
     adapter = MaskAdapterHead(clip_dim=embed_dim, **TINY_ADAPTER)
     with torch.no_grad():  # layer scale 1e-6 would hide the blocks entirely
         for block in (adapter.cnext1, adapter.cnext2, adapter.cnext3):
