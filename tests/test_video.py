@@ -167,7 +167,7 @@ class ColourDetections:
         for colour in (RED, BLUE):
             mask = (np.abs(pixels - colour).max(2) < 40)
             if mask.any():
-                segments.append(type("Found", (), {"working_mask": mask})())
+                segments.append(type("Found", (), {"mask": mask})())
         return type("Result", (), {"segments": segments})()
 
 

@@ -263,22 +263,24 @@ class _Run:
                 self.tracks.setdefault(prompt.obj, Track(prompt.obj, index))
             masks = self.tracker.end()
         session, opened = _frame_session(s, work) if detect else (None, False)
-        if detect:
-            masks = self._detect(session, masks, index, progress)
-        ids = self.tracker.ids
-        for obj, rle in zip(ids, _encode(masks), strict=True):
-            if rle is not None:
-                self.tracks[obj].masks[index] = rle
-        named = [k for k, obj in enumerate(ids) if (name or self.tracks[obj].first_frame == index) and masks[k].any()]
-        if named:
-            if session is None:
-                session, opened = _frame_session(s, work)
-            probs = s.mask_probabilities(session, masks[named], self.classes).cpu().numpy()
-            for k, row in zip(named, probs, strict=True):
-                self.tracks[ids[k]].samples.append(row)
-                self.tracks[ids[k]].named_on.append(index)
-        if opened:
-            s.store.discard(session.key)
+        try:
+            if detect:
+                masks = self._detect(session, masks, index, progress)
+            ids = self.tracker.ids
+            for obj, rle in zip(ids, _encode(masks), strict=True):
+                if rle is not None:
+                    self.tracks[obj].masks[index] = rle
+            named = [k for k, o in enumerate(ids) if (name or self.tracks[o].first_frame == index) and masks[k].any()]
+            if named:
+                if session is None:
+                    session, opened = _frame_session(s, work)
+                probs = s.mask_probabilities(session, masks[named], self.classes).cpu().numpy()
+                for k, row in zip(named, probs, strict=True):
+                    self.tracks[ids[k]].samples.append(row)
+                    self.tracks[ids[k]].named_on.append(index)
+        finally:  # a frame's session leaves the store with the frame (a stopped run's too)
+            if opened:
+                s.store.discard(session.key)
 
     def _click(self, prompt: VideoPrompt) -> None:
         coords, labels, box = check_prompts(list(prompt.points), prompt.box, self.clip.hw)
@@ -296,7 +298,7 @@ class _Run:
         )
         if not found.segments:
             return masks
-        detected = torch.stack([torch.as_tensor(seg.working_mask) for seg in found.segments]).to(masks.device)
+        detected = torch.stack([torch.as_tensor(seg.mask) for seg in found.segments]).to(masks.device)  # frame size
         overlap = _iou(detected, masks) if len(masks) else torch.zeros(len(detected), 1)
         fresh = [k for k in range(len(detected)) if float(overlap[k].max()) < self.match_iou]
         room = max(0, self.max_objects - len(self.tracks))
