@@ -365,10 +365,11 @@ def build_demo(service: SegmentationService) -> gr.Blocks:
                 elem_id="predefined",
             )
         runs = Runs()
-        shared = automatic_tab(service, runs, vocabulary, predefined)
-        point_tab(service, runs, shared)
-        compare_tab(service, runs, shared)
-        video_tab(service, runs, shared)
+        with gr.Tabs(overflow_behavior="wrap"):  # on a phone the four tabs take two rows, none hidden in a menu
+            shared = automatic_tab(service, runs, vocabulary, predefined)
+            point_tab(service, runs, shared)
+            compare_tab(service, runs, shared)
+            video_tab(service, runs, shared)
 
         def refresh_banner():
             return status_markdown(service.load_status()), gr.Timer(active=service.loading)
