@@ -17,6 +17,8 @@ Also: ``Segmenter.compare`` and ``Comparison`` (Mask-Adapter vs plain mask pooli
 image in -> HWC uint8 RGB or ``InputError``), ``pooled_embeddings_from_features``, and
 the errors (``MaskAdapterError`` and its subclasses). Pictures and files:
 ``maskadapter.output.render`` and ``maskadapter.output.export``. Collections: ``maskadapter.cli.batch``.
+Video: ``maskadapter.engine.video`` (``track_clip``), ``maskadapter.engine.video_source``
+(``open_clip_file``) and ``maskadapter.output.video_export``.
 Benchmarks: ``maskadapter.cli.datasets`` (the prepared layouts), ``maskadapter.cli.metrics``
 (the confusion matrix and mIoU) and ``maskadapter.cli.evaluate`` (the evaluation command).
 """
