@@ -618,14 +618,16 @@ def test_non_images_are_refused_at_upload_in_every_tab(app_server, browser, tmp_
     fake = tmp_path / "notes.png"
     fake.write_text("this is not a picture")
     photo = _small_copy(tmp_path, "coffee.png", 200)
-    for tab, image, message in (
-        ("Automatic", "#auto-image", "#auto-message"),
-        ("Point prompt", "#point-image", "#point-message"),
-        ("Compare", "#compare-image", "#compare-message"),
+    for tab, image, message, ready in (
+        ("Automatic", "#auto-image", "#auto-message", None),
+        ("Point prompt", "#point-image", "#point-message", "Click on an object to add a point."),
+        ("Compare", "#compare-image", "#compare-message", None),
     ):
         page.get_by_role("tab", name=tab).click()
         page.locator(f"{image} input[type=file]").set_input_files(str(photo))
         page.locator(f"{image} img").wait_for()
+        if ready:  # the server's answer to the photo first (it redraws the picture and its file input)
+            page.locator(message).get_by_text(ready).wait_for()
         page.locator(f"{image} input[type=file]").set_input_files(str(fake))
         page.locator(message).get_by_text("not an image").wait_for()  # at once, before any run
         page.wait_for_function(
