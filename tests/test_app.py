@@ -624,9 +624,12 @@ def test_non_images_are_refused_at_upload_in_every_tab(app_server, browser, tmp_
         ("Compare", "#compare-image", "#compare-message", None),
     ):
         page.get_by_role("tab", name=tab).click()
-        page.locator(f"{image} input[type=file]").set_input_files(str(photo))
+        # the server's answer to the photo comes first: arriving after the refusal's, it
+        # would clear the refusal's message (two uploads within milliseconds: only a test)
+        with page.expect_response(lambda r: "/gradio_api/run/" in r.url or "/queue/join" in r.url):
+            page.locator(f"{image} input[type=file]").set_input_files(str(photo))
         page.locator(f"{image} img").wait_for()
-        if ready:  # the server's answer to the photo first (it redraws the picture and its file input)
+        if ready:
             page.locator(message).get_by_text(ready).wait_for()
         page.locator(f"{image} input[type=file]").set_input_files(str(fake))
         page.locator(message).get_by_text("not an image").wait_for()  # at once, before any run
