@@ -44,7 +44,7 @@ from PIL import Image
 from maskadapter.cli.batch_jobs import BatchOptions, plan_jobs
 from maskadapter.cli.batch_local import run_local
 from maskadapter.cli.benchmark_compare import compare_precision, run_sam2_reference
-from maskadapter.cli.benchmark_video import video_figures, video_rows
+from maskadapter.cli.benchmark_video import status_bytes, video_figures, video_rows
 from maskadapter.cli.common import EXIT_OK, fail
 from maskadapter.engine.images import load_image
 from maskadapter.engine.mask_settings import (
@@ -66,14 +66,6 @@ from maskadapter.settings import add_arguments, settings_from_args
 EXAMPLE = PACKAGE_DIR.parent / "examples" / "rocket.jpg"
 VOCABULARY = "rocket, smoke | steam, sky, tower, trees, ground, person, car, building, road"
 RELABEL_VOCABULARY = "launch pad, cloud, forest, grass, metal, fire, water, mountain"
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    return 0
-
 
 def _reset_peak() -> None:
     with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
@@ -198,7 +190,7 @@ def run(args: argparse.Namespace) -> dict:
     vocabulary = build_vocabulary(VOCABULARY)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    rss_loaded = _status_bytes("VmRSS")
+    rss_loaded = status_bytes("VmRSS")
     _reset_peak()
 
     # warm-up on a small copy: first-call costs (kernels, caches) stay out of the figures
@@ -288,7 +280,7 @@ def _time_whole_paths(
 def _process_figures(device: torch.device, rss_loaded: int) -> dict:
     """The process's memory (peak RSS, RSS after the models loaded, the CUDA allocator's
     peak; bytes) and CPU seconds over the whole run, model loading included."""
-    figures = {"peak_rss_bytes": _status_bytes("VmHWM"), "rss_after_load_bytes": rss_loaded}
+    figures = {"peak_rss_bytes": status_bytes("VmHWM"), "rss_after_load_bytes": rss_loaded}
     if device.type == "cuda":
         figures["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
     user, system = cpu_seconds()

@@ -55,10 +55,11 @@ def write_squares_clip(path: Path, frames: int, hw: tuple[int, int], objects: in
         container.mux(stream.encode())
 
 
-def _peak_rss() -> int:
-    """The process's peak resident set in bytes (VmHWM)."""
+def status_bytes(field: str) -> int:
+    """A size line of /proc/self/status in bytes: ``"VmRSS"`` (resident now), ``"VmHWM"``
+    (its peak); 0 where there is none."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -80,7 +81,7 @@ def video_figures(segmenter: Segmenter, frames: int, hw: tuple[int, int], object
         def progress(fraction: float, message: str) -> None:
             done = round(fraction * frames)
             if done == tenth and "first" not in marks:
-                marks["first"], marks["first_peak"] = time.perf_counter(), _peak_rss()
+                marks["first"], marks["first_peak"] = time.perf_counter(), status_bytes("VmHWM")
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -98,7 +99,7 @@ def video_figures(segmenter: Segmenter, frames: int, hw: tuple[int, int], object
         "frames_per_s": round(len(result.frames) / seconds, 3),
         "s_per_frame_per_object": round(seconds / len(result.frames) / max(1, objects), 4),
         "peak_rss_first_tenth_mb": round(marks.get("first_peak", 0) / 2**20, 1),
-        "peak_rss_mb": round(_peak_rss() / 2**20, 1),
+        "peak_rss_mb": round(status_bytes("VmHWM") / 2**20, 1),
     }
     if figures["peak_rss_first_tenth_mb"]:
         figures["peak_rss_growth"] = round(figures["peak_rss_mb"] / figures["peak_rss_first_tenth_mb"], 3)

@@ -22,6 +22,7 @@ from maskadapter.engine.video_source import Clip, VideoLimits, open_clip_file
 from maskadapter.errors import InputError
 from maskadapter.output.render import draw_points
 from maskadapter.output.video_export import track_name, write_video_outputs
+from maskadapter.progress import within
 from maskadapter.service import SegmentationService
 from maskadapter.ui import endpoint_docs
 from maskadapter.ui.endpoint_docs import documented
@@ -91,11 +92,12 @@ def run_video(service: SegmentationService, path, words: tuple, advanced: tuple,
         mode=mode,
         score_threshold=float(score_threshold),
         granularity=float(granularity),
-        progress=lambda f, m: report(0.9 * f, m),
+        progress=within(report, 0.0, 0.9),
     )
     service.output_dir.mkdir(parents=True, exist_ok=True)
     stem = f"video-{uuid.uuid4().hex[:8]}"
-    paths = write_video_outputs(result, service.output_dir, stem, float(alpha), label_maps=False, progress=report)
+    writing = within(report, 0.9, 1.0)
+    paths = write_video_outputs(result, service.output_dir, stem, float(alpha), label_maps=False, progress=writing)
     tracks = json.loads(paths["tracks"].read_text(encoding="utf-8"))
     return result, str(paths["overlay"]), str(paths["tracks"]), tracks
 
