@@ -403,16 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     service.start(background=events.spaces is None)  # ZeroGPU wants the models built at start-up
     demo = build_demo(service)
     events.queue(demo, settings.concurrency, settings.queue_size)
-    demo.launch(
-        server_name=settings.host,
-        server_port=settings.port,
-        share=settings.share,
-        max_file_size=f"{settings.max_upload_mb}mb",
-        mcp_server=settings.mcp,
-        quiet=True,  # Gradio's own lines suggest launch(share=True); ours name the app's flags
-        prevent_thread_lock=True,
-        **page_options(),
-    )
+    demo.launch(**launch_options(settings))
     print(f"Running on {demo.local_url}", flush=True)
     if demo.share_url:
         print(f"Public link: {demo.share_url}", flush=True)
@@ -422,9 +413,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def page_options() -> dict:
-    """The ``launch`` options that make the page what it is (tests launch with them too)."""
+def launch_options(settings: Settings) -> dict:
+    """The options ``main`` launches the app with (tests launch with them too)."""
     return dict(
+        server_name=settings.host,
+        server_port=settings.port,
+        share=settings.share,
+        max_file_size=f"{settings.max_upload_mb}mb",
+        mcp_server=settings.mcp,
+        quiet=True,  # Gradio's own lines suggest launch(share=True); ours name the app's flags
+        prevent_thread_lock=True,
         css=CSS,
         js=JS,
         allowed_paths=[str(HERE / "examples")],

@@ -12,20 +12,16 @@ import dataclasses
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import SyntheticSAM
 from PIL import Image
-
-from maskadapter.output.export import decode_rle
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -85,15 +81,17 @@ def app_server(tmp_path_factory):
     from maskadapter.settings import Settings
     from maskadapter.ui import events
 
-    service = SegmentationService(
-        Settings(
-            tiny_random=True,
-            device="cpu",
-            cache_dir=str(tmp_path_factory.mktemp("cache")),
-            short_side=320,
-            max_size=480,
-        )
+    port = _free_port()
+    settings = Settings(
+        tiny_random=True,
+        device="cpu",
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
+        short_side=320,
+        max_size=480,
+        host="127.0.0.1",
+        port=port,
     )
+    service = SegmentationService(settings)
     service.start(background=False)
     models = service.wait().models
     # the sliders start at an 8 x 8 SAM-2 grid: these tests are about the page, not the grid
@@ -116,8 +114,7 @@ def app_server(tmp_path_factory):
     counters["models"] = models  # for SyntheticSAM (varied masks) in a test
     demo = app.build_demo(service)
     events.queue(demo, 1)
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, **app.page_options())
+    demo.launch(**app.launch_options(settings))  # as app.main launches it (no MCP: not asked for)
     url = f"http://127.0.0.1:{port}/"
     _wait_http(url)
     yield url, counters
@@ -708,12 +705,13 @@ def test_missing_weights_said_once(browser, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    service = SegmentationService(Settings(device="cpu", cache_dir=str(tmp_path / "cache")))
+    port = _free_port()
+    settings = Settings(device="cpu", cache_dir=str(tmp_path / "cache"), host="127.0.0.1", port=port)
+    service = SegmentationService(settings)
     service.start(background=False)
     demo = app.build_demo(service)
     events.queue(demo, 1)
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, **app.page_options())
+    demo.launch(**app.launch_options(settings))
     try:
         view = Page(browser, f"http://127.0.0.1:{port}/")
         page = view.page
@@ -733,89 +731,13 @@ def test_missing_weights_said_once(browser, tmp_path, monkeypatch):
         demo.close()
 
 
-# ---------------------------------------------------------------------------- the README's way
+def test_no_mcp_server_without_the_setting(app_server):
+    """Launched as app.main launches it without MCP asked for (the setting's default),
+    the app serves no MCP schema (tests/test_api.py asks the app started with it)."""
+    from test_api import schema_tools
 
-
-@pytest.fixture(scope="module")
-def app_process(tmp_path_factory):
-    """`python app.py --tiny-random` as a separate process, as a user starts it."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "MASKADAPTER_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
-        "MASKADAPTER_SHORT_SIDE": "320",
-        "MASKADAPTER_MAX_SIZE": "480",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-    }
-    log = tmp_path_factory.mktemp("log") / "app.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "app.py", "--tiny-random", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/")
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        text = log.read_text()
-        assert "Traceback" not in text, text[-3000:]
-        # its own start-up line: the URL, and the app's --share flag (not Gradio's launch(share=True))
-        assert f"Running on http://127.0.0.1:{port}" in text and "--share" in text and "share=True" not in text
-
-
-def test_api_through_gradio_client(app_process, tmp_path):
-    from gradio_client import Client, handle_file
-    from gradio_client.exceptions import AppError
-
-    client = Client(app_process, verbose=False)
-    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/segment_automatic", "/segment_points", "/compare"} <= set(api)
-    params = [p["parameter_name"] for p in api["/segment_automatic"]["parameters"]]
-    assert params[:2] == ["image", "vocabulary"]
-    assert all(p["parameter_has_default"] for p in api["/segment_automatic"]["parameters"][1:])
-    assert [p["parameter_name"] for p in api["/segment_points"]["parameters"]][:3] == ["image", "points", "vocabulary"]
-
-    photo = _small_copy(tmp_path, "chelsea.png", 225)
-    w, h = Image.open(photo).size
-    overlay, message, table, files, segments = client.predict(
-        handle_file(str(photo)), "cat | kitten, wall, floor", points_per_side=6, api_name="/segment_automatic"
-    )
-    picture = np.asarray(Image.open(overlay))
-    assert picture.shape[1] == w and picture.shape[0] > h  # overlay with a legend below
-    assert segments["image"]["width"] == w and segments["labels"] == ["cat", "wall", "floor"]
-    assert len(segments["segments"]) >= 1 and len(table["data"]) == len(segments["segments"])
-    for seg in segments["segments"]:
-        assert seg["label"] in segments["labels"]
-        assert decode_rle(seg["segmentation"]).shape == (h, w)
-    assert sorted(Path(f).suffix for f in files) == [".json", ".png"]
-    assert json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())["labels"] == segments["labels"]
-
-    overlay, segments = client.predict(
-        handle_file(str(photo)), json.dumps([[110, 75, 1], [10, 10, 0]]), "cat, wall", api_name="/segment_points"
-    )
-    assert np.asarray(Image.open(overlay)).shape[:2] == (h, w)
-    assert len(segments["segments"]) == 1
-    seg = segments["segments"][0]
-    assert seg["label"] in ("cat", "wall") and len(seg["top5"]) == 2
-    assert decode_rle(seg["segmentation"]).shape == (h, w)
-
-    adapter, pooling, message, adapter_table, pooling_table, adapter_segments, pooling_segments = client.predict(
-        handle_file(str(photo)), "cat | kitten, wall, floor", points_per_side=6, api_name="/compare"
-    )
-    assert "changed label" in message
-    assert np.asarray(Image.open(adapter)).shape[1] == np.asarray(Image.open(pooling)).shape[1] == w
-    for segments, table in ((adapter_segments, adapter_table), (pooling_segments, pooling_table)):
-        assert segments["labels"] == ["cat", "wall", "floor"] and len(table["data"]) == len(segments["segments"])
-
-    with pytest.raises(AppError, match="outside the 225x150 image"):
-        client.predict(handle_file(str(photo)), "[[900, 10, 1]]", "cat", api_name="/segment_points")
-    with pytest.raises(AppError, match="points must be JSON"):
-        client.predict(handle_file(str(photo)), "[[1, 2", "cat", api_name="/segment_points")
+    url, _ = app_server
+    assert schema_tools(url) == (404, set())
 
 
 def test_video_tab_tracks_a_clicked_object_and_stops(app_server, browser, tmp_path):

@@ -60,9 +60,11 @@ def write_ade(root: Path, classes=(3, 149, 12, 0, 12)) -> list[Path]:
 
 
 def _args(root: Path, out: Path, tmp_path: Path, *extra: str) -> list[str]:
+    # one text-embedding cache for the session's tests (tmp_path's parent: this run's and
+    # this worker's base): each benchmark's class names are encoded once, not per test
     return [
         "--root", str(root), "--out", str(out), "--tiny-random", "--device", "cpu",
-        "--cache-dir", str(tmp_path / "cache"), "--points-per-side", "4", "--short-side", "224",
+        "--cache-dir", str(tmp_path.parent / "text-cache"), "--points-per-side", "4", "--short-side", "224",
         "--max-size", "320", "--quiet", *extra,
     ]  # fmt: skip
 

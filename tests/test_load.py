@@ -19,7 +19,7 @@ from maskadapter.settings import Settings
 pytestmark = pytest.mark.slow
 
 BUDGET_MB = 6
-PHOTOS = 14
+PHOTOS = 9
 
 
 def _distinct_photos(tmp_path, count: int, width: int = 160) -> list:
@@ -88,8 +88,8 @@ def test_concurrent_and_sequential_requests(tmp_path):
     # the store's count is what its sessions really hold, and it stays within the budget
     assert all(counted == walked for counted, walked, _ in held), held
     assert max(counted for counted, _, _ in held) <= BUDGET_MB * 2**20
-    # older photos lost their embeddings and results first; all 14 photos (14 x 160 x 107
-    # x 3 bytes, 0.7 MB) fit, so none had to leave
+    # older photos lost their embeddings and results first; all 9 photos (9 x 160 x 107
+    # x 3 bytes, 0.5 MB) fit, so none had to leave
     assert store.trimmed >= 1 and store.evictions == 0 and held[-1][2] == PHOTOS
     costly = [s for s in store._sessions.values() if any(getattr(s, t) for t in TABLES)]
     assert 1 <= len(costly) < PHOTOS

@@ -303,28 +303,20 @@ def test_compare_classifies_the_same_masks_two_ways(segmenter, image, synthetic_
     assert segmenter.stats["mask_generations"] == 1  # nothing was computed twice
 
 
-def test_cli_compare_writes_both_pictures(tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import ROOT, small_image
+def test_cli_compare_writes_both_pictures(tmp_path, capsys):
+    from conftest import small_image
     from PIL import Image
+
+    from maskadapter.__main__ import main
 
     Image.fromarray(small_image("coffee.png", 120)).save(tmp_path / "coffee.png")
     out = tmp_path / "out"
     args = ["--vocab", "cup, table, saucer", "--out", str(out), "--tiny-random", "--compare"]
     args += ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
-    env = {**__import__("os").environ, "MASKADAPTER_CACHE_DIR": str(tmp_path / "cache")}
-    run = subprocess.run(
-        [sys.executable, "-m", "maskadapter", str(tmp_path / "coffee.png"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    changed = __import__("re").search(r"(\d+) of (\d+) (masks?) changed label with plain mask pooling", run.stdout)
+    code = main([str(tmp_path / "coffee.png"), *args, "--cache-dir", str(tmp_path / "cache")])
+    run = capsys.readouterr()
+    assert code == 0, run.err[-3000:]
+    changed = __import__("re").search(r"(\d+) of (\d+) (masks?) changed label with plain mask pooling", run.out)
     assert changed and changed.group(3) == ("mask" if changed.group(2) == "1" else "masks")  # plural
     side = Image.open(out / "coffee_compare.png")
     single = Image.open(out / "coffee_overlay.png")

@@ -11,7 +11,7 @@ private class) makes two things of the endpoints' outputs that MCP clients can't
 gives them; JSON outputs as JSON, and a list of files (the downloads) as their URLs.
 Images (the overlays) stay images. It does nothing on a Gradio without those two
 methods (another version), so remove it once Gradio's own output is right.
-``tests/test_mcp.py`` pins what clients get.
+``tests/test_api.py`` pins what clients get.
 """
 
 from __future__ import annotations

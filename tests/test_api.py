@@ -1,20 +1,31 @@
-"""Every kind of bad (and odd but valid) input through the named API of the running app
-(`python app.py --tiny-random`, driven by gradio_client): images, vocabularies,
-points and boxes, and attempts to read server files. Each request returns a result
-or a one-line error without a traceback or internal text, and the app keeps
-answering. The app runs with a cache directory it cannot create, so every
-text-embedding cache write fails on the way.
+"""The app as its API users reach it: `python app.py --tiny-random` started as the README
+says (with the MCP server on), driven by gradio_client and by the official `mcp` client.
+
+- The named endpoints: their parameters and results (overlay, table, files, segments).
+- Every kind of bad (and odd but valid) input: images, vocabularies, points and boxes,
+  and attempts to read server files. Each request returns a result or a one-line error
+  without a traceback or internal text, and the app keeps answering. The app runs with a
+  cache directory it cannot create, so every text-embedding cache write fails on the way.
+- The MCP server over streamable HTTP, as an AI assistant would use it: tool list,
+  descriptions, calls and a refusal.
+
+One app process serves every test here (starting one costs seconds of imports).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import io
 import json
 import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, AppProcess
+from conftest import EXAMPLES, AppProcess, small_image
 from PIL import Image
 
 from maskadapter.output.export import decode_rle
@@ -29,9 +40,12 @@ def app(tmp_path_factory):
     work = tmp_path_factory.mktemp("app")
     blocker = work / "not-a-directory"
     blocker.write_text("a file where the cache directory should be")
-    env = {"MASKADAPTER_CACHE_DIR": str(blocker / "cache"), "MASKADAPTER_MAX_UPLOAD_MB": "4"}
+    env = {"MASKADAPTER_CACHE_DIR": str(blocker / "cache"), "MASKADAPTER_MAX_UPLOAD_MB": "4", "MASKADAPTER_MCP": "1"}
     with AppProcess(work, env) as proc:
         yield proc
+    # its own start-up line: the URL, and the app's --share flag (not Gradio's launch(share=True))
+    assert f"Running on {proc.url.rstrip('/')}" in proc.log, proc.log[-3000:]
+    assert "--share" in proc.log and "share=True" not in proc.log
     # the only tracebacks in the server's log are Gradio's own refusals of forged file
     # payloads (test_server_files_cannot_be_read); no error of ours is unexpected
     for block in proc.log.split("Traceback (most recent call last):")[1:]:
@@ -90,6 +104,60 @@ def _still_answers(client, tmp_path: Path) -> None:
     assert error is None and result[4]["image"]["width"] == 90
 
 
+# ---------------------------------------------------------------------------- the endpoints
+
+
+def test_named_endpoints(client, tmp_path):
+    """The three image endpoints as gradio_client sees and calls them."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/segment_automatic", "/segment_points", "/compare"} <= set(api)
+    params = [p["parameter_name"] for p in api["/segment_automatic"]["parameters"]]
+    assert params[:2] == ["image", "vocabulary"]
+    assert all(p["parameter_has_default"] for p in api["/segment_automatic"]["parameters"][1:])
+    assert [p["parameter_name"] for p in api["/segment_points"]["parameters"]][:3] == ["image", "points", "vocabulary"]
+
+    photo = tmp_path / "chelsea.png"
+    _photo(225).save(photo)
+    w, h = Image.open(photo).size
+    overlay, message, table, files, segments = client.predict(
+        handle_file(str(photo)), "cat | kitten, wall, floor", points_per_side=6, api_name="/segment_automatic"
+    )
+    picture = np.asarray(Image.open(overlay))
+    assert picture.shape[1] == w and picture.shape[0] > h  # overlay with a legend below
+    assert segments["image"]["width"] == w and segments["labels"] == ["cat", "wall", "floor"]
+    assert len(segments["segments"]) >= 1 and len(table["data"]) == len(segments["segments"])
+    for seg in segments["segments"]:
+        assert seg["label"] in segments["labels"]
+        assert decode_rle(seg["segmentation"]).shape == (h, w)
+    assert sorted(Path(f).suffix for f in files) == [".json", ".png"]
+    assert json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())["labels"] == segments["labels"]
+
+    overlay, segments = client.predict(
+        handle_file(str(photo)), json.dumps([[110, 75, 1], [10, 10, 0]]), "cat, wall", api_name="/segment_points"
+    )
+    assert np.asarray(Image.open(overlay)).shape[:2] == (h, w)
+    assert len(segments["segments"]) == 1
+    seg = segments["segments"][0]
+    assert seg["label"] in ("cat", "wall") and len(seg["top5"]) == 2
+    assert decode_rle(seg["segmentation"]).shape == (h, w)
+
+    adapter, pooling, message, adapter_table, pooling_table, adapter_segments, pooling_segments = client.predict(
+        handle_file(str(photo)), "cat | kitten, wall, floor", points_per_side=6, api_name="/compare"
+    )
+    assert "changed label" in message
+    assert np.asarray(Image.open(adapter)).shape[1] == np.asarray(Image.open(pooling)).shape[1] == w
+    for segments, table in ((adapter_segments, adapter_table), (pooling_segments, pooling_table)):
+        assert segments["labels"] == ["cat", "wall", "floor"] and len(table["data"]) == len(segments["segments"])
+
+    with pytest.raises(AppError, match="outside the 225x150 image"):
+        client.predict(handle_file(str(photo)), "[[900, 10, 1]]", "cat", api_name="/segment_points")
+    with pytest.raises(AppError, match="points must be JSON"):
+        client.predict(handle_file(str(photo)), "[[1, 2", "cat", api_name="/segment_points")
+
+
 # ---------------------------------------------------------------------------- images
 
 
@@ -133,7 +201,8 @@ def _image_files(tmp: Path) -> dict[str, tuple[Path, tuple[int, int] | str]]:
 
 
 def test_images(client, app, tmp_path):
-    for name, (path, expect) in _image_files(tmp_path).items():
+    files = _image_files(tmp_path)
+    for name, (path, expect) in files.items():
         result, error = _automatic(client, path)
         if isinstance(expect, tuple):
             assert error is None, (name, error)
@@ -150,7 +219,7 @@ def test_images(client, app, tmp_path):
         _automatic(client, tmp_path / "noise.png")
     assert _raw_upload(app.url, tmp_path / "noise.png") >= 400  # and the server refuses it anyway
     # orientation applied in the point endpoint too: (100, 10) exists only when upright
-    path, _ = _image_files(tmp_path)["exif6.jpg"]
+    path, _ = files["exif6.jpg"]
     result, error = _points(client, path, "[[70, 110, 1]]")
     assert error is None and (result[1]["image"]["width"], result[1]["image"]["height"]) == (80, 120), error
     _still_answers(client, tmp_path)
@@ -312,7 +381,93 @@ def test_server_files_cannot_be_read(client, app, tmp_path):
     _still_answers(client, tmp_path)
 
 
-def test_no_mcp_server_without_the_setting(app):
-    from test_mcp import schema_tools
+# ---------------------------------------------------------------------------- MCP
 
-    assert schema_tools(app.url) == (404, set())
+TOOLS = {"segment_automatic", "segment_points", "compare", "segment_video"}
+
+
+def _data_url(pixels) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _clip_url(tmp_path) -> str:
+    from test_video import write_clip
+
+    write_clip(tmp_path / "clip.mp4", 4)
+    return "data:video/mp4;base64," + base64.b64encode((tmp_path / "clip.mp4").read_bytes()).decode("ascii")
+
+
+async def _list_and_call(server: str, arguments: dict, video: dict):
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    async with streamablehttp_client(server) as (read, write, _):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            tools = (await session.list_tools()).tools
+            result = await session.call_tool("segment_points", arguments)
+            refused = await session.call_tool("segment_points", {**arguments, "vocabulary": " , "})
+            tracked = await session.call_tool("segment_video", video)
+            return tools, result, refused, tracked
+
+
+def test_mcp_tools_over_streamable_http(app, tmp_path):
+    """The MCP server, turned on by MASKADAPTER_MCP=1 (``--mcp`` is the same setting's
+    flag): its schema, the tools, calls and a refusal."""
+    pixels = small_image("chelsea.png", 225)
+    h, w = pixels.shape[:2]
+    prompts = json.dumps([[110, 75, 1], [10, 10, 0]])
+    arguments = {"image": _data_url(pixels), "points": prompts, "vocabulary": "cat, wall"}
+    assert schema_tools(app.url) == (200, TOOLS)
+    video = {"video": _clip_url(tmp_path), "vocabulary": "ball, box", "points_per_side": 4}
+    tools, result, refused, tracked = asyncio.run(
+        asyncio.wait_for(_list_and_call(app.url + "gradio_api/mcp/", arguments, video), 180)
+    )
+
+    by_name = {tool.name: tool for tool in tools}
+    assert set(by_name) == TOOLS  # the UI's private events are no tools
+    for tool in by_name.values():
+        assert "`|` between synonyms" in tool.description and "car, road, tree | bush" in tool.description
+        clip = tool.name == "segment_video"
+        assert ("data:video/mp4;base64" if clip else "data:image/png;base64") in tool.description
+        assert tool.inputSchema["required"] == ["video" if clip else "image"]
+    points = by_name["segment_points"]
+    assert "[[x, y, label], ...]" in points.description and "label 1 positive" in points.description
+    assert "[x0, y0, x1, y1]" in points.inputSchema["properties"]["box"]["description"]
+    assert list(points.inputSchema["properties"])[:3] == ["image", "points", "vocabulary"]
+    modes = by_name["segment_automatic"].inputSchema["properties"]["mode"]
+    assert modes["enum"] == ["semantic", "per_mask"] and modes["default"] == "semantic"
+
+    assert not result.isError, result.content
+    images = [c for c in result.content if c.type == "image"]
+    texts = [c.text for c in result.content if c.type == "text"]
+    assert len(images) == 1 and images[0].mimeType == "image/png"
+    overlay = Image.open(io.BytesIO(base64.b64decode(images[0].data)))
+    assert overlay.size == (w, h)
+    segments = json.loads(texts[-1])  # the segments as JSON, after the overlay's URL
+    assert segments["image"]["width"] == w and segments["labels"] == ["cat", "wall"]
+    assert len(segments["segments"]) == 1
+    seg = segments["segments"][0]
+    assert seg["label"] in ("cat", "wall") and seg["segmentation"]["size"] == [h, w]
+
+    # a clip as a data URL: tracked, the tracks JSON last
+    assert not tracked.isError, tracked.content
+    tracks = json.loads([c.text for c in tracked.content if c.type == "text"][-1])
+    assert tracks["video"]["frames"] == 4 and tracks["labels"] == ["ball", "box"]
+
+    # a refusal arrives as the package's own text, not HTML-escaped
+    assert refused.isError
+    text = " ".join(c.text for c in refused.content if c.type == "text")
+    assert "e.g. 'car, road, tree | bush'" in text and "&#x27;" not in text, text
+
+
+def schema_tools(url: str) -> tuple[int, set[str]]:
+    """(HTTP status, tool names) of the app's MCP schema; (404, set()) when it serves none
+    (the app without the setting: tests/test_app.py asks its app)."""
+    try:
+        with urllib.request.urlopen(url + "gradio_api/mcp/schema", timeout=30) as response:
+            return response.status, {tool["name"] for tool in json.load(response)}
+    except urllib.error.HTTPError as err:
+        return err.code, set()
