@@ -30,31 +30,71 @@ import maskadapter.memory
 import maskadapter._moved  # noqa: F401  (old module paths such as maskadapter.segmenter keep working)
 
 # isort: on
-from maskadapter.engine.clip_features import (
-    VILD_TEMPLATES,
-    encode_vocabulary,
-    mask_logits,
-    mask_pooling_logits,
-    pooled_embeddings_from_features,
-)
-from maskadapter.engine.generator import MaskGenerator
-from maskadapter.engine.images import check_image, load_image
-from maskadapter.engine.mask_settings import AutoMaskSettings
-from maskadapter.engine.painting import semantic_map
-from maskadapter.engine.results import Comparison, Segment, SegmentationResult
-from maskadapter.engine.segmenter import Segmenter
-from maskadapter.engine.session import ImageSession, SessionStore
-from maskadapter.engine.vocabulary import PREDEFINED, Vocabulary, build_vocabulary, parse_vocabulary
-from maskadapter.errors import (
-    CheckpointError,
-    InputError,
-    MaskAdapterError,
-    ResourceError,
-    VocabularyError,
-    WeightsNotFoundError,
-)
-from maskadapter.modeling import MaskAdapterHead
-from maskadapter.settings import Settings
+import importlib
+from typing import TYPE_CHECKING
+
+# Where each public name lives. They are imported on first use (PEP 562), so that
+# ``import maskadapter.settings``, ``maskadapter.errors`` or a command's --help do not
+# load torch, SAM-2 and CLIP (seconds of imports) before they are needed.
+_WHERE = {
+    "maskadapter.engine.clip_features": (
+        "VILD_TEMPLATES", "encode_vocabulary", "mask_logits", "mask_pooling_logits", "pooled_embeddings_from_features",
+    ),
+    "maskadapter.engine.generator": ("MaskGenerator",),
+    "maskadapter.engine.images": ("check_image", "load_image"),
+    "maskadapter.engine.mask_settings": ("AutoMaskSettings",),
+    "maskadapter.engine.painting": ("semantic_map",),
+    "maskadapter.engine.results": ("Comparison", "Segment", "SegmentationResult"),
+    "maskadapter.engine.segmenter": ("Segmenter",),
+    "maskadapter.engine.session": ("ImageSession", "SessionStore"),
+    "maskadapter.engine.vocabulary": ("PREDEFINED", "Vocabulary", "build_vocabulary", "parse_vocabulary"),
+    "maskadapter.errors": (
+        "CheckpointError", "InputError", "MaskAdapterError", "ResourceError", "VocabularyError", "WeightsNotFoundError",
+    ),
+    "maskadapter.modeling": ("MaskAdapterHead",),
+    "maskadapter.settings": ("Settings",),
+}  # fmt: skip
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'maskadapter' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from maskadapter.engine.clip_features import (
+        VILD_TEMPLATES,
+        encode_vocabulary,
+        mask_logits,
+        mask_pooling_logits,
+        pooled_embeddings_from_features,
+    )
+    from maskadapter.engine.generator import MaskGenerator
+    from maskadapter.engine.images import check_image, load_image
+    from maskadapter.engine.mask_settings import AutoMaskSettings
+    from maskadapter.engine.painting import semantic_map
+    from maskadapter.engine.results import Comparison, Segment, SegmentationResult
+    from maskadapter.engine.segmenter import Segmenter
+    from maskadapter.engine.session import ImageSession, SessionStore
+    from maskadapter.engine.vocabulary import PREDEFINED, Vocabulary, build_vocabulary, parse_vocabulary
+    from maskadapter.errors import (
+        CheckpointError,
+        InputError,
+        MaskAdapterError,
+        ResourceError,
+        VocabularyError,
+        WeightsNotFoundError,
+    )
+    from maskadapter.modeling import MaskAdapterHead
+    from maskadapter.settings import Settings
 
 __all__ = [
     "PREDEFINED",

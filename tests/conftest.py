@@ -6,23 +6,30 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from maskadapter.engine.segmenter import Segmenter  # noqa: E402
-from maskadapter.engine.transforms import ImageTransform  # noqa: E402
-from maskadapter.engine.weights import ModelFiles, build_models, save_tiny_random  # noqa: E402
+if TYPE_CHECKING:
+    import torch
+
+    from maskadapter.engine.segmenter import Segmenter
+    from maskadapter.engine.weights import ModelFiles
+
+# torch and the package are imported where they are used: under `pytest -n 2` the
+# controlling process only hands out tests and need not spend seconds importing them
 
 EXAMPLES = ROOT / "examples"
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
     # pytest -n 2 on two cores: one thread per worker, so the workers do not fight over cores;
     # the processes the tests start (the app, the CLI, examples) inherit one OpenMP thread
     # too (two threads each beside the other worker spin and wait on each other)
@@ -41,6 +48,8 @@ def small_image(name: str = "chelsea.png", width: int = 160) -> np.ndarray:
 def held_arrays(obj: object):
     """Every tensor and array in ``obj`` (dicts, lists, tuples and dataclasses walked),
     as the tests count what a session holds."""
+    import torch
+
     if isinstance(obj, torch.Tensor | np.ndarray):
         yield obj
     elif isinstance(obj, dict):
@@ -60,17 +69,24 @@ def array_bytes(arrays) -> int:
 
 @pytest.fixture(scope="session")
 def tiny_files(tmp_path_factory) -> ModelFiles:
+    from maskadapter.engine.weights import save_tiny_random
+
     return save_tiny_random(tmp_path_factory.mktemp("tiny_models"))
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tiny_files):
+    from maskadapter.engine.weights import build_models
+
     return build_models(tiny_files, "cpu")
 
 
 @pytest.fixture()
 def segmenter(tiny_models, tmp_path) -> Segmenter:
     """A segmenter over the tiny models with a small CLIP input size and its own cache."""
+    from maskadapter.engine.segmenter import Segmenter
+    from maskadapter.engine.transforms import ImageTransform
+
     return Segmenter(tiny_models, "cpu", ImageTransform(short_side=224, max_size=320), str(tmp_path / "cache"))
 
 
@@ -100,6 +116,8 @@ class SyntheticSAM:
         self._decoder_forward = model.sam_mask_decoder.forward
 
     def __enter__(self) -> SyntheticSAM:
+        import torch
+
         def encoder(points=None, boxes=None, masks=None):
             self.coords = None if points is None else points[0].detach().float()
             return self._encoder_forward(points=points, boxes=boxes, masks=masks)
@@ -134,6 +152,8 @@ class SyntheticSAM:
 def _squares(h: int, w: int, tile: int = 24) -> torch.Tensor:
     """(h, w) bool: in each ``tile`` x ``tile`` cell one square of side 3 to 13 pixels
     (areas 9 to 169, both sides of a 100-pixel limit), one cell in three left empty."""
+    import torch
+
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     ty, tx = ys // tile, xs // tile
     side = 3 + (ty * 5 + tx * 3) % 11

@@ -95,8 +95,10 @@ def clone(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return work, env
 
 
-def check_cli(code: str, work: Path, stdout: str) -> None:
-    """README's label example: its outputs for every example image it names, one line each."""
+def check_cli(code: str, work: Path, stdout: str, stderr: str) -> None:
+    """README's label example: its outputs for every example image it names, one line each;
+    on stderr one warning about the random weights and none of the third-party warnings
+    a new process used to print."""
     assert "--tiny-random" in code
     images = re.findall(r"(examples/\S+)", code)
     assert images, "the example names no example image"
@@ -106,16 +108,20 @@ def check_cli(code: str, work: Path, stdout: str) -> None:
         assert len(segments["segments"]) >= 1
         assert (work / "out" / f"{Path(image).stem}_overlay.png").is_file()
     assert len(stdout.splitlines()) == len(images)
+    warnings = [line for line in stderr.splitlines() if "random weights" in line]
+    assert len(warnings) == 1 and "--pred-iou-thresh and --stability-score-thresh default to 0" in warnings[0]
+    for noise in ("FutureWarning", "torch.jit.script", "not writable", "No pretrained weights", "Skipping the post"):
+        assert noise not in stderr
 
 
-def check_python(code: str, work: Path, stdout: str) -> None:
+def check_python(code: str, work: Path, stdout: str, stderr: str) -> None:
     """README's Python example: the overlay written and (label, score) pairs printed."""
     assert "Settings(tiny_random=True)" in code
     assert (work / "overlay.png").is_file()
     assert stdout.strip().startswith("[('")  # at least one (label, score)
 
 
-def check_batch(code: str, work: Path, stdout: str) -> None:
+def check_batch(code: str, work: Path, stdout: str, stderr: str) -> None:
     """docs/batch.md's example: every matched example labelled, in the summary and the COCO file."""
     assert "--tiny-random" in code
     expected = sorted(p.name for p in (ROOT / "examples").glob("c*.png"))
@@ -125,7 +131,7 @@ def check_batch(code: str, work: Path, stdout: str) -> None:
     assert len(coco["images"]) == len(expected) and coco["annotations"]
 
 
-CHECKS: dict[tuple[str, str], Callable[[str, Path, str], None]] = {
+CHECKS: dict[tuple[str, str], Callable[[str, Path, str, str], None]] = {
     ("README.md", "cli"): check_cli,
     ("README.md", "python"): check_python,
     ("docs/batch.md", "batch"): check_batch,
@@ -174,7 +180,7 @@ def test_marked_example_runs(example: Block, clone):
     assert done.returncode == 0, done.stderr[-3000:]
     check = CHECKS.get((example.page, example.name))
     if check is not None:
-        check(example.code, work, done.stdout)
+        check(example.code, work, done.stdout, done.stderr)
     if shutil.which("git") and (ROOT / ".git").exists():  # a checkout, as the examples assume
         missed = not_ignored(written_files(work))
         assert not missed, f".gitignore misses what {example.page}:{example.name} writes: {missed}"

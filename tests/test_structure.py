@@ -137,3 +137,33 @@ def test_every_package_folder_is_installed():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     folders = {module_name(init) for init in PACKAGE.rglob("__init__.py")}
     assert folders <= listed, sorted(folders - listed)
+
+
+def test_public_names_load_on_first_use():
+    """``import maskadapter`` (and its light modules: settings, errors) loads no torch; each
+    public name then resolves to the object its module defines, once, and an unknown
+    name is an AttributeError naming it."""
+    import subprocess
+
+    code = (
+        "import sys, maskadapter, maskadapter.settings, maskadapter.errors\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
+
+    import maskadapter
+
+    homes = {
+        "Segmenter": "maskadapter.engine.segmenter", "Settings": "maskadapter.settings",
+        "MaskAdapterHead": "maskadapter.modeling.adapter", "InputError": "maskadapter.errors",
+        "build_vocabulary": "maskadapter.engine.vocabulary", "semantic_map": "maskadapter.engine.painting",
+    }  # fmt: skip
+    for name in maskadapter.__all__:
+        value = getattr(maskadapter, name)
+        assert value is getattr(maskadapter, name) and name in dir(maskadapter)
+        if name in homes:
+            assert value.__module__ == homes[name], name
+    assert maskadapter.VILD_TEMPLATES is importlib.import_module("maskadapter.engine.clip_features").VILD_TEMPLATES
+    with pytest.raises(AttributeError, match="no attribute 'Segmentr'"):
+        maskadapter.Segmentr  # noqa: B018
