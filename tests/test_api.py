@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, AppProcess, small_image
+from conftest import AppProcess, small_image
 from PIL import Image
 
 from maskadapter.output.export import decode_rle
@@ -61,9 +61,8 @@ def client(app):
 
 
 def _photo(width: int = 120) -> Image.Image:
-    with Image.open(EXAMPLES / "chelsea.png") as im:
-        im = im.convert("RGB")
-        return im.resize((width, round(im.height * width / im.width)))
+    """The example cat photo ``width`` pixels wide, as a PIL image to save in any format."""
+    return Image.fromarray(small_image("chelsea.png", width))
 
 
 def _clean_error(err: Exception) -> str:
