@@ -200,14 +200,16 @@ def _image_files(tmp: Path) -> dict[str, tuple[Path, tuple[int, int] | str]]:
 
 
 def test_images(client, app, tmp_path):
+    # one click per image (every endpoint reads its image with the same component)
     files = _image_files(tmp_path)
     for name, (path, expect) in files.items():
-        result, error = _automatic(client, path)
+        click = [expect[0] // 2, expect[1] // 2, 1] if isinstance(expect, tuple) else [0, 0, 1]
+        result, error = _points(client, path, json.dumps([click]))
         if isinstance(expect, tuple):
             assert error is None, (name, error)
-            segments = result[4]
+            segments = result[1]
             assert (segments["image"]["width"], segments["image"]["height"]) == expect, name
-            assert Image.open(result[0]).size[0] == expect[0], name  # the overlay too
+            assert Image.open(result[0]).size == expect, name  # the overlay too
         else:
             assert result is None and expect in error.lower(), (name, error)
     # an upload over the app's size cap (4 MB here) is refused before anything reads it
@@ -217,10 +219,11 @@ def test_images(client, app, tmp_path):
     with pytest.raises(ValueError, match="exceeds the maximum file size"):  # gradio_client checks first
         _automatic(client, tmp_path / "noise.png")
     assert _raw_upload(app.url, tmp_path / "noise.png") >= 400  # and the server refuses it anyway
-    # orientation applied in the point endpoint too: (100, 10) exists only when upright
+    # orientation applied in the automatic endpoint too
     path, _ = files["exif6.jpg"]
-    result, error = _points(client, path, "[[70, 110, 1]]")
-    assert error is None and (result[1]["image"]["width"], result[1]["image"]["height"]) == (80, 120), error
+    result, error = _automatic(client, path)
+    assert error is None and (result[4]["image"]["width"], result[4]["image"]["height"]) == (80, 120), error
+    assert Image.open(result[0]).size[0] == 80  # the overlay (a legend below it)
     _still_answers(client, tmp_path)
 
 

@@ -26,6 +26,7 @@ STAGES = {
 }
 TICK = 0.25  # seconds per reading of the fake clock (a binary fraction: sums stay exact)
 USER, SYSTEM = 0.5, 0.125  # CPU seconds per reading of the fake CPU counter
+SMALL_CLIP = ["--short-side", "224", "--max-size", "320"]  # not the 800-pixel preset: the figures are about timing
 
 
 class FakeTime:
@@ -118,6 +119,7 @@ def test_benchmark_compares_with_sam2_in_its_own_process(tmp_path, capsys, monke
     _fake_cpu(monkeypatch)
     out = tmp_path / "bench.json"
     args = ["--tiny-random", "--width", "160", "--height", "120", "--points-per-side", "4", "--precision", "float32"]
+    args += SMALL_CLIP
     # hole filling off: sam2 skips it without its compiled extension, so the work is equal
     args += ["--min-mask-region-area", "0", "--compare-precision", "--batch-images", "2", "--json", str(out)]
     assert benchmark.main(args + ["--cache-dir", str(tmp_path / "cache")]) == 0
@@ -152,7 +154,7 @@ def test_benchmark_runs_the_demo_settings_and_derives_its_figures(tmp_path, monk
     cpu_readings = _fake_cpu(monkeypatch)
     forwards = _counting_network_time(monkeypatch)
     out = tmp_path / "bench.json"
-    args = ["--tiny-random", "--width", "96", "--height", "64", "--points-per-side", "2", "--no-sam2"]
+    args = ["--tiny-random", "--width", "96", "--height", "64", "--points-per-side", "2", "--no-sam2", *SMALL_CLIP]
     args += ["--batch-images", "0", "--json", str(out), "--cache-dir", str(tmp_path / "cache")]
     assert benchmark.main(args) == 0
     figures = json.loads(out.read_text())
@@ -276,7 +278,7 @@ def test_compare_precision_figures_on_known_masks():
 def test_video_figures_on_a_short_clip(tmp_path, capsys):
     """``--video-frames``: a synthetic clip tracked instead of the image path; its figures."""
     out = tmp_path / "video.json"
-    args = ["--tiny-random", "--video-frames", "5", "--width", "96", "--height", "64", "--json", str(out)]
+    args = ["--tiny-random", "--video-frames", "5", "--width", "96", "--height", "64", "--json", str(out), *SMALL_CLIP]
     assert benchmark.main([*args, "--cache-dir", str(tmp_path / "cache")]) == 0
     video = json.loads(out.read_text())["video"]
     assert (video["frames"], video["size"], video["objects"], video["working_side"]) == (5, [96, 64], 1, 640)

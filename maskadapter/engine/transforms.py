@@ -271,13 +271,17 @@ class ImageTransform:
         if m.shape[0] == 0:
             return m.new_zeros(1, 0, ph, pw)
         m = (m > 0.5).to(torch.float32)[None]  # (1, N, h, w) binary
-        coverage = F.interpolate(m, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
-        out = (coverage >= 0.5).to(torch.float32)  # (1, N, rh, rw)
-        lost = (out.flatten(2).amax(-1) == 0) & (m.flatten(2).amax(-1) > 0)  # (1, N)
+        # antialiasing only changes a shrinking resize (enlarging, it equals plain bilinear)
+        shrinks = rh < m.shape[-2] or rw < m.shape[-1]
+        coverage = F.interpolate(m, size=(rh, rw), mode="bilinear", align_corners=False, antialias=shrinks)
+        out = m.new_zeros(1, m.shape[1], ph, pw)  # (1, N, Hp, Wp), padding stays 0
+        inside = out[..., :rh, :rw]
+        inside.copy_(coverage >= 0.5)
+        lost = (coverage.flatten(2).amax(-1) < 0.5) & (m.flatten(2).amax(-1) > 0)  # (1, N)
         if bool(lost.any()):
             touched = F.adaptive_max_pool2d(m[:, lost[0]], (rh, rw))  # (1, n_lost, rh, rw)
-            out[:, lost[0]] = (touched > 0).to(torch.float32)
-        return F.pad(out, (0, pw - rw, 0, ph - rh))
+            inside[:, lost[0]] = (touched > 0).to(torch.float32)
+        return out
 
 
 class WorkingFrame:
