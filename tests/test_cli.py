@@ -5,6 +5,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -96,6 +98,28 @@ def test_cli_two_images_three_outputs_each(tmp_path):
             assert seg["label"] in data["labels"]
             # the label map shows this class somewhere inside the mask
             assert (labels[mask] == seg["class_id"] + 1).any()
+
+
+def test_help_and_argument_errors_answer_without_loading_torch(tmp_path):
+    """``maskadapter --help``, an empty vocabulary and an unknown ``--mode`` are answered
+    before the engine (torch) is imported: in a fresh interpreter, torch is never loaded."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from maskadapter.__main__ import main\n"
+        "for args in (['--help'], ['x.png', '--vocab', ' ', '--out', 'o'], ['x.png', '--mode', 'x', '--out', 'o']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "        try:\n"
+        "            code = main(args)\n"
+        "        except SystemExit as exit_:\n"
+        "            code = exit_.code\n"
+        "    print(code)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0", "2", "2", "False"]
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_help_and_errors(tmp_path):

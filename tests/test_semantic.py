@@ -5,7 +5,6 @@ default automatic mode."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from maskadapter import semantic_map
 from maskadapter.engine.mask_set import MaskSet
 from maskadapter.engine.mask_settings import AutoMaskSettings
 from maskadapter.engine.painting import semantic_label_map
+from maskadapter.engine.segmenter import Segmenter
 from maskadapter.engine.vocabulary import build_vocabulary
 from maskadapter.output.export import segments_to_dict
 from maskadapter.service import SegmentationService
@@ -255,7 +255,7 @@ def test_default_mode_is_the_semantic_map(segmenter, monkeypatch, tmp_path):
             np.testing.assert_array_equal(np.asarray(im).astype(np.int32) - 1, expected)
 
     Image.fromarray(image).save(tmp_path / "grey.png")
-    monkeypatch.setattr(cli, "Segmenter", SimpleNamespace(from_settings=lambda settings, progress: segmenter))
+    monkeypatch.setattr(Segmenter, "from_settings", lambda settings, progress: segmenter)
     monkeypatch.setattr(cli, "setup_logging", lambda verbose: None)  # the test process's logging stays as it is
     for mode, expected in ((None, semantic), ("per_mask", per_mask)):
         out = tmp_path / f"cli-{mode}"

@@ -53,7 +53,8 @@ from maskadapter.engine.mask_settings import (
     default_mask_settings,
     mask_settings_from_args,
 )
-from maskadapter.engine.results import Painting, assemble
+from maskadapter.engine.painting_options import Painting
+from maskadapter.engine.results import assemble
 from maskadapter.engine.segmenter import Segmenter
 from maskadapter.engine.vocabulary import Vocabulary, build_vocabulary
 from maskadapter.errors import MaskAdapterError

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from maskadapter.engine.images import load_image
 from maskadapter.engine.mask_settings import RANDOM_WEIGHT_OVERRIDES
-from maskadapter.engine.results import MODES, Painting
+from maskadapter.engine.painting_options import MODES, Painting
 from maskadapter.engine.vocabulary import PREDEFINED
 from maskadapter.errors import InputError
 from maskadapter.progress import ProgressCallback, no_progress

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -35,14 +36,17 @@ from maskadapter.cli.common import (
     read_image_file,
 )
 from maskadapter.engine.mask_settings import AutoMaskSettings, add_mask_arguments, mask_settings_from_args
-from maskadapter.engine.segmenter import Segmenter
 from maskadapter.engine.vocabulary import Vocabulary, build_vocabulary
 from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.logs import setup_logging
-from maskadapter.output.export import save_label_map, save_segments_json
-from maskadapter.output.render import COMPARE_TITLES, overlay, side_by_side
 from maskadapter.progress import ProgressCallback
 from maskadapter.settings import add_arguments, settings_from_args
+
+if TYPE_CHECKING:
+    from maskadapter.engine.segmenter import Segmenter
+
+# The engine and the outputs (torch) are imported once the arguments are read, so that
+# --help and argument errors answer at once.
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +95,9 @@ def _label_one(
 ) -> list[str]:
     """Segment one image and write its outputs; the lines to print. ``stage`` hears the
     segmenter's progress on this image (the bar's ``ProgressBar.stage``)."""
+    from maskadapter.output.export import save_label_map, save_segments_json
+    from maskadapter.output.render import COMPARE_TITLES, overlay, side_by_side
+
     image = read_image_file(path)
     stem = args.out / path.stem
     options = (mask_settings, args.mode, args.score_threshold, args.granularity)
@@ -130,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"cannot read image {missing[0]}: no such file")
         if len(missing) == len(paths):
             raise InputError(f"cannot read any image: no such files: {', '.join(missing)}")
+        from maskadapter.engine.segmenter import Segmenter
+
         segmenter = Segmenter.from_settings(settings, progress=loading_messages(args.quiet))
         if not segmenter.real_weights:
             print(random_weights_warning(args), file=sys.stderr, flush=True)

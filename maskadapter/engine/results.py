@@ -3,7 +3,8 @@
 ``assemble`` paints a ``MaskSet`` (in the image's working frame) with its class
 probabilities, at the working resolution, and returns a ``SegmentationResult`` whose
 label map, segment masks, areas and boxes are at the original size (mapped back by
-``transforms.WorkingFrame``). Two ways of painting (``mode``):
+``transforms.WorkingFrame``). Two ways of painting (``mode`` of
+``maskadapter.engine.painting_options.Painting``):
 
 - ``"semantic"`` (the default, as the Mask-Adapter demo draws it): the semantic map of
   ``maskadapter.engine.painting.semantic_label_map`` at ``granularity``; one segment per
@@ -28,11 +29,10 @@ import torch
 
 from maskadapter.engine.mask_set import MaskSet
 from maskadapter.engine.painting import class_presence, per_mask_label_map, semantic_label_map
+from maskadapter.engine.painting_options import Painting
 from maskadapter.engine.transforms import WorkingFrame
 from maskadapter.engine.vocabulary import Vocabulary
-from maskadapter.errors import InputError
 
-MODES = ("semantic", "per_mask")
 OTHERS = "others"  # the extra class of one-class vocabularies
 TOP_K = 5
 
@@ -108,24 +108,6 @@ def with_others(vocabulary: Vocabulary) -> Vocabulary:
     if len(vocabulary) != 1 or vocabulary.labels[0].casefold() == OTHERS:
         return vocabulary
     return dataclasses.replace(vocabulary, classes=(*vocabulary.classes, (OTHERS,)))
-
-
-@dataclass(frozen=True)
-class Painting:
-    """How classified masks are painted (see the module docstring): ``mode`` one of
-    ``MODES``; ``score_threshold`` (minimum class probability of a kept segment) and
-    ``granularity`` (semantic mode's per-class relative threshold) in [0, 1]."""
-
-    mode: str = "semantic"
-    score_threshold: float = 0.0
-    granularity: float = 0.8
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise InputError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name, value in (("score threshold", self.score_threshold), ("granularity", self.granularity)):
-            if not 0.0 <= value <= 1.0:
-                raise InputError(f"{name} must be between 0 and 1, got {value}")
 
 
 def _top(probs: np.ndarray, labels: Sequence[str], k: int = TOP_K) -> list[tuple[str, float]]:

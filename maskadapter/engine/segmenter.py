@@ -36,15 +36,9 @@ from maskadapter.engine.clip_features import (
 from maskadapter.engine.generator import MaskGenerator
 from maskadapter.engine.mask_set import MaskSet
 from maskadapter.engine.mask_settings import RANDOM_WEIGHT_NOTE, AutoMaskSettings, default_mask_settings
+from maskadapter.engine.painting_options import Painting
 from maskadapter.engine.predictor import encode_image, prompt_mask, sam_cache_key
-from maskadapter.engine.results import (
-    Comparison,
-    MaskChange,
-    Painting,
-    SegmentationResult,
-    assemble,
-    with_others,
-)
+from maskadapter.engine.results import Comparison, MaskChange, SegmentationResult, assemble, with_others
 from maskadapter.engine.runtime import (
     autocast_dtype,
     compile_sam2,

@@ -36,7 +36,8 @@ from pycocotools import mask as mask_utils
 
 from maskadapter.engine.images import image_key
 from maskadapter.engine.mask_settings import AutoMaskSettings
-from maskadapter.engine.results import TOP_K, Painting, with_others
+from maskadapter.engine.painting_options import Painting
+from maskadapter.engine.results import TOP_K, with_others
 from maskadapter.engine.session import ImageSession
 from maskadapter.engine.tracker import Tracker
 from maskadapter.engine.transforms import WorkingFrame, box_corners, check_prompts, point_list
