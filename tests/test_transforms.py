@@ -178,3 +178,20 @@ def test_masks_from_a_working_frame_are_binary():
     x = t.masks_to_tensor(masks, image_hw=(60, 90))
     assert x.shape == (1, 2) + t.padded_hw((60, 90)) and _binary(x)
     assert x[0, 1].sum() >= 1
+
+
+def test_enlarged_masks_equal_the_antialiased_coverage_thresholded():
+    """Enlarging both sides, the masks are the antialiased bilinear coverage at 0.5 (the
+    engine skips antialiasing there: it changes nothing when enlarging)."""
+    t = ImageTransform()  # (300, 451) -> (800, 1203)
+    g = torch.Generator().manual_seed(0)
+    blobs = torch.nn.functional.interpolate(torch.rand(12, 1, 30, 45, generator=g), size=(300, 451), mode="bilinear")
+    masks = blobs[:, 0] > 0.6
+    x = t.masks_to_tensor(masks)
+    coverage = torch.nn.functional.interpolate(
+        masks.float()[None], size=(800, 1203), mode="bilinear", align_corners=False, antialias=True
+    )
+    expected = torch.zeros(1, 12, 800, 1216)
+    expected[..., :800, :1203] = (coverage >= 0.5).float()
+    assert masks.flatten(1).any(1).all()  # no mask empty: the max-pool rule stays out of it
+    assert torch.equal(x, expected)

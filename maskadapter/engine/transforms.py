@@ -271,7 +271,7 @@ class ImageTransform:
         if m.shape[0] == 0:
             return m.new_zeros(1, 0, ph, pw)
         m = (m > 0.5).to(torch.float32)[None]  # (1, N, h, w) binary
-        # antialiasing only changes a shrinking resize (enlarging, it equals plain bilinear)
+        # antialiasing only changes a shrinking resize (enlarging, it is plain bilinear up to rounding)
         shrinks = rh < m.shape[-2] or rw < m.shape[-1]
         coverage = F.interpolate(m, size=(rh, rw), mode="bilinear", align_corners=False, antialias=shrinks)
         out = m.new_zeros(1, m.shape[1], ph, pw)  # (1, N, Hp, Wp), padding stays 0
