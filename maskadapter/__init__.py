@@ -34,7 +34,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 # Where each public name lives. They are imported on first use (PEP 562), so that
-# ``import maskadapter.settings``, ``maskadapter.errors`` or a command's --help do not
+# ``import maskadapter.settings``, ``maskadapter.errors`` or `maskadapter --help` do not
 # load torch, SAM-2 and CLIP (seconds of imports) before they are needed.
 _WHERE = {
     "maskadapter.engine.clip_features": (
