@@ -99,8 +99,9 @@ class SyntheticSAM:
     """Replaces SAM-2's mask-decoder outputs with varied discs around each prompt point.
 
     Random SAM-2 weights predict nearly the same mask for every prompt, so filters
-    and NMS would have nothing to do. The real prompt encoder and decoder still run;
-    their outputs are replaced: output k of a point at (x, y) is a disc centred there
+    and NMS would have nothing to do. The real prompt encoder and decoder still run
+    (sam2's ``MaskDecoder`` for clicks and sam2's generator, ``PointDecoder`` for our
+    automatic generator); their outputs are replaced: output k of a point at (x, y) is a disc centred there
     whose radius and edge sharpness depend on the point and on k, with an IoU
     prediction that varies too.
     """
@@ -114,6 +115,9 @@ class SyntheticSAM:
         self.coords = None
         self._encoder_forward = model.sam_prompt_encoder.forward
         self._decoder_forward = model.sam_mask_decoder.forward
+        from maskadapter.engine.point_decoder import PointDecoder
+
+        self._point_decode = PointDecoder.decode
 
     def __enter__(self) -> SyntheticSAM:
         import torch
@@ -122,8 +126,7 @@ class SyntheticSAM:
             self.coords = None if points is None else points[0].detach().float()
             return self._encoder_forward(points=points, boxes=boxes, masks=masks)
 
-        def decoder(*args, **kwargs):
-            low_res, ious, tokens, obj = self._decoder_forward(*args, **kwargs)
+        def replaced(low_res: torch.Tensor, ious: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             B, M, H, W = low_res.shape
             centre = self.coords[:, 0, :] * (W / 1024.0)  # (B, 2) in low-res pixels
             ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
@@ -138,15 +141,28 @@ class SyntheticSAM:
                 scores[:, k] = 0.75 + 0.24 * torch.sin(seed * 0.9 + 2 * k)
             if self.speckle:
                 logits = torch.where(_squares(H, W), -2.0 * logits.sign(), logits)
-            return logits.to(low_res.dtype), scores.to(ious.dtype), tokens, obj
+            return logits.to(low_res.dtype), scores.to(ious.dtype)
+
+        def decoder(*args, **kwargs):  # sam2's decoder (clicks, sam2's own generator)
+            low_res, ious, tokens, obj = self._decoder_forward(*args, **kwargs)
+            return *replaced(low_res, ious), tokens, obj
+
+        def point_decoder(decoder, coords, multimask=True):  # the automatic generator's decoder
+            return replaced(*self._point_decode(decoder, coords, multimask))
 
         self.model.sam_prompt_encoder.forward = encoder
         self.model.sam_mask_decoder.forward = decoder
+        from maskadapter.engine.point_decoder import PointDecoder
+
+        PointDecoder.decode = point_decoder
         return self
 
     def __exit__(self, *exc) -> None:
         self.model.sam_prompt_encoder.forward = self._encoder_forward
+        from maskadapter.engine.point_decoder import PointDecoder
+
         self.model.sam_mask_decoder.forward = self._decoder_forward
+        PointDecoder.decode = self._point_decode
 
 
 def _squares(h: int, w: int, tile: int = 24) -> torch.Tensor:

@@ -110,7 +110,7 @@ def app_server(tmp_path_factory):
     hooks = [
         models.sam2.image_encoder.register_forward_hook(lambda *a: counters["sam"]()),
         models.clip.visual.trunk.stem.register_forward_hook(lambda *a: counters["clip"]()),
-        models.sam2.sam_mask_decoder.register_forward_hook(decoder_hook),
+        models.sam2.sam_prompt_encoder.register_forward_hook(decoder_hook),  # once per decoder call
     ]
     counters["slow"] = slow
     counters["models"] = models  # for SyntheticSAM (varied masks) in a test

@@ -18,6 +18,7 @@ from torchvision.ops import nms
 from maskadapter.engine.bounded_nms import boxes_for_nms
 from maskadapter.engine.generator import MaskGenerator, point_grid
 from maskadapter.engine.low_res_masks import FrameBounds, small_regions, stability_scores
+from maskadapter.engine.point_decoder import PointDecoder
 from maskadapter.engine.transforms import WorkingFrame, inclusive_boxes, mask_boxes
 
 # ----------------------------------------------------------------- equivalence with sam2
@@ -60,13 +61,18 @@ def _float16_outputs(mp: pytest.MonkeyPatch, sam2_model) -> None:
     float32 logits a handful of frame pixels whose upsampled value lies within float16
     rounding of 0 differ (5 pixels of the 546 masks of "no-filters" here). On values
     float16 holds exactly both upsample the same numbers, so every pixel must agree."""
-    inner = sam2_model.sam_mask_decoder.forward
+    inner, inner_points = sam2_model.sam_mask_decoder.forward, PointDecoder.decode
 
     def decoder(*args, **kwargs):
         low_res, iou, tokens, obj = inner(*args, **kwargs)
         return low_res.to(torch.float16).to(low_res.dtype), iou, tokens, obj
 
+    def point_decoder(*args, **kwargs):
+        low_res, iou = inner_points(*args, **kwargs)
+        return low_res.to(torch.float16).to(low_res.dtype), iou
+
     mp.setattr(sam2_model.sam_mask_decoder, "forward", decoder)
+    mp.setattr(PointDecoder, "decode", point_decoder)
 
 
 def _output_in_frame(predictor, frame_hw: tuple[int, int]) -> None:

@@ -32,7 +32,7 @@ def test_relabel_and_repaint_make_no_sam2_calls(segmenter, image, synthetic_sam)
     session = segmenter.session(image)
     first = segmenter.segment_automatic(session, build_vocabulary("cat, wall, floor"), GRID, "per_mask")
     assert len(first.segments) > 3
-    encoder, decoder = Calls(sam.image_encoder), Calls(sam.sam_mask_decoder)
+    encoder, decoder = Calls(sam.image_encoder), Calls(sam.sam_prompt_encoder)  # once per decoder call
     clip_stem = Calls(segmenter.models.clip.visual.trunk.stem)
     adapter = Calls(segmenter.models.adapter)
     try:

@@ -54,6 +54,7 @@ from maskadapter.engine.mask_settings import (
     mask_settings_from_args,
 )
 from maskadapter.engine.painting_options import Painting
+from maskadapter.engine.point_decoder import PointDecoder
 from maskadapter.engine.results import assemble
 from maskadapter.engine.segmenter import Segmenter
 from maskadapter.engine.vocabulary import Vocabulary, build_vocabulary
@@ -103,28 +104,47 @@ class Clock:
 
 
 class NetworkTime:
-    """Total time spent inside SAM-2's image encoder, prompt encoder and mask decoder."""
+    """Total time spent inside SAM-2's image encoder, prompt encoder and mask decoder
+    (sam2's modules, and ``PointDecoder.decode``, the generator's decoder, while this
+    object lives: ``remove`` puts the method back)."""
 
     def __init__(self, sam2: torch.nn.Module, clock: Clock) -> None:
         self.seconds = 0.0
         self._clock = clock
-        self._start: dict[int, float] = {}
+        self._start = 0.0
+        self._depth = 0  # timed calls open (a decode calls the prompt encoder)
         self._hooks = []
         for module in (sam2.image_encoder, sam2.sam_prompt_encoder, sam2.sam_mask_decoder):
             self._hooks.append(module.register_forward_pre_hook(self._enter))
             self._hooks.append(module.register_forward_hook(self._leave))
+        decode = self._decode = PointDecoder.decode
+        network = self
+
+        def timed(decoder, *args, **kwargs):
+            network._enter(decoder, args)
+            try:
+                return decode(decoder, *args, **kwargs)
+            finally:
+                network._leave(decoder, args, None)
+
+        PointDecoder.decode = timed
 
     def _enter(self, module, args) -> None:
-        self._clock.sync()
-        self._start[id(module)] = time.perf_counter()
+        self._depth += 1
+        if self._depth == 1:  # not inside a timed call already (the prompt encoder in a decode)
+            self._clock.sync()
+            self._start = time.perf_counter()
 
     def _leave(self, module, args, output) -> None:
-        self._clock.sync()
-        self.seconds += time.perf_counter() - self._start.pop(id(module))
+        self._depth -= 1
+        if self._depth == 0:
+            self._clock.sync()
+            self.seconds += time.perf_counter() - self._start
 
     def remove(self) -> None:
         for hook in self._hooks:
             hook.remove()
+        PointDecoder.decode = self._decode
 
 
 def _timed_network(sam2, clock: Clock, fn: Callable[[], object]) -> tuple[float, float, object]:

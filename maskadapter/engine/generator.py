@@ -49,6 +49,7 @@ from maskadapter.engine.low_res_masks import (
     upsampled_chunks,
 )
 from maskadapter.engine.mask_set import MaskSet
+from maskadapter.engine.point_decoder import PointDecoder, prompts_per_call
 from maskadapter.engine.predictor import CachingPredictor
 from maskadapter.engine.transforms import inclusive_boxes
 from maskadapter.progress import ProgressCallback, no_progress
@@ -57,10 +58,6 @@ from maskadapter.progress import ProgressCallback, no_progress
 # synchronisation per group instead of one per batch, and memory stays bounded
 COMPACT_EVERY = 8
 BOUNDS_CHUNK = 192  # candidates whose bounds are computed at once (bounds the float32 temporaries)
-# prompts per mask-decoder call on a CPU: the decoder's largest tensor, (n, 32, 256, 256)
-# float32, then stays within the allocator's reused heap blocks (maskadapter.memory) and
-# the CPU's cache; a GPU takes a whole point batch at once
-CPU_DECODER_PROMPTS = 4
 
 
 def point_grid(points_per_side: int) -> np.ndarray:
@@ -275,13 +272,17 @@ class MaskGenerator:
         points = points.to(device)  # (P, 2) XY pixels of the image
         per_point = 3 if self.multimask_output else 1
         pool = _CandidatePool(len(points) * per_point, COMPACT_EVERY * self.points_per_batch * per_point, device)
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        decoder = PointDecoder(self.model, predictor._features, dtype)
+        step = prompts_per_call(self.model, predictor._features, dtype, self.points_per_batch)
+        scale = torch.tensor([w, h], device=device)
+        resolution = predictor._transforms.resolution
         batches = range(0, len(points), self.points_per_batch)
         for number, start in enumerate(batches, start=1):
             batch = points[start : start + self.points_per_batch]
-            step = self.points_per_batch if device.type == "cuda" else CPU_DECODER_PROMPTS
             for part in batch.split(step):
-                logits, iou = self._decode(predictor, part, (h, w))
-                pool.add(logits, iou, part.repeat_interleave(logits.shape[1], 0))
+                logits, iou = decoder.decode(part / scale * resolution, self.multimask_output)
+                pool.add(logits, iou.flatten(), part.repeat_interleave(logits.shape[1], 0))
             if number % COMPACT_EVERY == 0 or number == len(batches):
                 with torch.autocast(device.type, enabled=False):  # decisions in float32
                     self._settle(pool, bounds)
@@ -296,28 +297,6 @@ class MaskGenerator:
         return found.select(keep)
 
     # ------------------------------------------------------------------ internals
-
-    def _decode(
-        self, predictor: CachingPredictor, points: torch.Tensor, hw: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One point batch through SAM-2's prompt encoder and mask decoder:
-        (b, 2) XY image pixels -> (b, m, 256, 256) low-res logits, (b*m,) float32 IoU."""
-        h, w = hw
-        resolution = predictor._transforms.resolution
-        coords = (points / torch.tensor([w, h], device=points.device) * resolution)[:, None, :]  # (b, 1, 2)
-        labels = torch.ones(coords.shape[:2], dtype=torch.int, device=coords.device)
-        sparse, dense = self.model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        features = predictor._features
-        low_res, iou, _, _ = self.model.sam_mask_decoder(
-            image_embeddings=features["image_embed"][-1:],
-            image_pe=self.model.sam_prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=self.multimask_output,
-            repeat_image=coords.shape[0] > 1,
-            high_res_features=[level[-1:] for level in features["high_res_feats"]],
-        )
-        return low_res, iou.flatten().float()
 
     def _settle(self, pool: _CandidatePool, bounds: FrameBounds) -> None:
         """Decide the pool's pending candidates: the predicted-IoU filter first (it needs
