@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import maskadapter
+from maskadapter.engine.clip_features import encode_text
 from maskadapter.engine.weights import TINY_CLIP_NAME, build_clip
 
 SYNONYM_CLASSES = [["cat", "kitten"], "table", ["cup", "mug", "coffee cup"], "wall"]
@@ -167,6 +168,33 @@ def test_encode_vocabulary_matches_independent_computation(clip_and_tokenizer):
     # other templates give other embeddings
     one, _ = maskadapter.encode_vocabulary(model, tokenizer, ["cat"], templates=["{}"])
     assert _rel_err(one[0], emb[0]) > 1e-3
+
+
+def test_text_is_encoded_on_the_positions_up_to_the_last_end_token(clip_and_tokenizer):
+    """Float32: the text features equal open_clip's 77-position ``encode_text`` to 1e-5,
+    and the tower reads only up to the batch's last end token; a vocabulary's rows
+    equal the per-prompt 77-position recomputation to 1e-5."""
+    model, tokenizer = clip_and_tokenizer
+    texts = ["a", "a photo of a cat.", "There is a large traffic light in the scene.", "word " * 90]
+    tokens = tokenizer(texts)
+    ends = [int((row == row.max()).nonzero()[0]) for row in tokens]  # the end token has the largest id
+    assert ends[-1] == 76 and ends[0] == 2  # one prompt cut at 77 tokens, one of 3 tokens
+    lengths = []
+    hook = model.transformer.register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
+    try:
+        with torch.no_grad():
+            want = model.encode_text(tokens)
+            for batch in (tokens[:3], tokens):
+                got = encode_text(model, batch)
+                torch.testing.assert_close(got, want[: len(batch)], atol=1e-5, rtol=0)
+    finally:
+        hook.remove()
+    assert lengths == [77, max(ends[:3]) + 1, 77]
+    classes = ["cat", ["traffic light", "stop light"], "a very long name " * 3]
+    with torch.no_grad():
+        emb, _ = maskadapter.encode_vocabulary(model, tokenizer, classes, batch_size=5)
+        want, _ = reference_text_embeddings(model, tokenizer, classes, maskadapter.VILD_TEMPLATES)
+    torch.testing.assert_close(emb, want, atol=1e-5, rtol=0)
 
 
 def test_vild_templates_are_the_fourteen_in_order():

@@ -273,6 +273,43 @@ def mask_pooling_logits(
 
 
 @torch.no_grad()
+def _read_positions(clip_model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """(n, L) token ids -> (n,) long: the position whose output open_clip's text tower
+    returns (the end token for ``argmax`` / ``eos`` pooling), or L - 1 when the tower
+    reads another way (then every position is needed)."""
+    pool = getattr(clip_model, "text_pool_type", None)
+    if pool == "argmax":  # the end token has the largest id
+        return tokens.argmax(dim=-1)
+    eos = getattr(clip_model, "text_eos_id", None)
+    if pool == "eos" and eos is not None:
+        return (tokens == eos).int().argmax(dim=-1)
+    return torch.full(tokens.shape[:1], tokens.shape[1] - 1, dtype=torch.long, device=tokens.device)
+
+
+def encode_text(clip_model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``CLIP.encode_text`` on the positions up to the last end token of the
+    batch: (n, L) token ids -> (n, D) text features (not normalised).
+
+    CLIP's text attention is causal and the feature is read at the end token, so the
+    positions after the batch's last end token change nothing: the result equals the
+    full-length computation up to float rounding, for a fraction of its work (a prompt
+    of the templates has about 10 tokens of the 77). Towers without a causal mask or
+    read elsewhere (and other text towers) run whole, through ``encode_text``."""
+    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
+    mask = getattr(clip_model, "attn_mask", None)
+    if not all(hasattr(clip_model, name) for name in needed) or not torch.is_tensor(mask):
+        return clip_model.encode_text(tokens)
+    read = _read_positions(clip_model, tokens)  # (n,)
+    length = int(read.max()) + 1
+    tokens = tokens[:, :length]
+    cast = clip_model.transformer.get_cast_dtype()
+    x = clip_model.token_embedding(tokens).to(cast) + clip_model.positional_embedding[:length].to(cast)  # (n, l, W)
+    x = clip_model.transformer(x, attn_mask=mask[:length, :length])
+    x = clip_model.ln_final(x)[torch.arange(len(x), device=x.device), read]  # (n, W) at the end tokens
+    projection = clip_model.text_projection
+    return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+
 def encode_vocabulary(
     clip_model: nn.Module,
     tokenizer,
@@ -313,13 +350,18 @@ def encode_vocabulary(
         owners.extend([i] * len(synonyms))
     device = clip_model.logit_scale.device
     texts = [t.format(name) for name in names for t in templates]
+    tokens = tokenizer(texts).to(device)  # (n, 77)
+    # prompts of similar length share a call, so each call reads few positions
+    order = torch.argsort(_read_positions(clip_model, tokens), stable=True)
     rows = []
     for start in range(0, len(texts), batch_size):
         end = min(len(texts), start + batch_size)
-        tokens = tokenizer(texts[start:end]).to(device)
-        rows.append(F.normalize(clip_model.encode_text(tokens).float(), dim=-1))
+        rows.append(F.normalize(encode_text(clip_model, tokens[order[start:end]]).float(), dim=-1))
         if progress is not None:
             progress(end / len(texts), f"encoding class names: {end // len(templates)} of {len(names)}")
-    per_text = torch.cat(rows).reshape(len(names), len(templates), -1)  # (K, T, D)
+    rows = torch.cat(rows)
+    per_text = torch.empty_like(rows)
+    per_text[order] = rows  # back in the prompts' order
+    per_text = per_text.reshape(len(names), len(templates), -1)  # (K, T, D)
     embeddings = F.normalize(per_text.mean(dim=1), dim=-1)
     return embeddings, torch.tensor(owners, dtype=torch.long, device=device)
