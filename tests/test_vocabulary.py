@@ -101,15 +101,13 @@ def test_to_text_round_trips():
 
 
 def _counting(model):
+    """Counts text-tower runs (its transformer's calls); returns the counter and the hook."""
     calls = {"n": 0}
-    original = model.encode_text
 
-    def encode_text(tokens, *args, **kwargs):
+    def count(module, args):
         calls["n"] += 1
-        return original(tokens, *args, **kwargs)
 
-    model.encode_text = encode_text
-    return calls, original
+    return calls, model.transformer.register_forward_pre_hook(count)
 
 
 def _reference(model, tokenizer, names: list[str]) -> torch.Tensor:
@@ -126,7 +124,7 @@ def _reference(model, tokenizer, names: list[str]) -> torch.Tensor:
 
 def test_second_request_makes_no_text_encoder_call(tiny_models, tmp_path):
     expected = _reference(tiny_models.clip, tiny_models.tokenizer, ["cat", "kitten", "table"])
-    calls, original = _counting(tiny_models.clip)
+    calls, hook = _counting(tiny_models.clip)
     try:
         cache = TextEmbeddingCache(tiny_models.clip, tiny_models.tokenizer, "key", tmp_path)
         voc = build_vocabulary("cat | kitten, table")
@@ -152,7 +150,7 @@ def test_second_request_makes_no_text_encoder_call(tiny_models, tmp_path):
         other.embed(voc)
         assert other.encoder_calls == 1
     finally:
-        tiny_models.clip.encode_text = original
+        hook.remove()
 
 
 def test_new_process_reuses_disk_cache(tiny_files, tiny_models, tmp_path):
@@ -176,8 +174,7 @@ def test_new_process_reuses_disk_cache(tiny_files, tiny_models, tmp_path):
                            Path({str(tiny_files.adapter_checkpoint)!r}))
         seg = Segmenter(build_models(files, "cpu"), "cpu", cache_dir={str(tmp_path)!r})
         calls = []
-        original = seg.models.clip.encode_text
-        seg.models.clip.encode_text = lambda *a, **k: calls.append(1) or original(*a, **k)
+        seg.models.clip.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
         emb, _ = seg.text_embeddings(build_vocabulary({vocabulary!r}))
         print("CALLS", len(calls), "SUM", repr(float(emb.sum())))
     """)

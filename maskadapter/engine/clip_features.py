@@ -356,7 +356,8 @@ def encode_vocabulary(
     rows = []
     for start in range(0, len(texts), batch_size):
         end = min(len(texts), start + batch_size)
-        rows.append(F.normalize(encode_text(clip_model, tokens[order[start:end]]).float(), dim=-1))
+        with torch.no_grad():
+            rows.append(F.normalize(encode_text(clip_model, tokens[order[start:end]]).float(), dim=-1))
         if progress is not None:
             progress(end / len(texts), f"encoding class names: {end // len(templates)} of {len(names)}")
     rows = torch.cat(rows)
