@@ -27,6 +27,32 @@ if TYPE_CHECKING:
 
 EXAMPLES = ROOT / "examples"
 
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--cpu-bf16",
+        choices=("detect", "native"),
+        default="detect",
+        help="native: run as on a CPU with AMX / AVX-512 BF16, where precision 'auto' means bf16 "
+        "(each worker's detection answers yes; processes the tests start get MASKADAPTER_PRECISION=bf16); "
+        "slow where bf16 is emulated, for checking that the suite holds on such CPUs",
+    )
+
+
+def pytest_configure(config):
+    if config.getoption("--cpu-bf16") == "native":
+        from maskadapter.engine import runtime
+
+        detect = runtime.cpu_has_native_bf16
+
+        def native() -> bool:
+            return True
+
+        native.__wrapped__ = detect.__wrapped__  # the real detection, for the test that checks it
+        runtime.cpu_has_native_bf16 = native
+        os.environ.setdefault("MASKADAPTER_PRECISION", "bf16")
+
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
@@ -83,11 +109,14 @@ def tiny_models(tiny_files):
 
 @pytest.fixture()
 def segmenter(tiny_models, tmp_path) -> Segmenter:
-    """A segmenter over the tiny models with a small CLIP input size and its own cache."""
+    """A segmenter over the tiny models with a small CLIP input size and its own cache,
+    in float32 (the tests that use it compare with float32 recomputations; on a CPU with
+    native bf16, ``auto`` would mean bf16)."""
     from maskadapter.engine.segmenter import Segmenter
     from maskadapter.engine.transforms import ImageTransform
 
-    return Segmenter(tiny_models, "cpu", ImageTransform(short_side=224, max_size=320), str(tmp_path / "cache"))
+    transform = ImageTransform(short_side=224, max_size=320)
+    return Segmenter(tiny_models, "cpu", transform, str(tmp_path / "cache"), precision="float32")
 
 
 @pytest.fixture()
