@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskadapter.cli import benchmark, benchmark_compare
+from maskadapter.cli import benchmark, benchmark_compare, benchmark_rate
 
 STAGES = {
     "sam2_encode",
@@ -61,8 +61,9 @@ def _fake_cpu(monkeypatch, readings: list[tuple[float, float]] | None = None) ->
 
 
 def _counting_network_time(monkeypatch) -> list[int]:
-    """``benchmark.NetworkTime`` that also counts the forwards its hooks see (one item per
-    instance); its own timing is untouched."""
+    """``benchmark.NetworkTime`` that also counts the outermost network calls its hooks
+    see (one item per instance; a decode's prompt encoder runs inside it); its own
+    timing is untouched."""
     counts: list[int] = []
 
     class Counting(benchmark.NetworkTime):
@@ -71,7 +72,7 @@ def _counting_network_time(monkeypatch) -> list[int]:
             super().__init__(sam2, clock)
 
         def _enter(self, module, args):
-            counts[-1] += 1
+            counts[-1] += self._depth == 0
             super()._enter(module, args)
 
     monkeypatch.setattr(benchmark, "NetworkTime", Counting)
@@ -173,14 +174,22 @@ def test_benchmark_runs_the_demo_settings_and_derives_its_figures(tmp_path, monk
 
     assert len(forwards) == 1  # one mask generation was timed
     n = forwards[0]
-    assert n >= 2  # SAM-2's prompt encoder and mask decoder ran at least once each
-    # mask generation: clock start, then _timed_network's start, 2 readings per forward, its end, clock end
+    assert n >= 1  # the decoder ran at least once
+    # mask generation: clock start, then _timed_network's start, 2 readings per outermost call, its end, clock end
     wall, network = (2 * n + 1) * TICK, n * TICK
     expected = {name: TICK for name in STAGES} | {"mask_generation": (2 * n + 3) * TICK}
     assert figures["stages_s"] == expected
     assert figures["stages_cpu_s"] == {name: [USER, SYSTEM] for name in STAGES}
     assert figures["mask_generation_outside_networks"] == round(1 - network / wall, 4)
     assert figures["relabel_speedup"] == 1.0  # one tick each
+    # FLOPs: counted per network stage; mask generation's from the decoder's per prompt (4 prompts)
+    counted = figures["stage_flops"]
+    assert set(counted) == {"sam2_encode", "clip_encode", "mask_generation", "text_encode", "adapter_classification"}
+    assert all(v > 0 for v in counted.values()) and counted["mask_generation"] % 4 == 0
+    rate = figures["matmul_rate_flops"]["float32"]
+    assert figures["efficiency"]["sam2_encode"] == round(counted["sam2_encode"] / TICK / rate, 3)
+    assert figures["efficiency"]["mask_decoder_networks"] == round(counted["mask_generation"] / (n * TICK) / rate, 3)
+    assert set(figures["cpu"]["flags"]) <= set(benchmark_rate.FAMILY_FLAGS)
     # the process's CPU: the counter's last reading, after two per stage
     assert cpu_readings[0] == 2 * len(STAGES) + 1
     user, system = 2 * len(STAGES) * USER, 2 * len(STAGES) * SYSTEM  # 11.0 and 2.75
@@ -286,3 +295,14 @@ def test_video_figures_on_a_short_clip(tmp_path, capsys):
     assert 0 < video["peak_rss_first_tenth_mb"] <= video["peak_rss_mb"]
     assert video["peak_rss_growth"] == pytest.approx(video["peak_rss_mb"] / video["peak_rss_first_tenth_mb"], abs=1e-3)
     assert "video: tracking" in capsys.readouterr().out
+
+
+def test_flops_are_counted_per_stage_and_the_rate_is_measured():
+    flops = benchmark_rate.StageFlops()
+    a, b = torch.ones(8, 16), torch.ones(16, 4)
+    for _ in range(2):
+        with flops("product"):
+            a @ b
+    assert flops.counted == {"product": 2 * (2 * 8 * 16 * 4)}
+    assert benchmark_rate.efficiency(3e9, 2.0, 2e9) == 0.75
+    assert benchmark_rate.matmul_rate(torch.device("cpu"), seconds=0.05) > 1e8  # any CPU does 0.1 GFLOP/s

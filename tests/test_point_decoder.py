@@ -98,3 +98,23 @@ def test_prompts_per_call_is_measured_once_and_bounded(tiny_models, features, mo
     assert prompts_per_call(tiny_models.sam2, features, None, 64) == chosen
     assert prompts_per_call(tiny_models.sam2, features, None, 1) == 1  # never above the limit
     assert calls == []  # cached for the device, dtype and thread count
+
+
+def test_the_first_layers_image_side_is_not_computed_per_prompt(tiny_models, features):
+    """Per prompt, PointDecoder counts fewer FLOPs than sam2's decoder by at least the
+    first layer's three image-side projections (computed once per image here)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from maskadapter.cli.benchmark_rate import decoder_flops_per_prompt
+
+    sam = tiny_models.sam2
+    coords = torch.tensor([[100.0, 200.0], [300.0, 700.0], [900.0, 50.0], [512.0, 512.0]])
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        _sam2s(sam, features, coords, True)
+    theirs = counter.get_total_flops() // len(coords)
+    first = sam.sam_mask_decoder.transformer.layers[0].cross_attn_token_to_image
+    tokens = features["image_embed"].shape[-1] ** 2
+    projection = 2 * tokens * first.embedding_dim * first.internal_dim  # one (N, C) @ (C, C') product
+    ours = decoder_flops_per_prompt(sam, features, None)
+    assert 0 < ours <= theirs - 3 * projection

@@ -44,6 +44,13 @@ from PIL import Image
 from maskadapter.cli.batch_jobs import BatchOptions, plan_jobs
 from maskadapter.cli.batch_local import run_local
 from maskadapter.cli.benchmark_compare import compare_precision, run_sam2_reference
+from maskadapter.cli.benchmark_rate import (
+    StageFlops,
+    cpu_description,
+    decoder_flops_per_prompt,
+    efficiency,
+    matmul_rate,
+)
 from maskadapter.cli.benchmark_video import status_bytes, video_figures, video_rows
 from maskadapter.cli.common import EXIT_OK, fail
 from maskadapter.engine.images import load_image
@@ -101,6 +108,7 @@ class Clock:
         (user2, system2), seen = cpu_seconds(), self.cpu.get(name, (0.0, 0.0))
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
         self.cpu[name] = (seen[0] + user2 - user, seen[1] + system2 - system)
+        say(f"{name}: {self.times[name]:.2f} s")
 
 
 class NetworkTime:
@@ -218,17 +226,19 @@ def run(args: argparse.Namespace) -> dict:
     segmenter.segment_automatic(cv2.resize(image, (256, 192)), build_vocabulary("warm, up"), settings)
     segmenter.store = type(segmenter.store)(segmenter.store.budget_bytes)
 
-    # stages, one after the other, on a fresh session
+    # stages, one after the other, on a fresh session; FLOPs counted on the networks' stages
+    rates = _rates(device, segmenter.amp_dtype)
+    flops = StageFlops()
     session = segmenter.session(image)
-    with clock("sam2_encode"):
-        segmenter.sam_embedding(session)
-    with clock("clip_encode"):
+    with clock("sam2_encode"), flops("sam2_encode"):
+        embedding = segmenter.sam_embedding(session)
+    with clock("clip_encode"), flops("clip_encode"):
         segmenter.clip_features(session)
     with clock("mask_generation"):
         wall, network, found = _timed_network(sam2, clock, lambda: segmenter.automatic_masks(session, settings))
-    with clock("text_encode"):
+    with clock("text_encode"), flops("text_encode"):
         segmenter.text_embeddings(vocabulary)
-    with clock("adapter_classification"):
+    with clock("adapter_classification"), flops("adapter_classification"):
         probs = segmenter.mask_probabilities(session, found.masks, vocabulary)
     with clock("painting_overlay"):
         result = assemble(segmenter.frame(session), found, probs, vocabulary, Painting(args.mode))
@@ -237,6 +247,10 @@ def run(args: argparse.Namespace) -> dict:
         data = segments_to_dict(result)
         save_label_map(result, Path(tmp) / "labels.png")
         Path(tmp, "segments.json").write_text(json.dumps(data))
+    features = next(iter(embedding.values()))[0]
+    with torch.inference_mode():
+        per_prompt = decoder_flops_per_prompt(sam2, features, segmenter.amp_dtype)
+    flops.counted["mask_generation"] = per_prompt * settings.points_per_side**2
 
     other = _time_whole_paths(segmenter, clock, image, vocabulary, settings, args.mode)
 
@@ -255,11 +269,16 @@ def run(args: argparse.Namespace) -> dict:
         "stages_s": {k: round(v, 4) for k, v in clock.times.items()},
         "stages_cpu_s": {k: [round(u, 3), round(s, 3)] for k, (u, s) in clock.cpu.items()},
         "mask_generation_outside_networks": round(1 - network / max(wall, 1e-9), 4),
+        "cpu": cpu_description(),
+        "matmul_rate_flops": rates,
+        "stage_flops": flops.counted,
+        "efficiency": _efficiencies(clock.times, flops.counted, rates, segmenter.arithmetic, network),
         "relabel_speedup": round(clock.times["end_to_end"] / clock.times["relabel"], 2),
     }
     if args.compare_precision:
         figures["precision_change"] = compare_precision(segmenter, other, vocabulary, settings, args.mode)
     if not args.no_sam2:
+        say("sam2's own generator, in a process of its own (float32; minutes on a CPU)")
         reference = run_sam2_reference(segmenter, image, settings)
         figures["sam2"] = reference
         figures["speedup_vs_sam2"] = round(reference["wall_s"] / clock.times["end_to_end"], 2)
@@ -268,6 +287,32 @@ def run(args: argparse.Namespace) -> dict:
     figures.update(_process_figures(device, rss_loaded))
     del picture
     return figures
+
+
+def say(text: str) -> None:
+    """A progress line on stderr (the figures go to stdout at the end)."""
+    print(f"[benchmark] {text}", file=sys.stderr, flush=True)
+
+
+def _rates(device: torch.device, amp_dtype: torch.dtype | None) -> dict[str, float]:
+    """Measured matrix-product FLOP/s in float32 and in the run's low precision."""
+    rates = {"float32": matmul_rate(device)}
+    if amp_dtype is not None:
+        rates[str(amp_dtype).removeprefix("torch.")] = matmul_rate(device, amp_dtype)
+    say("matrix products: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates.items()))
+    return rates
+
+
+def _efficiencies(times: dict, counted: dict, rates: dict, precision: str, network_s: float) -> dict[str, float]:
+    """Each counted stage's FLOP/s over the matrix-product rate of its precision (text
+    encoding runs in float32); ``mask_decoder_networks``: the decoder's FLOPs over the
+    time spent inside SAM-2's networks during mask generation."""
+    out = {}
+    for name, flops in counted.items():
+        rate = rates["float32"] if name == "text_encode" else rates[precision]
+        out[name] = efficiency(flops, times[name], rate)
+    out["mask_decoder_networks"] = efficiency(counted["mask_generation"], network_s, rates[precision])
+    return out
 
 
 def _time_whole_paths(
@@ -350,6 +395,11 @@ def print_table(figures: dict) -> None:
     for name, wall in figures["stages_s"].items():
         user, system = figures["stages_cpu_s"].get(name, (0.0, 0.0))
         rows.append((f"  {name}", f"{wall:.2f} s / {user:.1f} s / {system:.1f} s"))
+    rates = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in figures["matmul_rate_flops"].items())
+    rows.append(("matrix-product rate (GFLOP/s)", rates))
+    for name, share in figures["efficiency"].items():
+        flops = figures["stage_flops"].get(name if name != "mask_decoder_networks" else "mask_generation", 0)
+        rows.append((f"  {name} at the rate", f"{100 * share:.0f} % ({flops / 1e9:.0f} GFLOP)"))
     rows += [
         ("masks kept", str(figures["masks"])),
         ("mask generation outside networks", f"{100 * figures['mask_generation_outside_networks']:.1f} %"),
@@ -382,9 +432,11 @@ def print_table(figures: dict) -> None:
     if "cuda_max_allocated_bytes" in figures:
         rows.append(("CUDA max allocated", f"{figures['cuda_max_allocated_bytes'] / 2**30:.2f} GiB"))
     width = max(len(name) for name, _ in rows)
+    cpu = figures["cpu"]
     print(
         f"{figures['models']} on {figures['device']} ({figures['precision']}), "
-        f"image {figures['image'][1]}x{figures['image'][0]}"
+        f"image {figures['image'][1]}x{figures['image'][0]}\n"
+        f"CPU: {cpu['model']}, {cpu['threads']} threads, {cpu['capability']}, flags: {' '.join(cpu['flags']) or 'none'}"
     )
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

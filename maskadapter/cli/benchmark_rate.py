@@ -1,0 +1,98 @@
+"""How close to the machine's limit the benchmark's stages run: the CPU (model, family
+flags), the measured matrix-product rate per precision, and the FLOPs of a stage
+counted with torch's ``FlopCounterMode`` (matrix products and convolutions: the work
+that bounds these networks).
+
+A stage's efficiency is its counted FLOPs over its time at the measured rate of its
+precision; 1.0 would be every second spent in matrix products at the rate of a large
+one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from maskadapter.engine.point_decoder import PointDecoder
+
+FAMILY_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # /proc/cpuinfo names
+
+
+def cpu_description() -> dict:
+    """The CPU's model name and which of ``FAMILY_FLAGS`` it has (Linux; else what
+    ``platform`` says), with torch's CPU capability and thread count."""
+    model, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    return {
+        "model": model,
+        "flags": [flag for flag in FAMILY_FLAGS if flag in flags],
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 0.5) -> float:
+    """FLOP/s of a (4096 x 1024) @ (1024 x 1024) product in ``dtype`` on ``device``,
+    repeated for about ``seconds`` after a warm-up: the rate a large, well-shaped
+    product reaches here."""
+    a = torch.randn(4096, 1024, device=device).to(dtype)
+    b = torch.randn(1024, 1024, device=device).to(dtype)
+    flops = 2 * 4096 * 1024 * 1024
+    with torch.inference_mode():
+        for _ in range(2):
+            a @ b
+        _sync(device)
+        start, done = time.perf_counter(), 0
+        while done < 3 or time.perf_counter() - start < seconds:
+            a @ b
+            done += 1
+            _sync(device)
+        return flops * done / (time.perf_counter() - start)
+
+
+class StageFlops:
+    """FLOPs counted per named block: ``with flops("name"): ...``."""
+
+    def __init__(self) -> None:
+        self.counted: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            yield
+        self.counted[name] = self.counted.get(name, 0) + counter.get_total_flops()
+
+
+def decoder_flops_per_prompt(sam2: torch.nn.Module, features: dict, dtype: torch.dtype | None) -> int:
+    """FLOPs of the automatic generator's decoder (prompt encoder included) per point
+    prompt, counted on one call of 4 prompts (the work is linear in the prompts)."""
+    decoder = PointDecoder(sam2, features, dtype)
+    points = torch.tensor([[100.0, 200.0], [300.0, 700.0], [900.0, 50.0], [512.0, 512.0]])
+    counter = FlopCounterMode(display=False)
+    with counter:
+        decoder.decode(points.to(features["image_embed"].device))
+    return counter.get_total_flops() // len(points)
+
+
+def efficiency(flops: float, seconds: float, rate: float) -> float:
+    """Counted FLOPs per second over the measured matrix-product rate."""
+    return round(flops / max(seconds, 1e-9) / rate, 3)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
