@@ -52,10 +52,17 @@ def exact_boxes(logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 
 def small_regions(masks: np.ndarray, max_area: int) -> np.ndarray:
     """(n, h, w) bool -> (n, h, w) bool: pixels of the 8-connected components of
-    ``masks`` (each mask on its own) with at most ``max_area`` pixels.
+    ``masks`` (each mask on its own) with at most ``max_area`` pixels."""
+    return _small_components(masks, max_area)[0]
+
+
+def _small_components(masks: np.ndarray, max_area: int) -> tuple[np.ndarray, np.ndarray]:
+    """``small_regions`` and the (k,) ascending indices of the masks that have any.
 
     The masks are labelled together, in one OpenCV call: stacked into one image with
     an empty row below each, so that no component reaches from one mask into the next.
+    Only the image rows that hold a small component are looked up in the label image
+    (small components are few; most rows hold none).
     """
     n, h, w = masks.shape
     canvas = np.zeros((n, h + 1, w), dtype=np.uint8)
@@ -65,7 +72,16 @@ def small_regions(masks: np.ndarray, max_area: int) -> np.ndarray:
     )
     small = stats[:, cv2.CC_STAT_AREA] <= max_area
     small[0] = False  # label 0: everything outside the components (and the empty rows)
-    return small[labels].reshape(n, h + 1, w)[:, :h]
+    found = np.flatnonzero(small)
+    pixels = np.zeros((n * (h + 1), w), dtype=bool)
+    if len(found):
+        top = stats[found, cv2.CC_STAT_TOP]
+        edges = np.zeros(n * (h + 1) + 1, dtype=np.int32)  # +1 where a component starts, -1 after it
+        np.add.at(edges, top, 1)
+        np.add.at(edges, top + stats[found, cv2.CC_STAT_HEIGHT], -1)
+        rows = np.flatnonzero(np.cumsum(edges[:-1]) > 0)
+        pixels[rows] = small[labels[rows]]
+    return pixels.reshape(n, h + 1, w)[:, :h], np.unique(top // (h + 1)) if len(found) else found
 
 
 def remove_small_regions_(logits: torch.Tensor, max_area: int, threshold: float = 0.0) -> None:
@@ -74,17 +90,19 @@ def remove_small_regions_(logits: torch.Tensor, max_area: int, threshold: float 
     when its compiled extension is present: holes and specks are both found on the
     masks as given, holes set to ``threshold + 10``, specks to ``threshold - 10``.
 
-    Labelling runs on the host, ``FILL_CHUNK`` masks per OpenCV call; on a GPU the
-    masks cross to the host and back once per call of this function, not per mask.
+    Labelling runs on the host, ``FILL_CHUNK`` masks per OpenCV call; only the masks
+    that have a small component are written (on a GPU the masks cross to the host
+    once, and those masks' changes back once per call of OpenCV).
     """
     masks = (logits > threshold).cpu().numpy()  # (N, h, w) bool
-    holes, specks = np.empty_like(masks), np.empty_like(masks)
     for start in range(0, len(masks), FILL_CHUNK):
-        part = slice(start, start + FILL_CHUNK)
-        holes[part] = small_regions(~masks[part], max_area)
-        specks[part] = small_regions(masks[part], max_area)
-    logits.masked_fill_(torch.from_numpy(holes).to(logits.device), threshold + 10.0)
-    logits.masked_fill_(torch.from_numpy(specks).to(logits.device), threshold - 10.0)
+        part = masks[start : start + FILL_CHUNK]
+        for region, value in ((~part, threshold + 10.0), (part, threshold - 10.0)):  # holes, then specks
+            pixels, touched = _small_components(region, max_area)
+            if len(touched):
+                rows = torch.from_numpy(touched + start).to(logits.device)
+                where = torch.from_numpy(pixels[touched]).to(logits.device)
+                logits[rows] = logits[rows].masked_fill_(where, value)
 
 
 def _masked_max(x: torch.Tensor, keep: torch.Tensor | None, dim: int) -> torch.Tensor:

@@ -129,18 +129,28 @@ class PointDecoder:
             dense = encoder.no_mask_embed.weight.to(self.dtype).reshape(1, -1, 1, 1)  # no mask prompt
             self.side = embed.shape[-1]
             self.keys = (embed + dense).flatten(2).transpose(1, 2)  # (1, N, C)
-            self.pe = encoder.get_dense_pe().to(self.dtype).flatten(2).transpose(1, 2)  # (1, N, C)
-            with_pe = self.keys + self.pe
+            pe = encoder.get_dense_pe().to(self.dtype).flatten(2).transpose(1, 2)[0]  # (N, C)
+            with_pe = self.keys + pe
             to_image, to_token = first.cross_attn_token_to_image, first.cross_attn_image_to_token
             self.k0 = _heads(to_image.k_proj(with_pe), to_image.num_heads)  # (1, h, N, d)
             self.v0 = _heads(to_image.v_proj(self.keys), to_image.num_heads)
             self.q0 = _heads(to_token.q_proj(with_pe), to_token.num_heads)  # (1, h, N, d)
+            # later layers and the final attention read the image keys through projections
+            # only: one product per layer for all of them, the PE's share added as a constant
+            self.later = [
+                _ImageSide(pe, (layer.cross_attn_token_to_image, True), (layer.cross_attn_token_to_image, False),
+                           (layer.cross_attn_image_to_token, None))
+                for layer in t.layers[1:]
+            ]  # fmt: skip
+            final = t.final_attn_token_to_image
+            self.final = _ImageSide(pe, (final, True), (final, False))
+            # the upscaling's transposed convolutions as products whose constant term is
+            # the convolution's bias plus the high-resolution feature (both per pixel)
+            dc1, self.ln1, _, dc2, _ = self.dec.output_upscaling
             s0, s1 = (f[-1:].to(self.dtype) for f in features["high_res_feats"])
-            self.feat_s1 = _blocked(s1, 1)  # (1, N * 4, 64)
-            self.feat_s0 = _blocked(s0, 2)  # (1, N * 16, 32)
-            dc1, ln1, _, dc2, _ = self.dec.output_upscaling
-            self.up1, self.up2 = _as_linear(dc1), _as_linear(dc2)
-            self.ln1 = ln1
+            (self.w1, b1), (self.w2, b2) = _as_linear(dc1), _as_linear(dc2)
+            self.c1 = _blocked(s1, 1).reshape(-1, self.w1.shape[1]) + b1  # (N, 4 * C/4)
+            self.c2 = _blocked(s0, 2).reshape(-1, self.w2.shape[1]) + b2  # (N * 4, 4 * C/8)
             d = self.dec
             self.tokens = torch.cat(
                 ([d.obj_score_token.weight] if d.pred_obj_scores else []) + [d.iou_token.weight, d.mask_tokens.weight]
@@ -161,10 +171,12 @@ class PointDecoder:
         b = sparse.shape[0]
         prompt = torch.cat([self.tokens.expand(b, -1, -1), sparse], 1)  # (b, T, C) query tokens and their PE
         queries, keys = self._first_layer(prompt)  # (b, T, C), (b, N, C)
-        for layer in t.layers[1:]:
-            queries, keys = layer(queries=queries, keys=keys, query_pe=prompt, key_pe=self.pe)
+        for layer, image_side in zip(t.layers[1:], self.later, strict=True):
+            queries, keys = self._later_layer(layer, image_side, queries, keys, prompt)
         final = t.final_attn_token_to_image
-        queries = t.norm_final_attn(queries + final(q=queries + prompt, k=keys + self.pe, v=keys))
+        k, v = self.final.project(keys)
+        out = _attend(final.q_proj(queries + prompt), k, v, final.num_heads)
+        queries = t.norm_final_attn(queries + final.out_proj(out))
         first = 1 if multimask else 0
         count = d.num_mask_tokens - first if multimask else d.num_mask_tokens
         mask_tokens = queries[:, self.s + 1 + first : self.s + 1 + first + count]  # (b, m, C)
@@ -200,14 +212,60 @@ class PointDecoder:
         keys = layer.norm4(self.keys + attn.out_proj(_merge(out)))  # (b, N, C)
         return queries, keys
 
+    @staticmethod
+    def _later_layer(
+        layer: nn.Module, image_side: _ImageSide, queries: torch.Tensor, keys: torch.Tensor, prompt: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """sam2's ``TwoWayAttentionBlock`` (with PE) on (b, T, C) queries and (b, N, C)
+        keys, its three image-side projections in one product."""
+        q = queries + prompt
+        queries = layer.norm1(queries + layer.self_attn(q=q, k=q, v=queries))
+        k, v, q_image = image_side.project(keys)  # (b, N, C') each
+        attn = layer.cross_attn_token_to_image
+        out = _attend(attn.q_proj(queries + prompt), k, v, attn.num_heads)
+        queries = layer.norm2(queries + attn.out_proj(out))
+        queries = layer.norm3(queries + layer.mlp(queries))
+        attn = layer.cross_attn_image_to_token
+        out = _attend(q_image, attn.k_proj(queries + prompt), attn.v_proj(queries), attn.num_heads)
+        return queries, layer.norm4(keys + attn.out_proj(out))
+
     def _upscaled(self, keys: torch.Tensor) -> torch.Tensor:
         """(b, N, C) image keys -> (b, N * 16, C / 8) upscaled embedding in blocked order
         (sam2: dc1, + feat_s1, LayerNorm2d, GELU, dc2, + feat_s0, GELU)."""
         b, n, _ = keys.shape
-        x = torch.addmm(self.up1[1], keys.reshape(b * n, -1), self.up1[0]).view(b, n * 4, -1)  # (b, N*4, C/4)
-        x = F.gelu(F.layer_norm(x + self.feat_s1, x.shape[-1:], self.ln1.weight, self.ln1.bias, self.ln1.eps))
-        x = torch.addmm(self.up2[1], x.view(b * n * 4, -1), self.up2[0]).view(b, n * 16, -1)  # (b, N*16, C/8)
-        return F.gelu(x + self.feat_s0)
+        x = torch.baddbmm(self.c1, keys, self.w1.expand(b, -1, -1)).view(b, n * 4, -1)  # (b, N*4, C/4)
+        x = torch.ops.aten.gelu_(F.layer_norm(x, x.shape[-1:], self.ln1.weight, self.ln1.bias, self.ln1.eps))
+        x = torch.baddbmm(self.c2, x.view(b, n * 4, -1), self.w2.expand(b, -1, -1))  # (b, N*4, 4 * C/8)
+        return torch.ops.aten.gelu_(x.view(b, n * 16, -1))
+
+
+class _ImageSide:
+    """Projections of the image keys by several attentions at once: ``project(keys)``
+    gives ``key_proj(keys + pe)`` (``with_pe`` True), ``key_proj(keys)`` (False) or
+    ``q_proj(keys + pe)`` (None) for each (attention, which) given, as sam2 computes
+    them, from one product; the PE's share is a per-image constant."""
+
+    def __init__(self, pe: torch.Tensor, *parts: tuple[nn.Module, bool | None]) -> None:
+        weights, constants = [], []
+        for attn, with_pe in parts:
+            proj = attn.q_proj if with_pe is None else attn.k_proj if with_pe else attn.v_proj
+            weights.append(proj.weight)
+            plain = proj.bias.expand(len(pe), -1)
+            constants.append(plain if with_pe is False else F.linear(pe, proj.weight, proj.bias))
+        self.weight = torch.cat(weights).t()  # (C, parts * C')
+        self.constant = torch.cat(constants, -1)  # (N, parts * C')
+        self.parts = len(parts)
+
+    def project(self, keys: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(b, N, C) -> ``parts`` tensors (b, N, C')"""
+        out = torch.baddbmm(self.constant, keys, self.weight.expand(len(keys), -1, -1))
+        return out.chunk(self.parts, -1)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """sam2's ``Attention`` after its input projections: (b, tq, C'), (b, tk, C') x2 ->
+    (b, tq, C'), before ``out_proj``."""
+    return _merge(F.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads)))
 
 
 def prompts_per_call(sam_model: nn.Module, features: dict, dtype: torch.dtype | None, limit: int) -> int:
