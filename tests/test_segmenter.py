@@ -179,17 +179,24 @@ def test_points_give_one_labelled_mask(segmenter, image, synthetic_sam):
     assert segmenter.stats["clip_image_encodings"] == 1
 
 
-def test_points_with_real_tiny_sam(segmenter, image):
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
+def test_points_with_real_tiny_sam(tiny_models, image, tmp_path, precision):
+    """A click through the segmenter gives sam2's own predictor's mask, pixel for pixel,
+    in the precision stated (bf16 forced: sam2's predictor then runs under the same
+    autocast), so this holds on CPUs with and without native bf16."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
+    transform = ImageTransform(short_side=224, max_size=320)
+    segmenter = Segmenter(tiny_models, "cpu", transform, str(tmp_path / "cache"), precision=precision)
     voc = build_vocabulary(VOCAB)
     result = segmenter.segment_points(image, [[80, 50, 1], [10, 10, 0]], voc)
     _check_segments(result, image, voc)
     # sam2's own predictor on the same points: two points ask for one mask
     predictor = SAM2ImagePredictor(segmenter.models.sam2)
-    predictor.set_image(image)
-    coords, labels = np.array([[80, 50], [10, 10]], np.float32), np.array([1, 0])
-    masks, ious, _ = predictor.predict(point_coords=coords, point_labels=labels, multimask_output=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        predictor.set_image(image)
+        coords, labels = np.array([[80, 50], [10, 10]], np.float32), np.array([1, 0])
+        masks, ious, _ = predictor.predict(point_coords=coords, point_labels=labels, multimask_output=False)
     expected = masks[0] > 0
     assert expected.any()  # so one segment: its mask is sam2's, pixel for pixel
     assert len(result.segments) == 1
