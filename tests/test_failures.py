@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from maskadapter.engine.mask_settings import AutoMaskSettings
+from maskadapter.engine.point_decoder import PointDecoder
 from maskadapter.engine.vocabulary import build_vocabulary
 from maskadapter.errors import InputError, ResourceError
 from maskadapter.service import SegmentationService
@@ -83,15 +84,18 @@ def test_out_of_memory_retries_with_smaller_chunks(segmenter, image, monkeypatch
     expected = segmenter.segment_automatic(image, vocabulary, OPEN)
     segmenter.store = type(segmenter.store)(segmenter.store.budget_bytes)  # recompute everything
 
-    decode, embed = generator.MaskGenerator._decode, segmenter_module.mask_embeddings_from_features
+    decode, embed = PointDecoder.decode, segmenter_module.mask_embeddings_from_features
     sizes = {"points": [], "masks": [], "decoded": []}
 
-    def small_batches(self, predictor, points, *args):
-        sizes["points"].append(self.points_per_batch)
-        sizes["decoded"].append(len(points))
-        if self.points_per_batch > 16:  # a device too small for batches of more than 16 points
+    def per_call(sam_model, features, dtype, limit):  # as if 16 prompts per call were fastest here
+        sizes["points"].append(limit)
+        return min(16, limit)
+
+    def small_batches(self, coords, *args):
+        sizes["decoded"].append(len(coords))
+        if len(coords) > 4:  # a device too small for decoder calls of more than 4 points
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return decode(self, predictor, points, *args)
+        return decode(self, coords, *args)
 
     def small_chunks(clip, adapter, raw, dense, masks):
         sizes["masks"].append(masks.shape[1])
@@ -99,11 +103,12 @@ def test_out_of_memory_retries_with_smaller_chunks(segmenter, image, monkeypatch
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return embed(clip, adapter, raw, dense, masks)
 
-    monkeypatch.setattr(generator.MaskGenerator, "_decode", small_batches)
+    monkeypatch.setattr(generator, "prompts_per_call", per_call)
+    monkeypatch.setattr(PointDecoder, "decode", small_batches)
     monkeypatch.setattr(segmenter_module, "mask_embeddings_from_features", small_chunks)
     got = segmenter.segment_automatic(image, vocabulary, OPEN)
-    assert max(sizes["points"]) == 64 and sizes["points"][-1] == 16  # 64 -> 32 -> 16 points per batch
-    assert max(sizes["decoded"]) <= 16  # each decoder call within the batch
+    assert sizes["points"] == [64, 32, 16, 8, 4]  # points per batch halved until the calls fit
+    assert max(sizes["decoded"]) == 16 and sizes["decoded"][-1] <= 4  # each decoder call within the batch
     assert sizes["masks"][-1] <= 2
     np.testing.assert_array_equal(got.label_map, expected.label_map)
     assert [s.label for s in got.segments] == [s.label for s in expected.segments]

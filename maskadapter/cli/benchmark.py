@@ -48,9 +48,11 @@ from maskadapter.cli.benchmark_rate import (
     StageFlops,
     cpu_description,
     decoder_flops_per_prompt,
-    efficiency,
-    matmul_rate,
+    measure_rates,
+    say,
+    stage_efficiencies,
 )
+from maskadapter.cli.benchmark_table import print_table
 from maskadapter.cli.benchmark_video import status_bytes, video_figures, video_rows
 from maskadapter.cli.common import EXIT_OK, fail
 from maskadapter.engine.images import load_image
@@ -228,7 +230,7 @@ def run(args: argparse.Namespace) -> dict:
     segmenter.store = type(segmenter.store)(segmenter.store.budget_bytes)
 
     # stages, one after the other, on a fresh session; FLOPs counted on the networks' stages
-    rates = _rates(device, segmenter.amp_dtype)
+    rates = measure_rates(device, segmenter.amp_dtype)
     flops = StageFlops()
     session = segmenter.session(image)
     with clock("sam2_encode"), flops("sam2_encode"):
@@ -248,11 +250,7 @@ def run(args: argparse.Namespace) -> dict:
         data = segments_to_dict(result)
         save_label_map(result, Path(tmp) / "labels.png")
         Path(tmp, "segments.json").write_text(json.dumps(data))
-    features = next(iter(embedding.values()))[0]
-    with torch.inference_mode():
-        per_prompt = decoder_flops_per_prompt(sam2, features, segmenter.amp_dtype)
-        per_call = prompts_per_call(sam2, features, segmenter.amp_dtype, settings.points_per_batch)  # as measured
-    flops.counted["mask_generation"] = per_prompt * settings.points_per_side**2
+    flops.counted["mask_generation"], per_call = _decoder_figures(segmenter, embedding, settings)
 
     other = _time_whole_paths(segmenter, clock, image, vocabulary, settings, args.mode)
 
@@ -275,7 +273,7 @@ def run(args: argparse.Namespace) -> dict:
         "matmul_rate_flops": rates,
         "stage_flops": flops.counted,
         "decoder_prompts_per_call": per_call,
-        "efficiency": _efficiencies(clock.times, flops.counted, rates, segmenter.arithmetic, network),
+        "efficiency": stage_efficiencies(clock.times, flops.counted, rates, segmenter.arithmetic, network),
         "relabel_speedup": round(clock.times["end_to_end"] / clock.times["relabel"], 2),
     }
     if args.compare_precision:
@@ -292,30 +290,13 @@ def run(args: argparse.Namespace) -> dict:
     return figures
 
 
-def say(text: str) -> None:
-    """A progress line on stderr (the figures go to stdout at the end)."""
-    print(f"[benchmark] {text}", file=sys.stderr, flush=True)
-
-
-def _rates(device: torch.device, amp_dtype: torch.dtype | None) -> dict[str, float]:
-    """Measured matrix-product FLOP/s in float32 and in the run's low precision."""
-    rates = {"float32": matmul_rate(device)}
-    if amp_dtype is not None:
-        rates[str(amp_dtype).removeprefix("torch.")] = matmul_rate(device, amp_dtype)
-    say("matrix products: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates.items()))
-    return rates
-
-
-def _efficiencies(times: dict, counted: dict, rates: dict, precision: str, network_s: float) -> dict[str, float]:
-    """Each counted stage's FLOP/s over the matrix-product rate of its precision (text
-    encoding runs in float32); ``mask_decoder_networks``: the decoder's FLOPs over the
-    time spent inside SAM-2's networks during mask generation."""
-    out = {}
-    for name, flops in counted.items():
-        rate = rates["float32"] if name == "text_encode" else rates[precision]
-        out[name] = efficiency(flops, times[name], rate)
-    out["mask_decoder_networks"] = efficiency(counted["mask_generation"], network_s, rates[precision])
-    return out
+def _decoder_figures(segmenter: Segmenter, embedding: dict, settings: AutoMaskSettings) -> tuple[int, int]:
+    """(the grid's decoder FLOPs, the decoder's prompts per call as measured) for an image."""
+    features = next(iter(embedding.values()))[0]
+    with torch.inference_mode():
+        per_prompt = decoder_flops_per_prompt(segmenter.models.sam2, features, segmenter.amp_dtype)
+        per_call = prompts_per_call(segmenter.models.sam2, features, segmenter.amp_dtype, settings.points_per_batch)
+    return per_prompt * settings.points_per_side**2, per_call
 
 
 def _time_whole_paths(
@@ -391,59 +372,6 @@ def _batch_figures(segmenter: Segmenter, image: np.ndarray, settings: AutoMaskSe
         seconds = time.perf_counter() - start
     done = sum(o.status == "done" for o in outcomes)
     return {"batch_images": done, "batch_s": round(seconds, 3), "batch_images_per_s": round(done / seconds, 3)}
-
-
-def print_table(figures: dict) -> None:
-    rows = [("stage", "wall / user CPU / system CPU")]
-    for name, wall in figures["stages_s"].items():
-        user, system = figures["stages_cpu_s"].get(name, (0.0, 0.0))
-        rows.append((f"  {name}", f"{wall:.2f} s / {user:.1f} s / {system:.1f} s"))
-    rates = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in figures["matmul_rate_flops"].items())
-    rows.append(("matrix-product rate (GFLOP/s)", rates))
-    for name, share in figures["efficiency"].items():
-        flops = figures["stage_flops"].get(name if name != "mask_decoder_networks" else "mask_generation", 0)
-        rows.append((f"  {name} at the rate", f"{100 * share:.0f} % ({flops / 1e9:.0f} GFLOP)"))
-    rows += [
-        ("masks kept", str(figures["masks"])),
-        ("mask generation outside networks", f"{100 * figures['mask_generation_outside_networks']:.1f} %"),
-        ("decoder prompts per call (measured)", str(figures["decoder_prompts_per_call"])),
-        ("re-label speed-up vs end to end", f"{figures['relabel_speedup']:.1f}x"),
-    ]
-    if "sam2" in figures:
-        ref = figures["sam2"]
-        line = f"{ref['wall_s']:.2f} s ({ref['user_s']:.1f} s user, {ref['sys_s']:.1f} s system), {ref['masks']} masks"
-        rows += [
-            ("sam2's generator alone (own process, float32)", line),
-            ("our whole path (end_to_end) vs sam2's generator", f"{figures['speedup_vs_sam2']:.2f}x faster"),
-        ]
-    if "precision_change" in figures:
-        change = figures["precision_change"]
-        rows += [
-            (f"{' vs '.join(change['precisions'])}: masks", "{} / {}".format(*change["masks"])),
-            ("  masks matched (IoU >= 0.5)", str(change["matched_masks"])),
-            ("  matched mask pixels changed", f"{100 * change['matched_pixels_changed']:.3f} %"),
-            ("  matched masks whose label changed", str(change["matched_labels_changed"])),
-            ("  label map pixels changed", f"{100 * change['label_map_pixels_changed']:.3f} %"),
-        ]
-    if "batch_images_per_s" in figures:
-        line = f"{figures['batch_images_per_s']:.3f} images/s ({figures['batch_images']} images)"
-        rows.append(("batch, local engine", line))
-    cpu = figures["process_cpu_s"]
-    share = f"{100 * cpu['sys_share']:.1f} % of user"
-    rows.append(("process CPU (whole run)", f"{cpu['user']:.1f} s user, {cpu['sys']:.1f} s system ({share})"))
-    rows.append(("peak RSS", f"{figures['peak_rss_bytes'] / 2**30:.2f} GiB"))
-    rows.append(("RSS after model load", f"{figures['rss_after_load_bytes'] / 2**30:.2f} GiB"))
-    if "cuda_max_allocated_bytes" in figures:
-        rows.append(("CUDA max allocated", f"{figures['cuda_max_allocated_bytes'] / 2**30:.2f} GiB"))
-    width = max(len(name) for name, _ in rows)
-    cpu = figures["cpu"]
-    print(
-        f"{figures['models']} on {figures['device']} ({figures['precision']}), "
-        f"image {figures['image'][1]}x{figures['image'][0]}\n"
-        f"CPU: {cpu['model']}, {cpu['threads']} threads, {cpu['capability']}, flags: {' '.join(cpu['flags']) or 'none'}"
-    )
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
 
 
 def run_video(args: argparse.Namespace) -> dict:

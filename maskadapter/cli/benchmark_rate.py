@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,6 +92,43 @@ def decoder_flops_per_prompt(sam2: torch.nn.Module, features: dict, dtype: torch
 def efficiency(flops: float, seconds: float, rate: float) -> float:
     """Counted FLOPs per second over the measured matrix-product rate."""
     return round(flops / max(seconds, 1e-9) / rate, 3)
+
+
+def say(text: str) -> None:
+    """A progress line on stderr (the figures go to stdout at the end)."""
+    print(f"[benchmark] {text}", file=sys.stderr, flush=True)
+
+
+def measure_rates(device: torch.device, amp_dtype: torch.dtype | None) -> dict[str, float]:
+    """Measured matrix-product FLOP/s in float32 and in the run's low precision."""
+    rates = {"float32": matmul_rate(device)}
+    if amp_dtype is not None:
+        rates[str(amp_dtype).removeprefix("torch.")] = matmul_rate(device, amp_dtype)
+    say("matrix products: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates.items()))
+    return rates
+
+
+def stage_efficiencies(times: dict, counted: dict, rates: dict, precision: str, network_s: float) -> dict[str, float]:
+    """Each counted stage's FLOP/s over the matrix-product rate of its precision (text
+    encoding runs in float32); ``mask_decoder_networks``: the decoder's FLOPs over the
+    time spent inside SAM-2's networks during mask generation."""
+    out = {}
+    for name, flops in counted.items():
+        rate = rates["float32"] if name == "text_encode" else rates[precision]
+        out[name] = efficiency(flops, times[name], rate)
+    out["mask_decoder_networks"] = efficiency(counted["mask_generation"], network_s, rates[precision])
+    return out
+
+
+
+def efficiency_rows(figures: dict) -> list[tuple[str, str]]:
+    """The benchmark table's rows of rates and efficiencies."""
+    rates = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in figures["matmul_rate_flops"].items())
+    rows = [("matrix-product rate (GFLOP/s)", rates)]
+    for name, share in figures["efficiency"].items():
+        flops = figures["stage_flops"].get(name if name != "mask_decoder_networks" else "mask_generation", 0)
+        rows.append((f"  {name} at the rate", f"{100 * share:.0f} % ({flops / 1e9:.0f} GFLOP)"))
+    return rows
 
 
 def _sync(device: torch.device) -> None:
