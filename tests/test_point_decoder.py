@@ -102,7 +102,9 @@ def test_prompts_per_call_is_measured_once_and_bounded(tiny_models, features, mo
 
 def test_the_first_layers_image_side_is_not_computed_per_prompt(tiny_models, features):
     """Per prompt, PointDecoder counts fewer FLOPs than sam2's decoder by at least the
-    first layer's three image-side projections (computed once per image here)."""
+    first layer's three image-side projections (computed once per image here). Its
+    image-to-token attention runs as two products, which the counter sees (sam2's fused
+    kernel it does not see on a CPU): those are added to sam2's count."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from maskadapter.cli.benchmark_rate import decoder_flops_per_prompt
@@ -116,5 +118,9 @@ def test_the_first_layers_image_side_is_not_computed_per_prompt(tiny_models, fea
     first = sam.sam_mask_decoder.transformer.layers[0].cross_attn_token_to_image
     tokens = features["image_embed"].shape[-1] ** 2
     projection = 2 * tokens * first.embedding_dim * first.internal_dim  # one (N, C) @ (C, C') product
+    decoder = sam.sam_mask_decoder
+    n_tokens = 1 + decoder.num_mask_tokens + int(decoder.pred_obj_scores) + 2  # output tokens, a point, a pad
+    layers = len(decoder.transformer.layers)
+    attention = layers * 2 * (2 * tokens * n_tokens * first.internal_dim)  # scores and weighted sum, per layer
     ours = decoder_flops_per_prompt(sam, features, None)
-    assert 0 < ours <= theirs - 3 * projection
+    assert 0 < ours <= theirs + attention - 3 * projection
