@@ -186,7 +186,7 @@ def test_benchmark_runs_the_demo_settings_and_derives_its_figures(tmp_path, monk
     counted = figures["stage_flops"]
     assert set(counted) == {"sam2_encode", "clip_encode", "mask_generation", "text_encode", "adapter_classification"}
     assert all(v > 0 for v in counted.values()) and counted["mask_generation"] % 4 == 0
-    rate = figures["matmul_rate_flops"]["float32"]
+    rate = figures["matmul_rate_flops"][figures["precision"]]  # the networks' precision (auto: bf16 on AMX)
     assert figures["efficiency"]["sam2_encode"] == round(counted["sam2_encode"] / TICK / rate, 3)
     assert figures["efficiency"]["mask_decoder_networks"] == round(counted["mask_generation"] / (n * TICK) / rate, 3)
     assert set(figures["cpu"]["flags"]) <= set(benchmark_rate.FAMILY_FLAGS)
