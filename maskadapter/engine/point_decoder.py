@@ -10,14 +10,16 @@ prompt and runs everything on the copies. Here, for one image:
   of the image attending to the tokens), and the high-resolution features laid out
   for the upscaling below;
 - per prompt (``decode``): the first layer's token attention against those shared
-  keys (all prompts in one product), then the rest of the two-way transformer and the
-  upscaling as sam2 runs them;
+  keys (all prompts in one product), then the rest of the two-way transformer, with
+  each later layer's three image-side projections (and the final attention's two)
+  in one product whose PE share is a per-image constant, and the image's tokens
+  attending to a prompt's few tokens through two products and a softmax;
 - the upscaling's transposed convolutions (kernel 2, stride 2) are matrix products
-  over channels; pixels stay in a "blocked" order (the 64x64 cell, then the sub-pixel
-  offsets, then channels) through the norm, GELU and feature additions, which are all
-  per pixel, and only the (b, masks, 256, 256) logits are put in raster order at the
-  end. sam2 instead works in channels-first order, whose LayerNorm2d makes five
-  passes over the largest tensors.
+  over channels whose constant term holds the bias and the high-resolution feature;
+  pixels stay in a "blocked" order (the 64x64 cell, then the sub-pixel offsets, then
+  channels) through the norm and GELU, which are per pixel, and only the (b, masks,
+  256, 256) logits are put in raster order at the end. sam2 instead works in
+  channels-first order, whose LayerNorm2d makes five passes over the largest tensors.
 
 Arithmetic: ``dtype`` None runs float32 (equal to sam2's decoder up to float
 rounding: operations are regrouped, not changed); bf16 / fp16 run every product and
