@@ -272,7 +272,6 @@ def mask_pooling_logits(
     return classify_embeddings(clip_model, emb, embeddings, class_index)
 
 
-@torch.no_grad()
 def _read_positions(clip_model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """(n, L) token ids -> (n,) long: the position whose output open_clip's text tower
     returns (the end token for ``argmax`` / ``eos`` pooling), or L - 1 when the tower
@@ -310,6 +309,7 @@ def encode_text(clip_model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return projection(x) if isinstance(projection, nn.Linear) else x @ projection
 
 
+@torch.no_grad()
 def encode_vocabulary(
     clip_model: nn.Module,
     tokenizer,
@@ -356,8 +356,7 @@ def encode_vocabulary(
     rows = []
     for start in range(0, len(texts), batch_size):
         end = min(len(texts), start + batch_size)
-        with torch.no_grad():
-            rows.append(F.normalize(encode_text(clip_model, tokens[order[start:end]]).float(), dim=-1))
+        rows.append(F.normalize(encode_text(clip_model, tokens[order[start:end]]).float(), dim=-1))
         if progress is not None:
             progress(end / len(texts), f"encoding class names: {end // len(templates)} of {len(names)}")
     rows = torch.cat(rows)
