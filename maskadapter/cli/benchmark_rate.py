@@ -123,7 +123,6 @@ def stage_efficiencies(times: dict, counted: dict, rates: dict, precision: str, 
     return out
 
 
-
 def efficiency_rows(figures: dict) -> list[tuple[str, str]]:
     """The benchmark table's rows of rates and efficiencies."""
     rates = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in figures["matmul_rate_flops"].items())

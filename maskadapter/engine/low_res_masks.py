@@ -52,17 +52,11 @@ def exact_boxes(logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 
 def small_regions(masks: np.ndarray, max_area: int) -> np.ndarray:
     """(n, h, w) bool -> (n, h, w) bool: pixels of the 8-connected components of
-    ``masks`` (each mask on its own) with at most ``max_area`` pixels."""
-    return _small_components(masks, max_area)[0]
-
-
-def _small_components(masks: np.ndarray, max_area: int) -> tuple[np.ndarray, np.ndarray]:
-    """``small_regions`` and the (k,) ascending indices of the masks that have any.
+    ``masks`` (each mask on its own) with at most ``max_area`` pixels.
 
     The masks are labelled together, in one OpenCV call: stacked into one image with
     an empty row below each, so that no component reaches from one mask into the next.
-    Only the image rows that hold a small component are looked up in the label image
-    (small components are few; most rows hold none).
+    Only the image rows that hold a small component are looked up in the label image.
     """
     n, h, w = masks.shape
     canvas = np.zeros((n, h + 1, w), dtype=np.uint8)
@@ -80,7 +74,7 @@ def _small_components(masks: np.ndarray, max_area: int) -> tuple[np.ndarray, np.
         edges = np.bincount(top, minlength=size) - np.bincount(top + stats[found, cv2.CC_STAT_HEIGHT], minlength=size)
         rows = np.flatnonzero(np.cumsum(edges[:-1]) > 0)
         pixels[rows] = small[labels[rows]]
-    return pixels.reshape(n, h + 1, w)[:, :h], np.unique(top // (h + 1)) if len(found) else found
+    return pixels.reshape(n, h + 1, w)[:, :h]
 
 
 def remove_small_regions_(logits: torch.Tensor, max_area: int, threshold: float = 0.0) -> None:
@@ -89,21 +83,16 @@ def remove_small_regions_(logits: torch.Tensor, max_area: int, threshold: float 
     when its compiled extension is present: holes and specks are both found on the
     masks as given, holes set to ``threshold + 10``, specks to ``threshold - 10``.
 
-    Labelling runs on the host, ``FILL_CHUNK`` masks per OpenCV call; only the masks
-    that have a small component are written (on a GPU the masks cross to the host
-    once, and those masks' changes back once per call of OpenCV).
+    Labelling runs on the host, ``FILL_CHUNK`` masks per OpenCV call, each chunk filled
+    in place after its call; on a GPU the masks cross to the host once, and each
+    chunk's regions back once.
     """
     masks = (logits > threshold).cpu().numpy()  # (N, h, w) bool
     for start in range(0, len(masks), FILL_CHUNK):
         part = masks[start : start + FILL_CHUNK]
+        rows = logits[start : start + len(part)]
         for region, value in ((~part, threshold + 10.0), (part, threshold - 10.0)):  # holes, then specks
-            pixels, touched = _small_components(region, max_area)
-            if 2 * len(touched) > len(part):  # most masks have one: the chunk at once, in place
-                logits[start : start + len(part)].masked_fill_(torch.from_numpy(pixels).to(logits.device), value)
-            elif len(touched):  # a few: only those
-                rows = torch.from_numpy(touched + start).to(logits.device)
-                where = torch.from_numpy(pixels[touched]).to(logits.device)
-                logits[rows] = logits[rows].masked_fill_(where, value)
+            rows.masked_fill_(torch.from_numpy(small_regions(region, max_area)).to(logits.device), value)
 
 
 def _masked_max(x: torch.Tensor, keep: torch.Tensor | None, dim: int) -> torch.Tensor:
