@@ -130,9 +130,9 @@ class SyntheticSAM:
     Random SAM-2 weights predict nearly the same mask for every prompt, so filters
     and NMS would have nothing to do. The real prompt encoder and decoder still run
     (sam2's ``MaskDecoder`` for clicks and sam2's generator, ``PointDecoder`` for our
-    automatic generator); their outputs are replaced: output k of a point at (x, y) is a disc centred there
-    whose radius and edge sharpness depend on the point and on k, with an IoU
-    prediction that varies too.
+    automatic generator); their outputs are replaced: output k of a point at (x, y) is
+    a disc centred there whose radius and edge sharpness depend on the point and on k,
+    with an IoU prediction that varies too.
     """
 
     def __init__(
@@ -146,6 +146,7 @@ class SyntheticSAM:
         self._decoder_forward = model.sam_mask_decoder.forward
         from maskadapter.engine.point_decoder import PointDecoder
 
+        self._point_decoder = PointDecoder  # the class whose decode is replaced while entered
         self._point_decode = PointDecoder.decode
 
     def __enter__(self) -> SyntheticSAM:
@@ -181,17 +182,13 @@ class SyntheticSAM:
 
         self.model.sam_prompt_encoder.forward = encoder
         self.model.sam_mask_decoder.forward = decoder
-        from maskadapter.engine.point_decoder import PointDecoder
-
-        PointDecoder.decode = point_decoder
+        self._point_decoder.decode = point_decoder
         return self
 
     def __exit__(self, *exc) -> None:
         self.model.sam_prompt_encoder.forward = self._encoder_forward
-        from maskadapter.engine.point_decoder import PointDecoder
-
         self.model.sam_mask_decoder.forward = self._decoder_forward
-        PointDecoder.decode = self._point_decode
+        self._point_decoder.decode = self._point_decode
 
 
 def _squares(h: int, w: int, tile: int = 24) -> torch.Tensor:
