@@ -11,6 +11,7 @@ frame, computed from the low-res logits without upsampling them.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -56,25 +57,17 @@ def small_regions(masks: np.ndarray, max_area: int) -> np.ndarray:
 
     The masks are labelled together, in one OpenCV call: stacked into one image with
     an empty row below each, so that no component reaches from one mask into the next.
-    Only the image rows that hold a small component are looked up in the label image.
+    Component areas come from one count over the label image (OpenCV's per-component
+    statistics cost several times the labelling itself), and the small ones are looked
+    up in one pass.
     """
     n, h, w = masks.shape
     canvas = np.zeros((n, h + 1, w), dtype=np.uint8)
     canvas[:, :h] = masks
-    _, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
-        canvas.reshape(n * (h + 1), w), 8, cv2.CV_32S, cv2.CCL_BOLELLI
-    )
-    small = stats[:, cv2.CC_STAT_AREA] <= max_area
+    _, labels = cv2.connectedComponentsWithAlgorithm(canvas.reshape(n * (h + 1), w), 8, cv2.CV_32S, cv2.CCL_SPAGHETTI)
+    small = (torch.bincount(torch.from_numpy(labels).view(-1)) <= max_area).numpy()  # int32 counts: no copy
     small[0] = False  # label 0: everything outside the components (and the empty rows)
-    found = np.flatnonzero(small)
-    pixels = np.zeros((n * (h + 1), w), dtype=bool)
-    if len(found):
-        top = stats[found, cv2.CC_STAT_TOP]
-        size = n * (h + 1) + 1  # +1 where a component starts, -1 after it
-        edges = np.bincount(top, minlength=size) - np.bincount(top + stats[found, cv2.CC_STAT_HEIGHT], minlength=size)
-        rows = np.flatnonzero(np.cumsum(edges[:-1]) > 0)
-        pixels[rows] = small[labels[rows]]
-    return pixels.reshape(n, h + 1, w)[:, :h]
+    return np.take(small, labels).reshape(n, h + 1, w)[:, :h]
 
 
 def remove_small_regions_(logits: torch.Tensor, max_area: int, threshold: float = 0.0) -> None:
@@ -83,16 +76,23 @@ def remove_small_regions_(logits: torch.Tensor, max_area: int, threshold: float 
     when its compiled extension is present: holes and specks are both found on the
     masks as given, holes set to ``threshold + 10``, specks to ``threshold - 10``.
 
-    Labelling runs on the host, ``FILL_CHUNK`` masks per OpenCV call, each chunk filled
-    in place after its call; on a GPU the masks cross to the host once, and each
-    chunk's regions back once.
+    Labelling runs on the host, ``FILL_CHUNK`` masks per OpenCV call; holes and specks
+    are disjoint and found independently, so the labelling jobs run on two threads
+    (OpenCV and NumPy release the GIL) while the fills happen here, in order. On a GPU
+    the masks cross to the host once, and each job's regions back once.
     """
     masks = (logits > threshold).cpu().numpy()  # (N, h, w) bool
-    for start in range(0, len(masks), FILL_CHUNK):
+
+    def regions(job: tuple[int, bool]) -> np.ndarray:
+        start, specks = job
         part = masks[start : start + FILL_CHUNK]
-        rows = logits[start : start + len(part)]
-        for region, value in ((~part, threshold + 10.0), (part, threshold - 10.0)):  # holes, then specks
-            rows.masked_fill_(torch.from_numpy(small_regions(region, max_area)).to(logits.device), value)
+        return small_regions(part if specks else ~part, max_area)
+
+    jobs = [(start, specks) for start in range(0, len(masks), FILL_CHUNK) for specks in (False, True)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for (start, specks), pixels in zip(jobs, pool.map(regions, jobs), strict=True):
+            value = threshold - 10.0 if specks else threshold + 10.0
+            logits[start : start + len(pixels)].masked_fill_(torch.from_numpy(pixels).to(logits.device), value)
 
 
 def _masked_max(x: torch.Tensor, keep: torch.Tensor | None, dim: int) -> torch.Tensor:
