@@ -18,6 +18,13 @@ crop) with the same settings, but keeps the work on tensors:
   (``bounded_nms``);
 - only the masks that survive are upsampled, to the requested frame, at the end.
 
+The grid's points run coarse to fine (``coarse_to_fine``: every 4th row and column,
+then the rest of every 2nd, then the rest), and ``generate_steps`` gives the masks
+of the points so far after each step, with the same filters and NMS. Every decision
+but NMS concerns one candidate alone, and NMS always sees the candidates in the
+grid's row order, so the masks after the last step are the one-shot masks whatever
+the order the points ran in; bounds made exact for one step's NMS serve the next.
+
 Candidates are kept as float16 low-res logits (half the memory; bf16 or fp16 as the
 decoder gives them under autocast); bounds, the candidates upsampled to settle a
 decision and the kept masks all come from that copy, in float32 arithmetic.
@@ -33,6 +40,7 @@ Coordinates: point prompts are XY pixels of the original image; the masks come a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -67,6 +75,24 @@ def point_grid(points_per_side: int) -> np.ndarray:
     return np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1)
 
 
+def coarse_to_fine(points_per_side: int) -> list[np.ndarray]:
+    """The indices of ``point_grid(points_per_side)``'s points in steps that cover the
+    image evenly from the first: the points on every 4th row and column (from the
+    second), then the rest of those on every 2nd, then the rest; empty steps are left
+    out. Each step lists its points in the grid's row order. For 32 points per side:
+    64, 192 and 768 points."""
+    i = np.arange(points_per_side)
+    steps = []
+    taken = np.zeros((points_per_side, points_per_side), dtype=bool)
+    for stride in (4, 2, 1):
+        on = (i % stride) == (1 % stride)  # nested: every 4th from the second is odd
+        level = on[:, None] & on[None, :] & ~taken
+        if level.any():
+            steps.append(np.flatnonzero(level))
+            taken |= level
+    return steps
+
+
 def sam2_records(found: MaskSet, points: torch.Tensor, image_hw: tuple[int, int]) -> list[dict]:
     """``found`` (with (N, 2) XY image pixels of each mask's prompt point) in the record
     format of sam2's generator: ``segmentation`` (h, w) bool, ``area`` int, ``bbox``
@@ -96,7 +122,9 @@ class _Candidates:
     logits: (N, 256, 256) float16 low-resolution mask logits (SAM-2's square frame);
     iou: (N,) predicted IoU; points: (N, 2) XY image pixels of the prompt; inner and
     outer: (N, 4) float XYXY bounds of the mask's box in the frame (equal once exact),
-    x2/y2 inclusive as sam2's NMS boxes (``low_res_masks.exact_boxes``).
+    x2/y2 inclusive as sam2's NMS boxes (``low_res_masks.exact_boxes``); ids: (N,) long,
+    the candidate's place in the grid's row order (point index x masks per point + the
+    mask's index).
     """
 
     logits: torch.Tensor
@@ -104,6 +132,7 @@ class _Candidates:
     points: torch.Tensor
     inner: torch.Tensor
     outer: torch.Tensor
+    ids: torch.Tensor
 
     def select(self, index: torch.Tensor) -> _Candidates:
         return _Candidates(*(getattr(self, f.name)[index] for f in fields(self)))
@@ -129,11 +158,12 @@ class _CandidatePool:
         self.logits: torch.Tensor | None = None
         self.done = 0  # leading rows that passed
         self.size = 0  # rows written
-        self.fields: list[list[torch.Tensor]] = [[], [], [], []]  # iou, points, inner, outer of passed rows
-        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (iou, points) of pending rows
+        self.fields: list[list[torch.Tensor]] = [[], [], [], [], []]  # iou, points, ids, inner, outer of passed rows
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (iou, points, ids) pending
 
-    def add(self, logits: torch.Tensor, iou: torch.Tensor, points: torch.Tensor) -> None:
-        """One batch: (b, m, 256, 256) logits, (b*m,) predicted IoU, (b*m, 2) prompt points."""
+    def add(self, logits: torch.Tensor, iou: torch.Tensor, points: torch.Tensor, ids: torch.Tensor) -> None:
+        """One batch: (b, m, 256, 256) logits, (b*m,) predicted IoU, (b*m, 2) prompt
+        points, (b*m,) candidate ids."""
         n = logits.shape[0] * logits.shape[1]
         if self.logits is None:
             dtype = logits.dtype if logits.dtype in (torch.bfloat16, torch.float16) else torch.float16
@@ -144,12 +174,11 @@ class _CandidatePool:
             self.logits = grown
         self.logits[self.size : self.size + n].view(logits.shape).copy_(logits)
         self.size += n
-        self.pending.append((iou, points))
+        self.pending.append((iou, points, ids))
 
-    def pending_fields(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(iou, points) of the pending rows, in row order."""
-        iou, points = zip(*self.pending, strict=True)
-        return torch.cat(iou), torch.cat(points)
+    def pending_fields(self) -> tuple[torch.Tensor, ...]:
+        """(iou, points, ids) of the pending rows, in row order."""
+        return tuple(torch.cat(field) for field in zip(*self.pending, strict=True))
 
     def squeeze(self, index: torch.Tensor) -> None:
         """Keep the pending rows ``index`` (ascending, relative to ``done``), in place."""
@@ -158,20 +187,28 @@ class _CandidatePool:
             self.logits[self.done : self.done + n] = self.logits[self.done + index]
         self.size = self.done + n
 
-    def accept(self, iou, points, inner, outer) -> None:
+    def accept(self, iou, points, ids, inner, outer) -> None:
         """The pending rows (after ``squeeze``) passed, with these fields."""
-        for store, value in zip(self.fields, (iou, points, inner, outer), strict=True):
+        for store, value in zip(self.fields, (iou, points, ids, inner, outer), strict=True):
             store.append(value)
         self.done = self.size
         self.pending = []
 
     def result(self) -> _Candidates:
+        """The candidates that passed so far (their fields joined once, in place)."""
         if not self.fields[0]:
             z = torch.zeros(0, 4, device=self.device)
             logits = torch.zeros(0, LOW_RES, LOW_RES, dtype=torch.float16, device=self.device)
-            return _Candidates(logits, z[:, 0], z[:, :2], z, z.clone())
-        iou, points, inner, outer = (torch.cat(ts) for ts in self.fields)
-        return _Candidates(self.logits[: self.done], iou, points, inner, outer)
+            return _Candidates(logits, z[:, 0], z[:, :2], z, z.clone(), z[:, 0].long())
+        self.fields = [[torch.cat(ts)] for ts in self.fields]
+        iou, points, ids, inner, outer = (ts[0] for ts in self.fields)
+        return _Candidates(self.logits[: self.done], iou, points, inner, outer, ids)
+
+    def made_exact(self, index: torch.Tensor, boxes: torch.Tensor) -> None:
+        """Rows ``index`` of ``result()`` have these exact (n, 4) boxes: their bounds
+        close on them, so that a later NMS does not make them exact again."""
+        for bound in self.fields[3][0], self.fields[4][0]:
+            bound[index] = boxes.to(bound.dtype)
 
 
 class MaskGenerator:
@@ -240,19 +277,44 @@ class MaskGenerator:
         """
         return self._generate(image, frame_hw, cache, progress)[0]
 
+    def generate_steps(
+        self,
+        image: np.ndarray,
+        frame_hw: tuple[int, int],
+        cache: dict | None = None,
+        progress: ProgressCallback = no_progress,
+    ) -> Iterator[tuple[int, MaskSet, torch.Tensor]]:
+        """``generate_masks`` a step of the grid at a time (``coarse_to_fine``): after
+        each step, (points done, the masks the points so far give, (N,) long candidate
+        ids). The ids name a candidate (point x masks per point + mask) across steps;
+        the last step's masks and ids are ``generate_masks``'s."""
+        steps = self.candidate_steps(image, frame_hw, cache, progress, every_step=True)
+        while True:
+            with torch.inference_mode():  # around each step's work, never around a yield
+                item = next(steps, None)
+                if item is None:
+                    return
+                done, kept = item
+                found = self._masks(kept, frame_hw)
+            yield done, found, kept.ids
+
     def _generate(
         self, image: np.ndarray, frame_hw: tuple[int, int], cache: dict | None, progress: ProgressCallback
     ) -> tuple[MaskSet, torch.Tensor]:
         """(the kept masks, (N, 2) XY image pixels of their prompt points)."""
         with torch.inference_mode():
             kept = self.candidates(image, frame_hw, cache, progress)
-        with torch.inference_mode(), torch.autocast(kept.logits.device.type, enabled=False):
+            return self._masks(kept, frame_hw), kept.points
+
+    def _masks(self, kept: _Candidates, frame_hw: tuple[int, int]) -> MaskSet:
+        """The kept candidates upsampled to the frame, with their scores."""
+        with torch.autocast(kept.logits.device.type, enabled=False):
             masks = torch.empty(len(kept), *frame_hw, dtype=torch.bool, device=kept.logits.device)
             stability = torch.empty(len(kept), device=kept.logits.device)
             for part, up in upsampled_chunks(kept.logits, frame_hw):  # one upsampling for both
                 masks[part] = up > 0
                 stability[part] = stability_scores(up, self.stability_score_offset)
-            return MaskSet.of(masks, kept.iou, stability), kept.points
+            return MaskSet.of(masks, kept.iou, stability)
 
     def candidates(
         self,
@@ -263,37 +325,71 @@ class MaskGenerator:
     ) -> _Candidates:
         """The candidates that pass the filters and NMS, as low-res logits (see
         ``generate_masks`` for the arguments)."""
+        for _, kept in self.candidate_steps(image, frame_hw, cache, progress, every_step=False):
+            return kept
+        raise AssertionError("candidate_steps yields the last step")
+
+    def candidate_steps(
+        self,
+        image: np.ndarray,
+        frame_hw: tuple[int, int],
+        cache: dict | None = None,
+        progress: ProgressCallback = no_progress,
+        every_step: bool = True,
+    ) -> Iterator[tuple[int, _Candidates]]:
+        """(points done, the candidates that pass the filters and NMS) after each step of
+        the grid (``every_step``) or after the last only; the same point batches and
+        decoder calls either way."""
         h, w = image.shape[:2]
         predictor = CachingPredictor(self.model, {} if cache is None else cache)
         predictor.set_image(image)
         device = predictor.device
         bounds = FrameBounds(frame_hw, device)
-        points = torch.as_tensor(point_grid(self.points_per_side) * np.array([w, h]), dtype=torch.float32)
-        points = points.to(device)  # (P, 2) XY pixels of the image
+        grid = torch.as_tensor(point_grid(self.points_per_side) * np.array([w, h]), dtype=torch.float32)
         per_point = 3 if self.multimask_output else 1
-        pool = _CandidatePool(len(points) * per_point, COMPACT_EVERY * self.points_per_batch * per_point, device)
+        pool = _CandidatePool(len(grid) * per_point, COMPACT_EVERY * self.points_per_batch * per_point, device)
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
         decoder = PointDecoder(self.model, predictor._features, dtype)
         step = prompts_per_call(self.model, predictor._features, dtype, self.points_per_batch)
         scale = torch.tensor([w, h], device=device)
         resolution = predictor._transforms.resolution
-        batches = range(0, len(points), self.points_per_batch)
-        for number, start in enumerate(batches, start=1):
-            batch = points[start : start + self.points_per_batch]
-            for part in batch.split(step):
+        size = self.points_per_batch
+        levels = enumerate(coarse_to_fine(self.points_per_side))
+        batches = [(k, index[start : start + size]) for k, index in levels for start in range(0, len(index), size)]
+        done = 0
+        for number, (level, index) in enumerate(batches, start=1):
+            index = torch.as_tensor(index)
+            points = grid[index].to(device)  # (b, 2) XY pixels of the image
+            first = index.to(device) * per_point  # (b,) id of each point's first mask
+            for part, ids in zip(points.split(step), first.split(step), strict=True):
                 logits, iou = decoder.decode(part / scale * resolution, self.multimask_output)
-                pool.add(logits, iou.flatten(), part.repeat_interleave(logits.shape[1], 0))
-            if number % COMPACT_EVERY == 0 or number == len(batches):
+                m = logits.shape[1]
+                ids = (ids[:, None] + torch.arange(m, device=device)).flatten()
+                pool.add(logits, iou.flatten(), part.repeat_interleave(m, 0), ids)
+            done += len(index)
+            last_of_level = number == len(batches) or batches[number][0] != level
+            if number % COMPACT_EVERY == 0 or last_of_level:
                 with torch.autocast(device.type, enabled=False):  # decisions in float32
                     self._settle(pool, bounds)
             progress(number / len(batches), f"SAM-2 masks: point batch {number} of {len(batches)}")
+            if last_of_level and (every_step or number == len(batches)):
+                yield done, self._nms(pool, frame_hw)
+
+    def _nms(self, pool: _CandidatePool, frame_hw: tuple[int, int]) -> _Candidates:
+        """The pool's candidates NMS keeps (best predicted IoU first), decided on bounded
+        boxes (``boxes_for_nms``); the boxes it makes exact are kept in the pool. NMS
+        sees the candidates in id order (the grid's row order), whatever order they ran in."""
         found = pool.result()
-        del pool
-        boxes, refined = boxes_for_nms(
-            found.inner, found.outer, found.iou, self.box_nms_thresh, lambda i: exact_boxes(found.logits[i], frame_hw)
-        )
+
+        def exact(index: torch.Tensor) -> torch.Tensor:
+            boxes = exact_boxes(found.logits[index], frame_hw)
+            pool.made_exact(index, boxes)
+            return boxes
+
+        boxes, refined = boxes_for_nms(found.inner, found.outer, found.iou, self.box_nms_thresh, exact)
         self.refined += refined
-        keep = nms(boxes, found.iou, self.box_nms_thresh)
+        order = torch.argsort(found.ids)
+        keep = order[nms(boxes[order], found.iou[order], self.box_nms_thresh)]
         return found.select(keep)
 
     # ------------------------------------------------------------------ internals
@@ -304,11 +400,11 @@ class MaskGenerator:
         stability filter on bounds (exact scores only where the bounds straddle the
         threshold), and the box bounds NMS starts from. A few host synchronisations
         per group, none per batch or per mask."""
-        iou, points = pool.pending_fields()
+        iou, points, ids = pool.pending_fields()
         if self.pred_iou_thresh > 0:
             index = (iou > self.pred_iou_thresh).nonzero()[:, 0]
             pool.squeeze(index)
-            iou, points = iou[index], points[index]
+            iou, points, ids = iou[index], points[index], ids[index]
         rows = pool.logits[pool.done : pool.size]
         if self.min_mask_region_area > 0:
             remove_small_regions_(rows, self.min_mask_region_area)
@@ -322,7 +418,7 @@ class MaskGenerator:
                 stable.append(lo >= self.stability_score_thresh)
                 unsure.append((lo < self.stability_score_thresh) & (hi >= self.stability_score_thresh))
         if not inner:  # nothing pending passed the IoU filter
-            pool.accept(iou, points, iou.new_zeros(0, 4), iou.new_zeros(0, 4))
+            pool.accept(iou, points, ids, iou.new_zeros(0, 4), iou.new_zeros(0, 4))
             return
         inner, outer = torch.cat(inner), torch.cat(outer)
         if self.stability_score_thresh > 0:
@@ -332,8 +428,8 @@ class MaskGenerator:
                 passes[unsure] = self._stability(rows[unsure], bounds.hw) >= self.stability_score_thresh
             index = passes.nonzero()[:, 0]
             pool.squeeze(index)
-            iou, points, inner, outer = iou[index], points[index], inner[index], outer[index]
-        pool.accept(iou, points, inner, outer)
+            iou, points, ids, inner, outer = iou[index], points[index], ids[index], inner[index], outer[index]
+        pool.accept(iou, points, ids, inner, outer)
 
     def _stability_bounds(self, logits: torch.Tensor, bounds: FrameBounds) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, 256, 256) float32 logits -> lower and upper bounds (n,) of the stability
