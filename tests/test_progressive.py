@@ -12,6 +12,11 @@ from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 from test_generator import PHOTO_HW, SETTINGS, _differing_pixels, _float16_outputs, per_mask_components
 
 from maskadapter.engine.generator import MaskGenerator, coarse_to_fine, point_grid
+from maskadapter.engine.mask_settings import AutoMaskSettings
+from maskadapter.engine.results import with_others
+from maskadapter.engine.segmenter import Segmenter
+from maskadapter.engine.vocabulary import build_vocabulary
+from maskadapter.output.export import segments_to_dict
 
 
 @pytest.mark.parametrize("n", [1, 3, 4, 8, 16, 32])
@@ -79,3 +84,68 @@ def test_each_step_is_sam2s_result_for_its_points_and_the_last_is_one_shot(tiny_
                 r["point_coords"] = t["point_coords"]
             assert len(ours) == len(theirs), f"step of {done} points"
             assert [count for _, count in _differing_pixels(ours, theirs)] == [0] * len(ours)
+
+
+# ----------------------------------------------------------------- the segmenter's steps
+
+STEPPED = AutoMaskSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+
+
+@pytest.mark.parametrize("mode", ["semantic", "per_mask"])
+def test_segmenter_steps_end_with_the_one_shot_result(tiny_models, segmenter, tmp_path, mode):
+    """Run with decoder outputs that vary per point (``SyntheticSAM``): each step is a
+    complete result; the last equals ``segment_automatic``'s on a segmenter of its own,
+    and the masks are made once (a later ``segment_automatic`` reuses them)."""
+    image, vocabulary = small_image(), build_vocabulary("cat, grass, wall")
+    other = Segmenter(tiny_models, "cpu", segmenter.transform, str(tmp_path / "other"), precision="float32")
+    with SyntheticSAM(tiny_models.sam2):
+        steps = list(segmenter.segment_automatic_steps(image, vocabulary, STEPPED, mode=mode))
+        one_shot = other.segment_automatic(image, vocabulary, STEPPED, mode=mode)
+        again = segmenter.segment_automatic(image, vocabulary, STEPPED, mode=mode)
+    sizes = np.cumsum([len(s) for s in coarse_to_fine(8)]).tolist()
+    assert [(s.points, s.total, s.final) for s in steps] == [(n, 64, n == 64) for n in sizes]
+    assert all(len(s.result.segments) for s in steps)  # a complete picture at every step
+    assert segments_to_dict(steps[-1].result) == segments_to_dict(one_shot) == segments_to_dict(again)
+    assert np.array_equal(steps[-1].result.label_map, one_shot.label_map)
+    assert segmenter.stats["mask_generations"] == 1 and segmenter.stats["sam_image_encodings"] == 1
+    # the adapter ran for the new masks of each step before the last, then once for the last step
+    assert segmenter.stats["adapter_runs"] <= len(steps)
+
+
+def test_a_step_names_its_masks_as_a_recomputation_does(tiny_models, segmenter):
+    """An intermediate step's probabilities (partly carried over from earlier steps) equal
+    the adapter run on that step's masks at once."""
+    image, vocabulary = small_image(), build_vocabulary("cat, grass, wall")
+    with SyntheticSAM(tiny_models.sam2):
+        steps = segmenter.segment_automatic_steps(image, vocabulary, STEPPED, mode="per_mask")
+        first, second = next(steps), next(steps)
+        steps.close()
+    for step in (first, second):
+        masks = torch.stack([torch.as_tensor(s.mask) for s in step.result.segments])
+        probs = segmenter.mask_probabilities(segmenter.session(image), masks, with_others(vocabulary))
+        best = probs.argmax(1).tolist()
+        labels = [with_others(vocabulary).labels[i] for i in best]
+        assert [s.label for s in step.result.segments] == labels
+        assert [s.score for s in step.result.segments] == pytest.approx(probs.max(1).values.tolist(), abs=1e-5)
+
+
+def test_stopping_after_a_step_keeps_no_masks_and_a_later_run_makes_them(tiny_models, segmenter):
+    image, vocabulary = small_image(), build_vocabulary("cat, grass")
+    with SyntheticSAM(tiny_models.sam2):
+        steps = segmenter.segment_automatic_steps(image, vocabulary, STEPPED, mode="per_mask")
+        first = next(steps)
+        steps.close()  # what a stopped run does
+        session = segmenter.session(image)
+        assert not first.final and session.peek("masks", segmenter._mask_key(STEPPED)) is None
+        assert segmenter.stats["mask_generations"] == 0
+        result = segmenter.segment_automatic(session, vocabulary, STEPPED, mode="per_mask")
+    assert len(result.segments) and segmenter.stats["mask_generations"] == 1
+    assert segmenter.stats["sam_image_encodings"] == 1  # the embedding stayed
+
+
+def test_masks_already_made_give_one_step(tiny_models, segmenter):
+    image, vocabulary = small_image(), build_vocabulary("cat, grass")
+    first = segmenter.segment_automatic(image, vocabulary, STEPPED)
+    steps = list(segmenter.segment_automatic_steps(image, build_vocabulary("dog, sky"), STEPPED))
+    assert len(steps) == 1 and steps[0].final and len(first.segments)
+    assert segmenter.stats["mask_generations"] == 1

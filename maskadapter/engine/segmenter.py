@@ -20,8 +20,8 @@ import dataclasses
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -366,6 +366,73 @@ class Segmenter:
         session, settings = self._as_session(image), self._mask_settings(mask_settings)
         return self._automatic(session, settings, vocabulary, painting, progress, method)
 
+    def segment_automatic_steps(
+        self,
+        image: ImageSession | np.ndarray,
+        vocabulary: Vocabulary,
+        mask_settings: AutoMaskSettings | None = None,
+        mode: str = "semantic",
+        score_threshold: float = 0.0,
+        granularity: float = 0.8,
+        progress: ProgressCallback = no_progress,
+        method: str = "adapter",
+    ) -> Iterator[AutomaticStep]:
+        """``segment_automatic`` a step of SAM-2's point grid at a time (coarse to fine:
+        for a 32 x 32 grid, 64, then 256, then all 1024 points; ``generator.coarse_to_fine``),
+        with the same arguments.
+
+        Yields an ``AutomaticStep`` after each step: a complete result (filters, NMS,
+        classification, painting) for the grid's points so far. The last one (``final``)
+        equals ``segment_automatic``'s result and is kept in the session as that one is;
+        masks already in the session give that last step alone. Each step classifies
+        only the masks the steps before it did not have. Leaving the iterator early
+        (a stopped run) keeps nothing of the unfinished masks.
+        """
+        painting = Painting(mode, score_threshold, granularity)  # checked before any work
+        session, settings = self._as_session(image), self._mask_settings(mask_settings)
+        self.text_embeddings(with_others(vocabulary), within(progress, 0.0, 0.05))
+        total = settings.points_per_side**2
+        with session.claim("masks", self._mask_key(settings)) as slot:
+            if not slot.found:  # nobody made these masks: make them here, a step at a time
+                slot.value = yield from self._mask_steps(session, settings, vocabulary, painting, progress, method)
+        if not slot.found:
+            self.store.update(session)
+            self._count("mask_generations")
+        yield AutomaticStep(total, total, self._automatic(session, settings, vocabulary, painting, progress, method))
+
+    def _mask_steps(
+        self,
+        session: ImageSession,
+        settings: AutoMaskSettings,
+        vocabulary: Vocabulary,
+        painting: Painting,
+        progress: ProgressCallback,
+        method: str,
+    ) -> Generator[AutomaticStep, None, MaskSet]:
+        """The results of the steps before the last; returns the last step's masks (what
+        ``_generate`` returns). The lock is held for each step's work, never across a yield."""
+        cache = self.sam_embedding(session, progress)
+        self.clip_features(session)  # both encodings before the slow part
+        frame, classes = self.frame(session), with_others(vocabulary)
+        generator = MaskGenerator(self.models.sam2, **settings.generator_args)
+        steps = generator.generate_steps(session.image, frame.work_hw, cache, within(progress, 0.1, 0.7))
+        total = settings.points_per_side**2
+        known = _KnownProbabilities(len(classes), self.device)
+        while True:
+            with self.lock, torch.inference_mode(), self.autocast():
+                done, found, ids = next(steps)
+                # largest first in original pixels (smaller masks are painted over larger)
+                order = torch.sort(frame.areas(found.masks), descending=True, stable=True).indices
+            found, ids = found.select(order), ids[order]
+            if done == total:
+                return found
+            fraction = 0.1 + 0.6 * done / total
+            named = within(progress, fraction, fraction)
+            new = known.missing(ids)
+            if len(new):
+                known.add(ids[new], self.mask_probabilities(session, found.masks[new], classes, named, method))
+            yield AutomaticStep(done, total, assemble(frame, found, known.of(ids), vocabulary, painting))
+
     def compare(
         self,
         image: ImageSession | np.ndarray,
@@ -438,3 +505,36 @@ class Segmenter:
         found = MaskSet.of(masks, *scores)  # no stability score for a prompted mask
         probs = self.mask_probabilities(session, masks, with_others(vocabulary), progress)
         return assemble(self.frame(session), found, probs, vocabulary, Painting("per_mask", 0.0, 0.0))
+
+
+class AutomaticStep(NamedTuple):
+    """One result of ``Segmenter.segment_automatic_steps``: the result for the first
+    ``points`` of the grid's ``total`` points."""
+
+    points: int
+    total: int
+    result: SegmentationResult
+
+    @property
+    def final(self) -> bool:
+        return self.points >= self.total
+
+
+class _KnownProbabilities:
+    """Class probabilities of the masks earlier steps classified, by candidate id."""
+
+    def __init__(self, classes: int, device: torch.device) -> None:
+        self.ids = torch.zeros(0, dtype=torch.long, device=device)
+        self.probs = torch.zeros(0, classes, device=device)
+
+    def missing(self, ids: torch.Tensor) -> torch.Tensor:
+        """Positions in ``ids`` of the masks not classified yet."""
+        return (~torch.isin(ids, self.ids)).nonzero()[:, 0]
+
+    def add(self, ids: torch.Tensor, probs: torch.Tensor) -> None:
+        self.ids, self.probs = torch.cat([self.ids, ids]), torch.cat([self.probs, probs.to(self.probs.dtype)])
+
+    def of(self, ids: torch.Tensor) -> torch.Tensor:
+        """(N, C) probabilities of ``ids`` (all known)."""
+        order = torch.argsort(self.ids)
+        return self.probs[order[torch.searchsorted(self.ids[order], ids)]]

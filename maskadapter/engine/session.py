@@ -18,9 +18,10 @@ session in use is never evicted. What was dropped is recomputed when needed agai
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -32,6 +33,15 @@ from maskadapter.engine.transforms import check_image
 
 T = TypeVar("T")
 TABLES = ("sam_cache", "clip_cache", "masks", "probs")
+
+
+@dataclass
+class Slot:
+    """An entry of a session table (``ImageSession.claim``): ``found`` if it was there
+    (``value`` is it), else the claimer computes ``value``."""
+
+    value: object
+    found: bool
 
 
 @dataclass(eq=False)
@@ -71,26 +81,42 @@ class ImageSession:
         its value; if that computation fails (or is cancelled), the next waiter computes
         it. Never call it holding a lock that ``compute`` of another thread needs.
         """
+        with self.claim(table, key) as slot:
+            if not slot.found:
+                slot.value = compute()
+        return slot.value, not slot.found
+
+    @contextlib.contextmanager
+    def claim(self, table: str, key: Hashable) -> Iterator[Slot]:
+        """``once`` for a computation that cannot be one call (one that hands out
+        intermediate results): the ``Slot`` has the entry (``found``), or this caller
+        is the one to compute it and sets ``slot.value`` before the block ends; the
+        value is stored when the block ends without an exception. Others asking
+        meanwhile wait, as in ``once``; a block left by an exception (a generator
+        closed early included) stores nothing and lets the next waiter compute."""
         entries = getattr(self, table)
         while True:
             with self._lock:
-                if key in entries:
-                    return entries[key], False
-                busy = self._pending.get((table, key))
-                if busy is None:
+                found = key in entries
+                value = entries.get(key)
+                busy = None if found else self._pending.get((table, key))
+                if not found and busy is None:
                     done = self._pending[(table, key)] = threading.Event()
             if busy is None:
                 break
             busy.wait()
+        if found:
+            yield Slot(value, True)
+            return
+        slot = Slot(None, False)
         try:
-            value = compute()
+            yield slot
             with self._lock:
-                entries[key] = value
+                entries[key] = slot.value
         finally:
             with self._lock:
                 del self._pending[(table, key)]
             done.set()
-        return value, True
 
     def peek(self, table: str, key: Hashable) -> object | None:
         """The entry ``key`` of ``table`` if it is there, else None (nothing computed)."""
