@@ -14,13 +14,14 @@ segmenter's bounded ``SessionStore``; the point tab's per-user state is a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -83,6 +84,7 @@ class Output:
     label_map_path: Path | None  # the label map PNG to download (None: not written)
     json_path: Path | None  # the segments JSON file to download (None: not written)
     notes: tuple[str, ...] = ()  # what to tell about the vocabulary (Segmenter.vocabulary_notes)
+    points: tuple[int, int] | None = None  # an automatic result before the last step: (points so far, all points)
 
     @property
     def downloads(self) -> bool:
@@ -324,6 +326,33 @@ class SegmentationService:
             report,
         )
         return self._output(result, overlay(session.image, result, alpha=alpha), "automatic", notes), session.key
+
+    def automatic_steps(
+        self,
+        image: object,
+        vocabulary_text: str | None,
+        predefined: Sequence[str] | None = (),
+        sam_size: str | None = None,
+        mask_settings: AutoMaskSettings | None = None,
+        mode: str = "semantic",
+        score_threshold: float = 0.0,
+        granularity: float = 0.8,
+        alpha: float = 0.5,
+        report: ProgressCallback = no_progress,
+    ) -> Iterator[tuple[Output, str]]:
+        """``automatic`` a step of SAM-2's point grid at a time
+        (``Segmenter.segment_automatic_steps``): an output after each step, its
+        ``points`` set before the last; the last output is ``automatic``'s."""
+        vocabulary = self.vocabulary(vocabulary_text, predefined)
+        segmenter = self.segmenter(sam_size, report)
+        session = segmenter.session(image)  # the stored session of these pixels, if any
+        notes = segmenter.vocabulary_notes(vocabulary)
+        options = (mask_settings, mode, score_threshold, granularity)
+        for step in segmenter.segment_automatic_steps(session, vocabulary, *options, progress=report):
+            if step.final:
+                report(0.95, "drawing")
+            out = self._output(step.result, overlay(session.image, step.result, alpha=alpha), "automatic", notes)
+            yield dataclasses.replace(out, points=None if step.final else (step.points, step.total)), session.key
 
     def compare(
         self,

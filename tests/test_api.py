@@ -157,6 +157,34 @@ def test_named_endpoints(client, tmp_path):
         client.predict(handle_file(str(photo)), "[[1, 2", "cat", api_name="/segment_points")
 
 
+def test_automatic_endpoint_yields_each_step_and_ends_with_the_clis_result(client, tmp_path):
+    """``/segment_automatic`` is a generator endpoint: a labelled result after each step of
+    the 16 x 16 grid (16, 64, then 256 points), the last one the CLI's one-shot segments."""
+    from gradio_client import handle_file
+    from test_cli import _run
+
+    photo = tmp_path / "chelsea.png"
+    _photo(160).save(photo)
+    vocabulary = "cat, wall, floor"
+    job = client.submit(
+        handle_file(str(photo)), vocabulary, points_per_side=16, mode="per_mask", api_name="/segment_automatic"
+    )
+    job.result()
+    steps = job.outputs()
+    assert len(steps) >= 2 and all(len(step[4]["segments"]) for step in steps)
+    assert "of 256 points" in steps[0][1] and "of 256 points" not in steps[-1][1]
+    out = tmp_path / "cli"
+    cli = [str(photo), "--vocab", vocabulary, "--mode", "per_mask", "--points-per-side", "16", "--out", str(out)]
+    clip_input = ["--short-side", "320", "--max-size", "480"]  # the app's (AppProcess)
+    assert _run([*cli, *clip_input, "--tiny-random"], tmp_path).returncode == 0
+    expected = json.loads((out / "chelsea_segments.json").read_text())
+    last = steps[-1][4]
+    assert last["labels"] == expected["labels"]
+    assert [(s["label"], s["score"], s["segmentation"]) for s in last["segments"]] == [
+        (s["label"], s["score"], s["segmentation"]) for s in expected["segments"]
+    ]
+
+
 # ---------------------------------------------------------------------------- images
 
 

@@ -353,9 +353,10 @@ class MaskGenerator:
         step = prompts_per_call(self.model, predictor._features, dtype, self.points_per_batch)
         scale = torch.tensor([w, h], device=device)
         resolution = predictor._transforms.resolution
-        size = self.points_per_batch
-        levels = enumerate(coarse_to_fine(self.points_per_side))
-        batches = [(k, index[start : start + size]) for k, index in levels for start in range(0, len(index), size)]
+        size, levels = self.points_per_batch, coarse_to_fine(self.points_per_side)
+        cuts = [range(size, len(index), size) for index in levels]
+        batches = [(k, part) for k, index in enumerate(levels) for part in np.split(index, cuts[k])]
+        reach = np.cumsum([len(index) for index in levels])  # points done after each step
         done = 0
         for number, (level, index) in enumerate(batches, start=1):
             index = torch.as_tensor(index)
@@ -371,7 +372,8 @@ class MaskGenerator:
             if number % COMPACT_EVERY == 0 or last_of_level:
                 with torch.autocast(device.type, enabled=False):  # decisions in float32
                     self._settle(pool, bounds)
-            progress(number / len(batches), f"SAM-2 masks: point batch {number} of {len(batches)}")
+            where = f"step {level + 1} of {len(levels)} ({reach[level]} of {len(grid)} points)"
+            progress(number / len(batches), f"SAM-2 masks, {where}: point batch {number} of {len(batches)}")
             if last_of_level and (every_step or number == len(batches)):
                 yield done, self._nms(pool, frame_hw)
 

@@ -89,6 +89,19 @@ class MaskChange(NamedTuple):
     area: int
 
 
+def mask_changes(
+    frame: WorkingFrame, masks: torch.Tensor, adapter: torch.Tensor, pooling: torch.Tensor, vocabulary: Vocabulary
+) -> tuple[MaskChange, ...]:
+    """The (N, h, w) working-frame masks whose best class differs between the (N, C + 1)
+    probabilities of the two methods (the last class is "others": no label)."""
+    c = len(vocabulary)
+    best = [torch.where(p.argmax(1) < c, p.argmax(1), -1) for p in (adapter, pooling)]
+    differ = torch.nonzero(best[0] != best[1]).flatten()
+    areas = frame.areas(masks[differ]).tolist() if len(differ) else []
+    names = [[vocabulary.labels[i] if i >= 0 else None for i in b[differ].tolist()] for b in best]
+    return tuple(map(MaskChange, differ.tolist(), *names, areas))
+
+
 @dataclass
 class Comparison:
     """One image's masks classified two ways: ``adapter`` (Mask-Adapter) and ``pooling``

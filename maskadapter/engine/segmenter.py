@@ -20,8 +20,8 @@ import dataclasses
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import NamedTuple, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -38,7 +38,8 @@ from maskadapter.engine.mask_set import MaskSet
 from maskadapter.engine.mask_settings import RANDOM_WEIGHT_NOTE, AutoMaskSettings, default_mask_settings
 from maskadapter.engine.painting_options import Painting
 from maskadapter.engine.predictor import encode_image, prompt_mask, sam_cache_key
-from maskadapter.engine.results import Comparison, MaskChange, SegmentationResult, assemble, with_others
+from maskadapter.engine.progressive import AutomaticStep, automatic_steps
+from maskadapter.engine.results import Comparison, SegmentationResult, assemble, mask_changes, with_others
 from maskadapter.engine.runtime import (
     autocast_dtype,
     compile_sam2,
@@ -69,8 +70,7 @@ log = logging.getLogger(__name__)
 
 
 class Segmenter:
-    """Owns models, device, autocast, a lock and the session store; turns images into
-    labelled segments."""
+    """Owns models, device, autocast, a lock and the session store; images -> segments."""
 
     def __init__(
         self,
@@ -101,14 +101,11 @@ class Segmenter:
     def from_settings(
         cls, settings: Settings, progress: ProgressCallback = no_progress, real_size_random: bool = False
     ) -> Segmenter:
-        """Resolve files, build the models on the chosen device (CUDA when present).
-
-        ``progress`` hears which model is being downloaded (the first half of the
-        fractions) and loaded (the second half). ``real_size_random``: the real
-        architectures (SAM-2.1 ``settings.sam_size``, ``settings.clip_model``, the head)
-        with random weights, for timing and memory figures (labels are meaningless);
-        ``settings.tiny_random``: small random models.
-        """
+        """Resolve files, build the models on the chosen device (CUDA when present);
+        ``progress`` hears the downloads (first half) and loading (second half).
+        ``real_size_random``: the real architectures (SAM-2.1 ``settings.sam_size``,
+        ``settings.clip_model``, the head) with random weights, for timing and memory
+        figures; ``settings.tiny_random``: small random models."""
         device = resolve_device(settings.device)
         if real_size_random:
             models = build_real_size_random(device, settings.sam_size, settings.clip_model)
@@ -142,8 +139,7 @@ class Segmenter:
         return default_mask_settings(self.real_weights)
 
     def _mask_settings(self, given: AutoMaskSettings | None) -> AutoMaskSettings:
-        """``given``, else ``default_mask_settings()``; the first time random-weight
-        defaults are used, a warning says so."""
+        """``given``, else ``default_mask_settings()`` (said once if the weights are random)."""
         if given is not None:
             return given
         if not self.real_weights and not self._said_random_defaults:
@@ -200,8 +196,7 @@ class Segmenter:
     # ------------------------------------------------------------------ what an image costs
 
     def _stage(self, session: ImageSession, table: str, key: tuple, compute: Callable[[], T]) -> T:
-        """``session.once`` (each stage computed once per image, the other requests wait
-        for it), then the store recounts the session."""
+        """``session.once`` (computed once, others wait), then the store recounts the session."""
         value, computed = session.once(table, key, compute)
         if computed:
             self.store.update(session)
@@ -242,8 +237,7 @@ class Segmenter:
         return {key: self._stage(session, "sam_cache", key, compute)}
 
     def with_sam2(self, sam_model: torch.nn.Module) -> Segmenter:
-        """A segmenter with another SAM-2 model, sharing everything else (CLIP, adapter,
-        text cache, session store, lock, device, statistics)."""
+        """A segmenter with another SAM-2 model, sharing everything else (store, lock, ...)."""
         other = copy.copy(self)
         other.models = dataclasses.replace(self.models, sam2=sam_model)
         return other
@@ -272,8 +266,7 @@ class Segmenter:
 
         with self.lock, torch.inference_mode(), self.autocast():
             found = halving_on_oom(generate, generator.points_per_batch, "on SAM-2's point batches")
-            # largest first in original pixels (smaller masks are painted over larger)
-            found = found.select(torch.sort(frame.areas(found.masks), descending=True, stable=True).indices)
+            found = found.select(frame.largest_first(found.masks))  # smaller masks are painted over larger
         self._count("mask_generations")
         return found
 
@@ -284,14 +277,15 @@ class Segmenter:
         vocabulary: Vocabulary,
         progress: ProgressCallback = no_progress,
         method: str = "adapter",
+        step: bool = False,
     ) -> torch.Tensor:
         """(N, C) float32 class probabilities (softmax over classes) of (N, h, w) bool
         masks given in the working frame or at the original size.
 
         ``method``: ``"adapter"`` (Mask-Adapter) or ``"pooling"`` (the plain baseline:
         CLIP's raw features averaged inside each mask, ``pooled_embeddings_from_features``).
-        Both use the session's cached CLIP features (one image encoding).
-        """
+        Both use the session's cached CLIP features. ``step``: for a step before the last
+        of ``segment_automatic_steps`` (counted on its own in ``stats``)."""
         if method not in METHODS:
             raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         masks = torch.as_tensor(masks, device=self.device)
@@ -316,7 +310,7 @@ class Segmenter:
 
         with self.lock, torch.inference_mode(), self.autocast():
             logits = halving_on_oom(classify, MASK_CHUNK, f"in {name}")
-        self._count("adapter_runs" if method == "adapter" else "pooling_runs")
+        self._count(("step_" if step else "") + ("adapter_runs" if method == "adapter" else "pooling_runs"))
         return logits.softmax(-1)
 
     def _probabilities(
@@ -377,61 +371,14 @@ class Segmenter:
         progress: ProgressCallback = no_progress,
         method: str = "adapter",
     ) -> Iterator[AutomaticStep]:
-        """``segment_automatic`` a step of SAM-2's point grid at a time (coarse to fine:
-        for a 32 x 32 grid, 64, then 256, then all 1024 points; ``generator.coarse_to_fine``),
-        with the same arguments.
-
-        Yields an ``AutomaticStep`` after each step: a complete result (filters, NMS,
-        classification, painting) for the grid's points so far. The last one (``final``)
-        equals ``segment_automatic``'s result and is kept in the session as that one is;
-        masks already in the session give that last step alone. Each step classifies
-        only the masks the steps before it did not have. Leaving the iterator early
-        (a stopped run) keeps nothing of the unfinished masks.
-        """
+        """``segment_automatic`` (same arguments, checked at once) a step of SAM-2's point
+        grid at a time, coarse to fine (32 x 32: 64, 256, then 1024 points): an
+        ``AutomaticStep`` per step, a complete result for the points so far; the last
+        (``final``) is ``segment_automatic``'s, kept in the session (masks already
+        there give that step alone). Leaving early keeps no masks (``progressive``)."""
         painting = Painting(mode, score_threshold, granularity)  # checked before any work
         session, settings = self._as_session(image), self._mask_settings(mask_settings)
-        self.text_embeddings(with_others(vocabulary), within(progress, 0.0, 0.05))
-        total = settings.points_per_side**2
-        with session.claim("masks", self._mask_key(settings)) as slot:
-            if not slot.found:  # nobody made these masks: make them here, a step at a time
-                slot.value = yield from self._mask_steps(session, settings, vocabulary, painting, progress, method)
-        if not slot.found:
-            self.store.update(session)
-            self._count("mask_generations")
-        yield AutomaticStep(total, total, self._automatic(session, settings, vocabulary, painting, progress, method))
-
-    def _mask_steps(
-        self,
-        session: ImageSession,
-        settings: AutoMaskSettings,
-        vocabulary: Vocabulary,
-        painting: Painting,
-        progress: ProgressCallback,
-        method: str,
-    ) -> Generator[AutomaticStep, None, MaskSet]:
-        """The results of the steps before the last; returns the last step's masks (what
-        ``_generate`` returns). The lock is held for each step's work, never across a yield."""
-        cache = self.sam_embedding(session, progress)
-        self.clip_features(session)  # both encodings before the slow part
-        frame, classes = self.frame(session), with_others(vocabulary)
-        generator = MaskGenerator(self.models.sam2, **settings.generator_args)
-        steps = generator.generate_steps(session.image, frame.work_hw, cache, within(progress, 0.1, 0.7))
-        total = settings.points_per_side**2
-        known = _KnownProbabilities(len(classes), self.device)
-        while True:
-            with self.lock, torch.inference_mode(), self.autocast():
-                done, found, ids = next(steps)
-                # largest first in original pixels (smaller masks are painted over larger)
-                order = torch.sort(frame.areas(found.masks), descending=True, stable=True).indices
-            found, ids = found.select(order), ids[order]
-            if done == total:
-                return found
-            fraction = 0.1 + 0.6 * done / total
-            named = within(progress, fraction, fraction)
-            new = known.missing(ids)
-            if len(new):
-                known.add(ids[new], self.mask_probabilities(session, found.masks[new], classes, named, method))
-            yield AutomaticStep(done, total, assemble(frame, found, known.of(ids), vocabulary, painting))
+        return automatic_steps(self, session, settings, vocabulary, painting, progress, method)
 
     def compare(
         self,
@@ -450,14 +397,10 @@ class Segmenter:
         session, settings = self._as_session(image), self._mask_settings(mask_settings)
         adapter, pooling = (self._automatic(session, settings, vocabulary, painting, progress, m) for m in METHODS)
         masks = self.automatic_masks(session, settings).masks  # kept in the session: no new work
-        key, c = self._mask_key(settings), len(vocabulary)
-        best = [self._probabilities(session, key, masks, vocabulary, progress, m).argmax(1) for m in METHODS]
-        best = [torch.where(b < c, b, -1) for b in best]  # "others" is no label
-        differ = torch.nonzero(best[0] != best[1]).flatten()
-        areas = self.frame(session).areas(masks[differ]).tolist() if len(differ) else []
-        names = [[vocabulary.labels[i] if i >= 0 else None for i in b[differ].tolist()] for b in best]
-        changes = tuple(map(MaskChange, differ.tolist(), *names, areas))
-        return Comparison(adapter, pooling, len(changes), len(best[0]), changes)
+        key = self._mask_key(settings)
+        probs = [self._probabilities(session, key, masks, vocabulary, progress, m) for m in METHODS]
+        changes = mask_changes(self.frame(session), masks, *probs, vocabulary)
+        return Comparison(adapter, pooling, len(changes), len(masks), changes)
 
     def _automatic(
         self,
@@ -490,8 +433,7 @@ class Segmenter:
             points: ``[[x, y, label], ...]`` XY pixel coordinates in the original image,
                 label 1 positive, 0 negative; at least one positive unless a box is given.
             box: optional XYXY pixel box around the object.
-        Returns:
-            a result with one segment (none if SAM-2 returns an empty mask).
+        Returns a result with one segment (none if SAM-2 returns an empty mask).
         """
         session = self._as_session(image)
         coords, labels, box_arr = check_prompts(points, box, session.hw)
@@ -506,35 +448,3 @@ class Segmenter:
         probs = self.mask_probabilities(session, masks, with_others(vocabulary), progress)
         return assemble(self.frame(session), found, probs, vocabulary, Painting("per_mask", 0.0, 0.0))
 
-
-class AutomaticStep(NamedTuple):
-    """One result of ``Segmenter.segment_automatic_steps``: the result for the first
-    ``points`` of the grid's ``total`` points."""
-
-    points: int
-    total: int
-    result: SegmentationResult
-
-    @property
-    def final(self) -> bool:
-        return self.points >= self.total
-
-
-class _KnownProbabilities:
-    """Class probabilities of the masks earlier steps classified, by candidate id."""
-
-    def __init__(self, classes: int, device: torch.device) -> None:
-        self.ids = torch.zeros(0, dtype=torch.long, device=device)
-        self.probs = torch.zeros(0, classes, device=device)
-
-    def missing(self, ids: torch.Tensor) -> torch.Tensor:
-        """Positions in ``ids`` of the masks not classified yet."""
-        return (~torch.isin(ids, self.ids)).nonzero()[:, 0]
-
-    def add(self, ids: torch.Tensor, probs: torch.Tensor) -> None:
-        self.ids, self.probs = torch.cat([self.ids, ids]), torch.cat([self.probs, probs.to(self.probs.dtype)])
-
-    def of(self, ids: torch.Tensor) -> torch.Tensor:
-        """(N, C) probabilities of ``ids`` (all known)."""
-        order = torch.argsort(self.ids)
-        return self.probs[order[torch.searchsorted(self.ids[order], ids)]]

@@ -331,6 +331,11 @@ class WorkingFrame:
             return planes
         return planes[..., self.rows[:, None], self.cols[None, :]]
 
+    def largest_first(self, masks: torch.Tensor) -> torch.Tensor:
+        """(N,) long order of (N, h, w) bool working masks, largest first in original
+        pixels (ties in their order)."""
+        return torch.sort(self.areas(masks), descending=True, stable=True).indices
+
     def areas(self, masks: torch.Tensor, chunk: int = 32) -> torch.Tensor:
         """(N, h, w) bool working masks -> (N,) int64 pixel counts at the original size,
         on the masks' device."""

@@ -72,7 +72,10 @@ def _args(names: Sequence[str], alpha: str) -> list[tuple[str, str]]:
 
 SEGMENT_AUTOMATIC = endpoint_doc(
     "Segment everything in a photo: SAM-2 proposes masks from a grid of point prompts and\n"
-    "Mask-Adapter over CLIP names each with one class of the vocabulary.",
+    "Mask-Adapter over CLIP names each with one class of the vocabulary. The grid runs coarse to\n"
+    "fine, and the endpoint yields a complete result after each step (for a 32x32 grid: 64, 256,\n"
+    "then 1024 points); the last one is the final result (gradio_client: predict() gives it,\n"
+    "submit(...).outputs() every step).",
     [IMAGE_URLS, VOCABULARY_SYNTAX],
     _args(AUTOMATIC_ARGS, "opacity of the colours painted on the overlay, 0 to 1"),
     [

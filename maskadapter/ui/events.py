@@ -82,14 +82,29 @@ def user_message(err: Exception, where: str) -> str:
 
 def friendly(fn):
     """For API endpoints: any failure becomes a short ``gr.Error``, never a traceback
-    or internal text."""
+    or internal text. A generator function (an endpoint that yields results as they
+    improve) stays one; its results before the failure have been sent."""
+
+    def short(err: Exception) -> gr.Error:
+        return gr.Error(user_message(err, fn.__name__), print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def steps(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as err:
+                raise short(err) from None
+
+        return steps
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            raise gr.Error(user_message(err, fn.__name__), print_exception=False) from None
+            raise short(err) from None
 
     return wrapper
 
@@ -104,24 +119,39 @@ def gentle(
     toast: one place for messages); every other output (photo, points, previous result)
     and the user's state stay as they were, except what ``restore(*args)`` gives back.
     ``shown(err)``: a shorter text for an error the page already shows in full (the
-    banner's), or None."""
+    banner's), or None. A generator function stays one: what it yielded before the
+    failure (a first picture) stays shown."""
+
+    def failed(err: Exception, name: str, args: tuple) -> tuple:
+        text = (shown(err) if shown is not None else None) or user_message(err, name)
+        result: list[Any] = [gr.skip()] * outputs
+        result[message] = "**Error:** " + plain(text)
+        if restore is not None:
+            try:
+                for index, value in restore(*args).items():
+                    result[index] = value
+            except Exception:  # keep the photo as the browser shows it
+                log.warning("could not restore the previous view", exc_info=True)
+        return tuple(result)
 
     def decorate(fn):
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def steps(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except Exception as err:
+                    yield failed(err, fn.__name__, args)
+
+            return steps
+
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
             except Exception as err:
-                text = (shown(err) if shown is not None else None) or user_message(err, fn.__name__)
-            result: list[Any] = [gr.skip()] * outputs
-            result[message] = "**Error:** " + plain(text)
-            if restore is not None:
-                try:
-                    for index, value in restore(*args).items():
-                        result[index] = value
-                except Exception:  # keep the photo as the browser shows it
-                    log.warning("could not restore the previous view", exc_info=True)
-            return tuple(result)
+                return failed(err, fn.__name__, args)
 
         return wrapper
 

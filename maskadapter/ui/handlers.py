@@ -10,6 +10,7 @@ endpoint's parameter names and docstring are its API (``endpoint_docs``).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -83,9 +84,9 @@ def automatic_handler(service: SegmentationService) -> Callable:
     ):
         words = vocabulary, predefined, sam_size
         advanced = points_per_side, pred_iou_thresh, stability_score_thresh, mode, score_threshold, granularity, alpha
-        out, _ = _run_automatic(service.automatic, defaults, image, words, advanced, progress)
-        picture = served(out.picture, service.output_dir)
-        return picture, automatic_message(out), table_rows(out.result), downloads(out), out.segments
+        for out, _ in _run_automatic(service.automatic_steps, defaults, image, words, advanced, progress):
+            picture = served(out.picture, service.output_dir)
+            yield picture, automatic_message(out), table_rows(out.result), downloads(out), out.segments
 
     return segment_automatic
 
@@ -108,9 +109,11 @@ class AutomaticView(NamedTuple):
 
 def page_run(service: SegmentationService, runs: Runs, tab: str, method: Callable, finish: Callable) -> Callable:
     """A tab's run for the page, with the endpoints' inputs: ``method``
-    (``service.automatic`` or ``service.compare``) under the tab's ``Runs`` entry (its
-    Stop ends it), then ``finish(image, what method returned)`` gives the outputs."""
+    (``service.automatic_steps`` or ``service.compare``) under the tab's ``Runs`` entry
+    (its Stop ends it), then ``finish(image, what method returned)`` gives the outputs;
+    a ``method`` that yields (results as they improve) gives outputs for each."""
     defaults = service.default_mask_settings()
+    steps = inspect.isgeneratorfunction(method)
 
     def run(
         image,
@@ -131,7 +134,8 @@ def page_run(service: SegmentationService, runs: Runs, tab: str, method: Callabl
         advanced = points_per_side, pred_iou_thresh, stability_score_thresh, mode, score_threshold, granularity, alpha
         with runs.running(request.session_hash, tab) as stop:
             found = _run_automatic(method, defaults, image, words, advanced, progress, stop)
-        return finish(image, found)
+            for each in found if steps else (found,):
+                yield finish(image, each)
 
     return run
 
@@ -167,7 +171,7 @@ def automatic_view(service: SegmentationService, runs: Runs) -> AutomaticView:
             return gr.skip()
         return exploration.details.get(str(evt.row_value[0]), "")
 
-    return AutomaticView(page_run(service, runs, "automatic", service.automatic, finish), show, pick, pick_row)
+    return AutomaticView(page_run(service, runs, "automatic", service.automatic_steps, finish), show, pick, pick_row)
 
 
 def compare_handler(service: SegmentationService) -> Callable:

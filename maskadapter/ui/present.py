@@ -139,6 +139,9 @@ def automatic_message(out: Output) -> str:
     """What the Automatic tab says about a result (Markdown)."""
     count = len(out.result.segments)
     message = f"{count} segment{'' if count == 1 else 's'}."
+    if out.points is not None:  # a step before the last: the picture is refined as more points run
+        done, total = out.points
+        return f"{message} From {done} of {total} points; refining with the rest…"
     if not count:
         message = (
             "No segment: SAM-2 found no mask that passes its thresholds, or every mask scored "
