@@ -182,6 +182,12 @@ def test_benchmark_runs_the_demo_settings_and_derives_its_figures(tmp_path, monk
     assert figures["stages_cpu_s"] == {name: [USER, SYSTEM] for name in STAGES}
     assert figures["mask_generation_outside_networks"] == round(1 - network / wall, 4)
     assert figures["relabel_speedup"] == 1.0  # one tick each
+    # the progressive path: a 2 x 2 grid runs in two steps (1 point, then the other 3); one
+    # clock reading per step's picture after the start
+    progressive = figures["progressive"]
+    assert progressive["steps"] == [{"points": 1, "seconds": TICK}, {"points": 4, "seconds": 2 * TICK}]
+    assert progressive["first_vs_one_shot"] == round(TICK / expected["end_to_end"], 4)
+    assert progressive["total_vs_one_shot"] == round(2 * TICK / expected["end_to_end"], 4)
     # FLOPs: counted per network stage; mask generation's from the decoder's per prompt (4 prompts)
     counted = figures["stage_flops"]
     assert set(counted) == {"sam2_encode", "clip_encode", "mask_generation", "text_encode", "adapter_classification"}

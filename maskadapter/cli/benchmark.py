@@ -253,6 +253,8 @@ def run(args: argparse.Namespace) -> dict:
     flops.counted["mask_generation"], per_call = _decoder_figures(segmenter, embedding, settings)
 
     other = _time_whole_paths(segmenter, clock, image, vocabulary, settings, args.mode)
+    say("progressive automatic path (a picture after each step of the grid)")
+    progressive = _time_progressive(segmenter, image, vocabulary, settings, args.mode, clock.times["end_to_end"])
 
     figures = {
         "date": date.today().isoformat(),
@@ -275,6 +277,7 @@ def run(args: argparse.Namespace) -> dict:
         "decoder_prompts_per_call": per_call,
         "efficiency": stage_efficiencies(clock.times, flops.counted, rates, segmenter.arithmetic, network),
         "relabel_speedup": round(clock.times["end_to_end"] / clock.times["relabel"], 2),
+        "progressive": progressive,
     }
     if args.compare_precision:
         figures["precision_change"] = compare_precision(segmenter, other, vocabulary, settings, args.mode)
@@ -325,6 +328,31 @@ def _time_whole_paths(
     with clock("later_click"):
         segmenter.segment_points(third, [[w * 0.3, h * 0.6, 1], [w * 0.5, h * 0.5, 1]], vocabulary)
     return other
+
+
+def _time_progressive(
+    segmenter: Segmenter, image: np.ndarray, vocabulary: Vocabulary, settings: AutoMaskSettings, mode: str,
+    one_shot_s: float,
+) -> dict:  # fmt: skip
+    """``segment_automatic_steps`` on new pixels of the same size (``image`` turned half
+    a turn), each step's picture drawn and its JSON made as the app does: seconds from
+    the start to each step's picture, and the first and the whole against ``one_shot_s``
+    (``end_to_end`` of this run)."""
+    turned = np.ascontiguousarray(image[::-1, ::-1])
+    steps = []
+    start = time.perf_counter()
+    for step in segmenter.segment_automatic_steps(segmenter.session(turned), vocabulary, settings, mode):
+        overlay(turned, step.result)
+        segments_to_dict(step.result)
+        steps.append({"points": step.points, "seconds": round(time.perf_counter() - start, 3)})
+    first, total = steps[0]["seconds"], steps[-1]["seconds"]
+    return {
+        "steps": steps,
+        "first_picture_s": first,
+        "total_s": total,
+        "first_vs_one_shot": round(first / one_shot_s, 4),
+        "total_vs_one_shot": round(total / one_shot_s, 4),
+    }
 
 
 def _process_figures(device: torch.device, rss_loaded: int) -> dict:

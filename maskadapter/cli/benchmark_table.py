@@ -17,6 +17,11 @@ def print_table(figures: dict) -> None:
         ("decoder prompts per call (measured)", str(figures["decoder_prompts_per_call"])),
         ("re-label speed-up vs end to end", f"{figures['relabel_speedup']:.1f}x"),
     ]
+    steps = figures["progressive"]
+    times = ", ".join(f"{s['points']} points {s['seconds']:.1f} s" for s in steps["steps"])
+    rows.append(("progressive: picture after", times))
+    first, total = 100 * steps["first_vs_one_shot"], 100 * steps["total_vs_one_shot"]
+    rows.append(("  first picture / whole run vs end to end", f"{first:.0f} % / {total:.0f} %"))
     if "sam2" in figures:
         ref = figures["sam2"]
         line = f"{ref['wall_s']:.2f} s ({ref['user_s']:.1f} s user, {ref['sys_s']:.1f} s system), {ref['masks']} masks"
