@@ -7,6 +7,10 @@ for the flags (each also read from MASKADAPTER_<NAME>).
 
 from __future__ import annotations
 
+# isort: off
+import maskadapter.startup  # noqa: F401  (first: tunes the allocator before torch is loaded)
+
+# isort: on
 import argparse
 import importlib.util
 import logging
@@ -311,7 +315,7 @@ def video_tab(service: SegmentationService, runs: Runs, shared: Shared) -> None:
                     index = gr.Slider(0, 1, 0, step=1, label="Frame", elem_id="video-frame")
                     frame = gr.Image(label="Click on an object", interactive=False, elem_id="video-picture")
                     with gr.Row():
-                        obj = gr.Number(1, label="Object", precision=0, minimum=1, elem_id="video-object")
+                        obj = gr.Number(1, label="Object", precision=0, elem_id="video-object")  # checked by the click
                         kind = gr.Radio(VIDEO_KINDS, value="positive", label="A click adds", elem_id="video-kind")
                     prompts = gr.Textbox("[]", label="Prompts (JSON; [] finds objects itself)", elem_id="video-prompts")
             with gr.Column():

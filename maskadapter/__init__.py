@@ -23,13 +23,6 @@ Benchmarks: ``maskadapter.cli.datasets`` (the prepared layouts), ``maskadapter.c
 (the confusion matrix and mIoU) and ``maskadapter.cli.evaluate`` (the evaluation command).
 """
 
-# isort: off
-# first: tunes the allocator before torch is imported
-import maskadapter.memory
-
-import maskadapter._moved  # noqa: F401  (old module paths such as maskadapter.segmenter keep working)
-
-# isort: on
 import importlib
 from typing import TYPE_CHECKING
 

@@ -9,6 +9,10 @@ maskadapter video CLIP ... --vocab "ball" --out DIR    track and name objects (m
 
 from __future__ import annotations
 
+# isort: off
+import maskadapter.startup  # noqa: F401  (first: tunes the allocator before torch is loaded)
+
+# isort: on
 import importlib
 import sys
 

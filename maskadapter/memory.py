@@ -5,9 +5,11 @@ image. With glibc's defaults every block over its mmap threshold comes from the 
 and goes back when freed, so the next one page-faults its memory in again: on a
 2-core CPU that cost as much system CPU time as the networks' own arithmetic.
 
-``tune_allocator()`` runs when ``maskadapter`` is imported (this module first) (so for the app, the CLI,
-batch and its Ray workers, evaluation, the benchmark and any Python program that
-imports the package), once per process:
+The programs call ``tune_allocator()`` at start, before torch is loaded: ``app.py``
+and the ``maskadapter`` command through ``maskadapter.startup``, the batch command's
+Ray workers when they start (``THP_MEM_ALLOC_ENABLE`` comes in their environment).
+Importing ``maskadapter`` changes nothing in the process; a program of your own calls
+``tune_allocator()`` first thing if it wants the same. Once per process:
 
 - glibc's mmap threshold is raised to the most ``mallopt`` accepts (32 MiB) and its
   trim threshold to ``TRIM_THRESHOLD``: blocks up to 32 MiB are reused from the heap
@@ -16,7 +18,7 @@ imports the package), once per process:
   than the peak of live blocks plus that);
 - PyTorch is asked to back large CPU tensors with transparent huge pages
   (``THP_MEM_ALLOC_ENABLE``, read by PyTorch at its first allocation, so this works
-  when ``maskadapter`` is imported before ``torch``): a block that still comes from
+  when it runs before ``torch`` is loaded): a block that still comes from
   the kernel costs one fault per 2 MiB instead of one per 4 KiB, and is still
   returned to the system when freed.
 
@@ -68,4 +70,8 @@ def tune_allocator() -> dict[str, object]:
     return _state
 
 
-tune_allocator()
+def huge_page_env() -> dict[str, str]:
+    """The environment a worker process needs for huge pages (empty where the allocator
+    is left alone or was not tuned here)."""
+    tuned = _state.get("reason") == "tuned" and os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
+    return {"THP_MEM_ALLOC_ENABLE": "1"} if tuned else {}

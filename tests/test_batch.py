@@ -208,13 +208,19 @@ def test_engines_have_one_name_each():
 
 
 @pytest.mark.parametrize("flag, value", [("--score-threshold", "1.5"), ("--granularity", "-0.1")])
-def test_painting_values_out_of_range_are_refused_before_loading(tmp_path, capsys, flag, value):
-    from maskadapter.cli import batch, evaluate
+def test_painting_values_out_of_range_are_refused_before_loading(tmp_path, capsys, monkeypatch, flag, value):
+    from maskadapter.cli import batch, evaluate, label
+    from maskadapter.engine.segmenter import Segmenter
 
+    def never(*args, **kwargs):
+        raise AssertionError("models loaded for a run that a bad argument ends")
+
+    monkeypatch.setattr(Segmenter, "from_settings", never)
     photo = tmp_path / "a.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
     assert batch.main([str(photo), "--vocab", "cat", "--out", str(tmp_path / "out"), "--tiny-random", flag, value]) == 2
     assert evaluate.main(["--dataset", "ade20k", "--out", str(tmp_path / "eval"), "--tiny-random", flag, value]) == 2
+    assert label.main([str(photo), "--vocab", "cat", "--out", str(tmp_path / "out"), "--tiny-random", flag, value]) == 2
     err = capsys.readouterr().err
-    assert err.count("must be between 0 and 1") == 2 and f"got {float(value)}" in err, err
+    assert err.count("must be between 0 and 1") == 3 and f"got {float(value)}" in err, err
     assert not (tmp_path / "out").exists()

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import EXAMPLES, small_image
 
-from maskadapter import batch
+from maskadapter.cli import batch
 from maskadapter.engine.mask_settings import AutoMaskSettings
 from maskadapter.engine.runtime import compile_sam2
 from maskadapter.engine.segmenter import Segmenter

@@ -27,7 +27,6 @@ from maskadapter.engine.images import (
     load_image,
 )
 from maskadapter.engine.mask_settings import AutoMaskSettings
-from maskadapter.engine.transforms import check_image as check_image_from_transforms
 from maskadapter.engine.vocabulary import build_vocabulary
 from maskadapter.errors import InputError
 
@@ -70,10 +69,6 @@ def test_rgb_png_and_every_source_kind(tmp_path):
         assert not fp.closed  # the caller's file stays open
     np.testing.assert_array_equal(check_image(path), rgb)  # check_image reads paths too
     np.testing.assert_array_equal(check_image(rgb), rgb)
-
-
-def test_transforms_reexports_the_same_check():
-    assert check_image_from_transforms is check_image
 
 
 def test_bilevel_and_grey(tmp_path):

@@ -1,11 +1,11 @@
-"""The package's shape: imports flow one way, modules and functions stay short, old
-import paths keep working."""
+"""The package's shape: imports flow one way, modules and functions stay short, module
+paths that were never released are gone."""
 
 from __future__ import annotations
 
 import ast
 import importlib
-import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -89,45 +89,22 @@ def test_the_checks_see_a_cycle_and_a_long_function(tmp_path):
     assert [n for _, n in function_lengths(c)] == [81]
 
 
-OLD_PATHS = {
-    "maskadapter.segmenter": "maskadapter.engine.segmenter",
-    "maskadapter.vocabulary": "maskadapter.engine.vocabulary",
-    "maskadapter.render": "maskadapter.output.render",
-    "maskadapter.export": "maskadapter.output.export",
-    "maskadapter.batch": "maskadapter.cli.batch",
-    "maskadapter.evaluate": "maskadapter.cli.evaluate",
-    "maskadapter.metrics": "maskadapter.cli.metrics",
-    "maskadapter.datasets": "maskadapter.cli.datasets",
-}
+OLD_PATHS = ("maskadapter.segmenter", "maskadapter.masks", "maskadapter.batch", "maskadapter.evaluate")
 
 
-@pytest.mark.parametrize("old,new", OLD_PATHS.items())
-def test_old_import_paths_are_the_new_modules(old, new):
-    assert importlib.import_module(old) is importlib.import_module(new)
+@pytest.mark.parametrize("old", OLD_PATHS)
+def test_unreleased_old_module_paths_are_gone(old):
+    """No import hook keeps paths that were never released alive: Python's own error."""
+    with pytest.raises(ModuleNotFoundError, match=f"No module named '{old}'"):
+        importlib.import_module(old)
 
 
-def test_split_module_answers_old_names_and_names_new_places():
-    from maskadapter.engine.mask_settings import AutoMaskSettings
-    from maskadapter.engine.predictor import CachingPredictor
-    from maskadapter.masks import AutoMaskSettings as old_settings
-    from maskadapter.masks import CachingPredictor as old_predictor
-
-    assert old_settings is AutoMaskSettings and old_predictor is CachingPredictor
-    import maskadapter.masks
-
-    with pytest.raises(AttributeError, match="maskadapter.engine.mask_settings"):
-        maskadapter.masks.no_such_name  # noqa: B018
-
-
-def test_old_python_m_command_runs_the_new_one(capsys, monkeypatch):
-    """``python -m maskadapter.evaluate --help`` (runpy, as ``-m`` runs it) prints the
-    new command's help."""
-    monkeypatch.setattr(sys, "argv", ["maskadapter.evaluate", "--help"])
-    monkeypatch.delitem(sys.modules, "maskadapter.evaluate", raising=False)  # found as a fresh process finds it
-    with pytest.raises(SystemExit) as done:
-        runpy.run_module("maskadapter.evaluate", run_name="__main__", alter_sys=True)
-    assert done.value.code == 0
-    assert capsys.readouterr().out.startswith("usage: maskadapter evaluate")
+def test_old_python_m_command_fails_plainly():
+    done = subprocess.run(
+        [sys.executable, "-m", "maskadapter.batch", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1 and "No module named maskadapter.batch" in done.stderr, done.stderr
+    assert not (ROOT / "maskadapter" / "_moved.py").exists()
 
 
 def test_every_package_folder_is_installed():

@@ -5,12 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
+from maskadapter.engine.images import check_image
 from maskadapter.engine.transforms import (
     CLIP_PIXEL_MEAN,
     CLIP_PIXEL_STD,
     ImageTransform,
     check_box,
-    check_image,
     check_points,
 )
 from maskadapter.errors import InputError

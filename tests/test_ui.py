@@ -103,3 +103,19 @@ def test_box_field_and_point_legend():
     state.add(150, 80.6, "box")
     assert box_text(state) == "[20, 30, 150, 81]"
     assert legend_html(None) == ""
+
+
+@pytest.mark.parametrize(
+    "value, expected", [(None, 1), ("", 1), (3, 3), (3.0, 3), ("2", 2), (-2, None), (0, None), (1.5, None), ("x", None)]
+)
+def test_video_object_field_takes_whole_numbers_from_one(value, expected):
+    """The Video tab's "Object" field: -2 (which the field let through) is refused with a
+    message for the tab's message box, not a bare "Error" and a server traceback."""
+    from maskadapter.errors import InputError
+    from maskadapter.ui.video import object_number
+
+    if expected is None:
+        with pytest.raises(InputError, match="Object must be a whole number of 1 or more"):
+            object_number(value)
+    else:
+        assert object_number(value) == expected

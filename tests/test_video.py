@@ -321,3 +321,44 @@ def test_overlay_video_plays_in_chromium(tmp_path):
         )
         browser.close()
     assert played == [W, H, True, None]  # odd sizes padded by one pixel for H.264's 4:2:0
+
+
+@pytest.mark.parametrize("fail_at, message", [(0, "no frame could be read"), (3, "frames after 3 could not be read")])
+def test_a_clip_cut_short_says_what_could_be_read(tmp_path, monkeypatch, fail_at, message):
+    """A decoding error part way (a file cut short) is reported in words: how many frames
+    could be read, never "after frame -1"."""
+    import contextlib
+
+    import av
+
+    from maskadapter.engine import video_source
+
+    gif = tmp_path / "cut.gif"
+    pictures = [Image.fromarray(drawn(t)) for t in range(6)]
+    pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=100, loop=0)
+    clip = open_clip_file(gif)
+    real_open = video_source._open
+
+    @contextlib.contextmanager
+    def cut_short(path):
+        with real_open(path) as container:
+
+            class Cut:
+                streams = container.streams
+
+                @staticmethod
+                def decode(stream):
+                    for i, frame in enumerate(container.decode(stream)):
+                        if i == fail_at:
+                            raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+                        yield frame
+
+            yield Cut()
+
+    monkeypatch.setattr(video_source, "_open", cut_short)
+    read = []
+    with pytest.raises(InputError) as err:
+        for index, _ in clip.frames():
+            read.append(index)
+    assert read == list(range(fail_at))
+    assert str(err.value) == f"cut.gif cannot be decoded: {message} (Invalid data found when processing input)"

@@ -40,7 +40,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from maskadapter.cli.batch_jobs import (
-    FINGERPRINT_VERSION,
     BatchOptions,
     Engine,
     ImageJob,
@@ -51,7 +50,7 @@ from maskadapter.cli.batch_jobs import (
     finished_segments,
     plan_jobs,
 )
-from maskadapter.cli.batch_local import label_job, run_local, write_outputs
+from maskadapter.cli.batch_local import run_local
 from maskadapter.cli.batch_ray import require_ray, run_ray
 from maskadapter.cli.common import (
     EXIT_OK,
@@ -72,13 +71,6 @@ from maskadapter.engine.vocabulary import Vocabulary, build_vocabulary
 from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.logs import setup_logging
 from maskadapter.settings import add_arguments, settings_from_args
-
-# the names this module had before its engines and job types moved out (``maskadapter.batch``)
-__all__ = [
-    "ENGINES", "FINGERPRINT_VERSION", "SUMMARY_NAME", "BatchOptions", "Engine", "ImageJob", "ImageOutcome",
-    "RayOptions", "Report", "build_parser", "coco_results", "finished_segments", "fingerprint", "label_job",
-    "main", "plan_jobs", "run_local", "run_ray", "write_outputs",
-]  # fmt: skip
 
 SUMMARY_NAME = "summary.json"
 # the engines by --engine name, all with ``run_local``'s signature (``batch_jobs.Engine``)

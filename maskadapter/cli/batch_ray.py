@@ -29,6 +29,7 @@ from maskadapter.cli.common import one_line, print_notes, read_image_file
 from maskadapter.engine.segmenter import Segmenter
 from maskadapter.engine.vocabulary import build_vocabulary
 from maskadapter.errors import InputError, MaskAdapterError
+from maskadapter.memory import huge_page_env, tune_allocator
 from maskadapter.resources import PACKAGE_DIR
 
 RAY_MISSING = (
@@ -57,6 +58,7 @@ class LabelActor:
     then each call labels a batch of jobs and returns one row of outcome per job."""
 
     def __init__(self, options: BatchOptions) -> None:
+        tune_allocator()  # a worker process: as the programs do at start (maskadapter.memory)
         self.options = options
         self.error: str | None = None
         try:
@@ -117,7 +119,7 @@ def _start(ray: ModuleType, options: BatchOptions) -> bool:
                 num_cpus=options.ray.num_cpus,
                 include_dashboard=False,
                 log_to_driver=not options.quiet,
-                runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+                runtime_env={"env_vars": {"PYTHONPATH": pythonpath, **huge_page_env()}},
             )
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"connect to Ray at {address}" if address else "start a local Ray instance"

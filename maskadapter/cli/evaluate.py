@@ -58,12 +58,8 @@ from maskadapter.cli.evaluate_predict import (
     GT_SEGMENTS,
     MASK_SOURCES,
     EvalOptions,
-    classify_segments,
-    ground_truth_segments,
-    predict,
 )
 from maskadapter.cli.evaluate_report import (
-    HEADLINE,
     RANDOM_NOTE,
     class_names,
     platform_record,
@@ -89,14 +85,6 @@ from maskadapter.engine.segmenter import METHODS, Segmenter
 from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.logs import setup_logging
 from maskadapter.settings import Settings, add_arguments, settings_from_args
-
-# the names this module had before the run and the report moved out (``maskadapter.evaluate``;
-# docs/API.md names ``EvalOptions`` and ``predict`` here)
-__all__ = [
-    "EVAL_INPUT_SIZE", "GT_SEGMENTS", "HEADLINE", "MASK_SOURCES", "METRICS_NAME", "RANDOM_NOTE", "EvalOptions",
-    "EvalRun", "build_parser", "classify_segments", "describe_run", "evaluate",
-    "ground_truth_segments", "main", "predict", "prepare_out", "report", "table",
-]  # fmt: skip
 
 EVAL_INPUT_SIZE = "eval896"  # the published evaluation's CLIP input size (long side 896)
 SIZE_SETTINGS = ("input_size", "short_side", "max_size")  # the CLIP input size

@@ -27,6 +27,7 @@ from maskadapter.cli.common import (
     ProgressBar,
     add_chatter_arguments,
     add_labelling_arguments,
+    check_painting_arguments,
     expand_inputs,
     fail,
     loading_messages,
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         mask_settings_from_args(args)  # refuse bad values before loading anything
+        check_painting_arguments(args)
         paths = expand_inputs(args.images)
         build_vocabulary(args.vocab, args.predefined)  # refuse a bad vocabulary before loading models
         missing = [str(p) for p in paths if not p.is_file()]

@@ -3,10 +3,11 @@ of its memory (``halving_on_oom``) and compiling for it (``compile_sam2``).
 
 ``precision`` (the setting of that name):
 
-- ``"auto"``: bf16 autocast on CUDA GPUs of compute capability 8 or more (fp16 on
-  older ones), bf16 on CPUs that do bf16 arithmetic natively (AMX or AVX-512 BF16,
-  detected once), float32 everywhere else (a CPU without them would emulate bf16,
-  several times slower than float32);
+- ``"auto"``: bf16 autocast on CUDA GPUs of compute capability 8 or more, bf16 on
+  CPUs that do bf16 arithmetic natively (AMX or AVX-512 BF16, detected once), float32
+  everywhere else: on older GPUs too (sam2 runs in bf16 or float32 upstream, and
+  float16 is not tested end to end here), and on a CPU without native bf16, which
+  would emulate it several times slower than float32;
 - ``"float32"``: no autocast anywhere;
 - ``"bf16"``: bf16 autocast on any device.
 
@@ -63,7 +64,7 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
         return torch.bfloat16
     if device.type == "cuda":
         major, _ = torch.cuda.get_device_capability(device)
-        return torch.bfloat16 if major >= 8 else torch.float16
+        return torch.bfloat16 if major >= 8 else None
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None

@@ -28,8 +28,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from maskadapter.engine.images import image_key
-from maskadapter.engine.transforms import check_image
+from maskadapter.engine.images import check_image, image_key
 
 T = TypeVar("T")
 TABLES = ("sam_cache", "clip_cache", "masks", "probs")

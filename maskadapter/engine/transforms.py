@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from maskadapter.engine.images import check_image  # noqa: F401 - re-exported (the old place of the check)
 from maskadapter.errors import InputError
 
 CLIP_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)

@@ -67,7 +67,8 @@ class Clip:
                     if index >= start and (index - start) % every == 0:
                         yield index, self._upright(frame.to_ndarray(format="rgb24"))
             except av.error.FFmpegError as err:  # a file cut short: what was decoded stands
-                raise InputError(f"{self.path.name} cannot be decoded after frame {index}: {_reason(err)}") from None
+                where = "no frame could be read" if index < 0 else f"frames after {index + 1} could not be read"
+                raise InputError(f"{self.path.name} cannot be decoded: {where} ({_reason(err)})") from None
 
     def _upright(self, pixels: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.rot90(pixels, self.rotation // 90)) if self.rotation else pixels

@@ -121,6 +121,20 @@ def _prompts(text: str) -> list[dict]:
     return data
 
 
+def object_number(value: object) -> int:
+    """The Video tab's "Object" field as an object id: a whole number of at least 1
+    (empty means 1); anything else is refused with a message."""
+    if value is None or value == "":
+        return 1
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"Object must be a whole number of 1 or more, got {value!r}") from None
+    if number != int(number) or number < 1:
+        raise InputError(f"Object must be a whole number of 1 or more, got {number:g}")
+    return int(number)
+
+
 def video_handlers(service: SegmentationService, runs: Runs) -> VideoHandlers:
     """The Video tab's functions (``VideoHandlers``)."""
 
@@ -141,7 +155,7 @@ def video_handlers(service: SegmentationService, runs: Runs) -> VideoHandlers:
         x, y = evt.index if isinstance(evt.index, list | tuple) and len(evt.index) == 2 else (None, None)
         if x is None:
             raise InputError("click on the frame to add a point")
-        frame, obj = int(index), int(obj or 1)
+        frame, obj = int(index), object_number(obj)
         entry = next((e for e in items if e["frame"] == frame and e["object"] == obj), None)
         if entry is None:
             entry = {"frame": frame, "object": obj, "points": []}
