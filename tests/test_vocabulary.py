@@ -226,6 +226,30 @@ def test_memory_cache_is_an_lru_with_a_cap(tiny_models):
     assert single.encoder_calls == 5 and list(single._memory) == names[2:]
 
 
+def test_a_vocabulary_asked_for_again_gives_its_kept_matrix(tiny_models, monkeypatch):
+    """The stacked (K, D) rows and class index of a vocabulary are kept: asked for again,
+    the same tensors come back (nothing stacked or copied); the oldest go past the
+    entry cap, and nothing is kept past the byte cap."""
+    from maskadapter.engine import text_embeddings
+
+    cache = TextEmbeddingCache(tiny_models.clip, tiny_models.tokenizer, "key", None)
+    first = cache.embed(build_vocabulary("cat | kitten, dog"))
+    again = cache.embed(build_vocabulary("cat | kitten, dog"))  # equal vocabulary, new object
+    assert again[0] is first[0] and again[1] is first[1]
+    reference = _reference(tiny_models.clip, tiny_models.tokenizer, ["cat", "kitten", "dog"])
+    assert torch.allclose(again[0], reference, atol=1e-6) and again[1].tolist() == [0, 0, 1]
+    for i in range(text_embeddings.STACKED_ENTRIES):  # as many other vocabularies: the first goes
+        cache.embed(build_vocabulary(f"thing {i}"))
+    assert len(cache._stacked) == text_embeddings.STACKED_ENTRIES
+    third = cache.embed(build_vocabulary("cat | kitten, dog"))
+    assert third[0] is not first[0] and torch.equal(third[0], first[0]) and cache.encoder_calls == 1 + 8
+
+    monkeypatch.setattr(text_embeddings, "STACKED_BYTES", 16)  # smaller than any matrix
+    small = TextEmbeddingCache(tiny_models.clip, tiny_models.tokenizer, "key", None)
+    one = small.embed(build_vocabulary("cat"))
+    assert small.embed(build_vocabulary("cat"))[0] is not one[0] and not small._stacked
+
+
 def test_disk_cache_removes_the_least_recently_used_files(tiny_models, tmp_path):
     names = ["cat", "dog", "tree", "sky", "road"]
     reference = _reference(tiny_models.clip, tiny_models.tokenizer, names + ["lamp"])

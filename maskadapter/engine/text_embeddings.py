@@ -72,6 +72,10 @@ def context_notes(vocabulary: Vocabulary, tokenizer, templates: Sequence[str] = 
     )
 
 
+STACKED_ENTRIES = 8  # vocabularies whose stacked (K, D) rows stay on the device
+STACKED_BYTES = 64 * 2**20  # and at most this many bytes of them
+
+
 def _sha1(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
@@ -87,6 +91,12 @@ class TextEmbeddingCache:
     disk (oldest modification time removed first; a read refreshes it). Disk errors are
     logged once and otherwise ignored. ``encoder_calls`` counts ``embed`` calls that had
     names to encode (each encodes them ``batch_size`` prompts per text-encoder call).
+
+    The (K, D) matrix ``embed`` returns is kept too, on the model's device, for the
+    ``STACKED_ENTRIES`` most recently used vocabularies within ``STACKED_BYTES``: a
+    vocabulary asked for again (every request of a session, every naming frame of a
+    clip) is not stacked and copied again. The matrices returned are shared: read them,
+    never write them.
     """
 
     def __init__(
@@ -110,6 +120,7 @@ class TextEmbeddingCache:
         self.batch_size = batch_size  # prompts per text-encoder call
         self._model_key = model_key
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()  # name -> (D,), oldest first
+        self._stacked: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()  # classes -> embed()
         self._lock = threading.Lock()
         self._last_ns = 0
         self._warned = False
@@ -204,6 +215,13 @@ class TextEmbeddingCache:
         names = [name for synonyms in vocabulary.classes for name in synonyms]
         owners = [i for i, synonyms in enumerate(vocabulary.classes) for _ in synonyms]
         with self._lock:
+            stacked = self._stacked.get(vocabulary.classes)
+            if stacked is not None:
+                self._stacked.move_to_end(vocabulary.classes)
+                for name in dict.fromkeys(names):  # the rows count as used, as below
+                    if name in self._memory:
+                        self._memory.move_to_end(name)
+                return stacked
             found: dict[str, torch.Tensor] = {}
             missing = []
             for name in dict.fromkeys(names):
@@ -235,4 +253,16 @@ class TextEmbeddingCache:
             while len(self._memory) > self.memory_entries:
                 self._memory.popitem(last=False)
         device = self.clip_model.logit_scale.device
-        return embeddings.to(device), torch.tensor(owners, dtype=torch.long, device=device)
+        stacked = (embeddings.to(device), torch.tensor(owners, dtype=torch.long, device=device))
+        self._keep_stacked(vocabulary.classes, stacked)
+        return stacked
+
+    def _keep_stacked(self, classes: tuple, stacked: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Keep ``embed``'s result for ``classes``; the oldest go past the entry and byte caps."""
+        with self._lock:
+            self._stacked[classes] = stacked
+            self._stacked.move_to_end(classes)
+            sizes = {key: rows.nbytes + index.nbytes for key, (rows, index) in self._stacked.items()}
+            while self._stacked and (len(self._stacked) > STACKED_ENTRIES or sum(sizes.values()) > STACKED_BYTES):
+                key, _ = self._stacked.popitem(last=False)
+                del sizes[key]
