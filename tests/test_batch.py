@@ -4,6 +4,8 @@ COCO export, ``@list.txt`` inputs, the ``maskadapter batch`` dispatch and the en
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -198,11 +200,31 @@ def test_batch_inputs_and_errors(tree, tmp_path, capsys):
     assert not out.exists()  # nothing run, nothing written
 
 
+def test_batch_help_loads_no_model_code():
+    """``maskadapter batch --help`` in a fresh process: torch is never imported (it took
+    seconds of imports before the help appeared)."""
+    code = (
+        "import sys\n"
+        "from maskadapter.__main__ import main\n"
+        "try:\n"
+        "    main(['batch', '--help'])\n"
+        "except SystemExit as done:\n"
+        "    assert done.code == 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False" and "usage: maskadapter batch" in out.stdout
+
+
 def test_engines_have_one_name_each():
     """``--engine`` offers exactly ``ENGINES``' names, each one engine function."""
     from maskadapter.cli import batch_local, batch_ray
 
-    assert batch.ENGINES == {"local": batch_local.run_local, "ray": batch_ray.run_ray}
+    assert {name: batch.engine(name) for name in batch.ENGINES} == {
+        "local": batch_local.run_local,
+        "ray": batch_ray.run_ray,
+    }
     engine = next(action for action in batch.build_parser()._actions if action.dest == "engine")
     assert tuple(engine.choices) == tuple(batch.ENGINES)
 

@@ -23,7 +23,8 @@ Engines (``ENGINES``, by ``--engine`` name): ``local`` (``maskadapter.cli.batch_
 runs in this process with the models loaded once and images decoded ahead in a
 background thread; ``ray`` (``maskadapter.cli.batch_ray``) runs Ray Data actors, each
 with its own models, on this machine or a Ray cluster. The modules import one way:
-``batch_jobs`` <- ``batch_local`` <- ``batch_ray`` <- this command.
+``batch_jobs`` <- ``batch_local`` <- ``batch_ray`` <- this command, which imports an
+engine only when a run uses it (so ``--help`` and refused arguments load no model code).
 
 Exit codes: 0 every image labelled (or already done), 3 some failed (see the summary),
 2 bad arguments, inputs or models (nothing run).
@@ -32,6 +33,7 @@ Exit codes: 0 every image labelled (or already done), 3 some failed (see the sum
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -50,8 +52,6 @@ from maskadapter.cli.batch_jobs import (
     finished_segments,
     plan_jobs,
 )
-from maskadapter.cli.batch_local import run_local
-from maskadapter.cli.batch_ray import require_ray, run_ray
 from maskadapter.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -73,8 +73,15 @@ from maskadapter.logs import setup_logging
 from maskadapter.settings import add_arguments, settings_from_args
 
 SUMMARY_NAME = "summary.json"
-# the engines by --engine name, all with ``run_local``'s signature (``batch_jobs.Engine``)
-ENGINES: dict[str, Engine] = {"local": run_local, "ray": run_ray}
+# the engines by --engine name, as "module:function", each with ``batch_local.run_local``'s
+# signature (``batch_jobs.Engine``); imported when a run uses one (``engine``)
+ENGINES: dict[str, str] = {"local": "maskadapter.cli.batch_local:run_local", "ray": "maskadapter.cli.batch_ray:run_ray"}
+
+
+def engine(name: str) -> Engine:
+    """The engine function of ``--engine name`` (one of ``ENGINES``)."""
+    module, function = ENGINES[name].split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 # ---------------------------------------------------------------------------- COCO
@@ -285,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     started_at, started = utc_now(), time.perf_counter()
     try:
         if args.engine == "ray":
+            from maskadapter.cli.batch_ray import require_ray
+
             require_ray()
         options, vocabulary = _options(args)
         jobs = plan_jobs(args.inputs, args.out)
@@ -302,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
     progress = ProgressBar(len(todo), options.show_progress)
     try:
-        processed = ENGINES[args.engine](todo, options, _reporter(progress, options)) if todo else []
+        processed = engine(args.engine)(todo, options, _reporter(progress, options)) if todo else []
     except (MaskAdapterError, OSError) as err:
         return fail(err)
     finally:
