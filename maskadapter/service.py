@@ -343,9 +343,7 @@ class SegmentationService:
         """``automatic`` a step of SAM-2's point grid at a time
         (``Segmenter.segment_automatic_steps``): an output after each step, its
         ``points`` set before the last; the last output is ``automatic``'s."""
-        vocabulary = self.vocabulary(vocabulary_text, predefined)
-        segmenter = self.segmenter(sam_size, report)
-        session = segmenter.session(image)  # the stored session of these pixels, if any
+        vocabulary, segmenter, session = self._prepare(image, vocabulary_text, predefined, sam_size, report)
         notes = segmenter.vocabulary_notes(vocabulary)
         options = (mask_settings, mode, score_threshold, granularity)
         for step in segmenter.segment_automatic_steps(session, vocabulary, *options, progress=report):
@@ -385,6 +383,21 @@ class SegmentationService:
         )
         return ComparedOutput(adapter, pooling, found.changed, found.masks, found.changes)
 
+    def _prepare(
+        self,
+        image: object,
+        vocabulary_text: str | None,
+        predefined: Sequence[str] | None,
+        sam_size: str | None,
+        report: ProgressCallback,
+    ) -> tuple[Vocabulary, Segmenter, ImageSession]:
+        """What every automatic task starts with: the vocabulary (checked before waiting
+        for any model), the segmenter of ``sam_size`` and the stored session of the
+        image's pixels (opened if new)."""
+        vocabulary = self.vocabulary(vocabulary_text, predefined)
+        segmenter = self.segmenter(sam_size, report)
+        return vocabulary, segmenter, segmenter.session(image)
+
     def _run_automatic(
         self,
         run: Callable[..., SegmentationResult | Comparison],
@@ -395,14 +408,11 @@ class SegmentationService:
         options: tuple[AutoMaskSettings | None, str, float, float],
         report: ProgressCallback,
     ) -> tuple[ImageSession, SegmentationResult | Comparison, tuple[str, ...]]:
-        """What ``automatic`` and ``compare`` share: the vocabulary (checked before waiting
-        for any model), the segmenter of ``sam_size``, the stored session of the image's
-        pixels, then ``run(segmenter, session, vocabulary, *options)`` with ``options``
+        """What ``automatic`` and ``compare`` share: ``_prepare``, then
+        ``run(segmenter, session, vocabulary, *options)`` with ``options``
         (mask settings, mode, score threshold, granularity); the session, what ``run``
         found and the vocabulary's notes."""
-        vocabulary = self.vocabulary(vocabulary_text, predefined)
-        segmenter = self.segmenter(sam_size, report)
-        session = segmenter.session(image)  # the stored session of these pixels, if any
+        vocabulary, segmenter, session = self._prepare(image, vocabulary_text, predefined, sam_size, report)
         found = run(segmenter, session, vocabulary, *options, progress=report)
         report(0.95, "drawing")
         return session, found, segmenter.vocabulary_notes(vocabulary)

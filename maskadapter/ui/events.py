@@ -80,14 +80,10 @@ def user_message(err: Exception, where: str) -> str:
     return f"Something went wrong on the server (error id {ref}). Please try again; if it keeps failing, report the id."
 
 
-def friendly(fn):
-    """For API endpoints: any failure becomes a short ``gr.Error``, never a traceback
-    or internal text. A generator function (an endpoint that yields results as they
-    improve) stays one; its results before the failure have been sent."""
-
-    def short(err: Exception) -> gr.Error:
-        return gr.Error(user_message(err, fn.__name__), print_exception=False)
-
+def _answering_failures(fn: Callable, answer: Callable[[Exception, tuple], Any]) -> Callable:
+    """``fn`` with an exception it raises answered by ``answer(err, args)``: its value is
+    returned instead (yielded last, for a generator function, which stays one: what it
+    yielded before the failure has been sent); an exception ``answer`` raises goes on."""
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
@@ -95,7 +91,7 @@ def friendly(fn):
             try:
                 yield from fn(*args, **kwargs)
             except Exception as err:
-                raise short(err) from None
+                yield answer(err, args)
 
         return steps
 
@@ -104,9 +100,20 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            raise short(err) from None
+            return answer(err, args)
 
     return wrapper
+
+
+def friendly(fn):
+    """For API endpoints: any failure becomes a short ``gr.Error``, never a traceback
+    or internal text. A generator function (an endpoint that yields results as they
+    improve) stays one; its results before the failure have been sent."""
+
+    def short(err: Exception, args: tuple) -> Any:
+        raise gr.Error(user_message(err, fn.__name__), print_exception=False) from None
+
+    return _answering_failures(fn, short)
 
 
 def gentle(
@@ -135,25 +142,7 @@ def gentle(
         return tuple(result)
 
     def decorate(fn):
-        if inspect.isgeneratorfunction(fn):
-
-            @functools.wraps(fn)
-            def steps(*args, **kwargs):
-                try:
-                    yield from fn(*args, **kwargs)
-                except Exception as err:
-                    yield failed(err, fn.__name__, args)
-
-            return steps
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as err:
-                return failed(err, fn.__name__, args)
-
-        return wrapper
+        return _answering_failures(fn, lambda err, args: failed(err, fn.__name__, args))
 
     return decorate
 
