@@ -357,7 +357,6 @@ class MaskGenerator:
         cuts = [range(size, len(index), size) for index in levels]
         batches = [(k, part) for k, index in enumerate(levels) for part in np.split(index, cuts[k])]
         reach = np.cumsum([len(index) for index in levels])  # points done after each step
-        done = 0
         for number, (level, index) in enumerate(batches, start=1):
             index = torch.as_tensor(index)
             points = grid[index].to(device)  # (b, 2) XY pixels of the image
@@ -367,7 +366,6 @@ class MaskGenerator:
                 m = logits.shape[1]
                 ids = (ids[:, None] + torch.arange(m, device=device)).flatten()
                 pool.add(logits, iou.flatten(), part.repeat_interleave(m, 0), ids)
-            done += len(index)
             last_of_level = number == len(batches) or batches[number][0] != level
             if number % COMPACT_EVERY == 0 or last_of_level:
                 with torch.autocast(device.type, enabled=False):  # decisions in float32
@@ -375,7 +373,7 @@ class MaskGenerator:
             where = f"step {level + 1} of {len(levels)} ({reach[level]} of {len(grid)} points)"
             progress(number / len(batches), f"SAM-2 masks, {where}: point batch {number} of {len(batches)}")
             if last_of_level and (every_step or number == len(batches)):
-                yield done, self._nms(pool, frame_hw)
+                yield int(reach[level]), self._nms(pool, frame_hw)
 
     def _nms(self, pool: _CandidatePool, frame_hw: tuple[int, int]) -> _Candidates:
         """The pool's candidates NMS keeps (best predicted IoU first), decided on bounded
