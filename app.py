@@ -238,14 +238,15 @@ def point_tab(service: SegmentationService, runs: Runs, shared: Shared) -> None:
     for event in (view.image.upload, view.image.clear):
         event(upload, inputs=[view.image, state], **common, **progress)
     click = gentle(POINT_OUTPUTS, 1, shown=shown)(gpu(handlers.click))
-    runs_ = [view.image.select(click, inputs=[view.click_kind, *settings, state], **common, **progress)]
+    queued = dict(trigger_mode="multiple")  # clicks made during a run wait their turn (none is dropped)
+    runs_ = [view.image.select(click, inputs=[view.click_kind, *settings, state], **common, **progress, **queued)]
     for button, operation in (
         (view.undo, PointState.undo),
         (view.clear, PointState.clear),
         (view.relabel, lambda state: None),
     ):
         edit = gentle(POINT_OUTPUTS, 1, shown=shown)(gpu(handlers.edit(operation)))
-        runs_.append(button.click(edit, inputs=[*settings, state], **common, **progress))
+        runs_.append(button.click(edit, inputs=[*settings, state], **common, **progress, **queued))
     view.stop.click(
         stopper(runs, "points"), outputs=[view.message], cancels=runs_, queue=False, api_visibility="private"
     )

@@ -100,6 +100,12 @@ class PointState:
             history=list(self.history),
         )
 
+    def assign(self, other: PointState) -> None:
+        """Take ``other``'s photo key, size and prompts (this object is the one the
+        user's session keeps; see the point tab's handlers)."""
+        for name in (f.name for f in dataclasses.fields(self)):
+            setattr(self, name, getattr(other, name))
+
     def undo(self) -> None:
         """Go back to the prompts before the last change (nothing happens without one)."""
         if self.history:

@@ -314,6 +314,21 @@ def test_second_click_does_not_reencode(app_server, browser, tmp_path):
     assert len(json.loads(view.points())) == 3
     assert counters["sam"].calls == sam_before + 1  # same image: nothing re-encoded
     assert counters["clip"].calls == clip_before + 1
+
+    # five quick clicks, each made while earlier ones are processed: all five applied, in order
+    page = view.page
+    page.locator("#click-kind").get_by_text("positive point").click()
+    img = page.locator("#point-image img")
+    box = img.bounding_box()
+    spots = [(0.1 + 0.2 * k, 0.45) for k in range(5)]
+    for fx, fy in spots:
+        img.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
+    page.wait_for_function(
+        "() => JSON.parse(document.querySelector('#points-text textarea').value).length === 8", timeout=60_000
+    )
+    points = json.loads(view.points())[3:]
+    assert [round(p[0] / 280, 1) for p in points] == [round(fx, 1) for fx, _ in spots]  # all five, in order
+    assert all(p[2] == 1 for p in points)
     assert view.errors == []
     view.close()
 

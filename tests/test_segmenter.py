@@ -405,3 +405,29 @@ def test_random_weights_open_the_quality_filters_by_default(segmenter, image, mo
     assert len(result.segments) == len(explicit.segments) >= 1
     assert all(key[1] == small_grid for key in segmenter.store.get(session.key).masks)
     assert sum("quality filters are opened" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_each_request_hashes_the_photo_once(segmenter, image, monkeypatch):
+    """The photo's pixels are hashed (its session key) once per request, not again by
+    SAM-2's predictor or the mask generator."""
+    import hashlib
+
+    real, hashed = hashlib.sha1, []
+
+    def counting(data=b"", *args, **kwargs):
+        hashed.append(memoryview(data).nbytes)
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "sha1", counting)
+    vocabulary, settings = build_vocabulary(VOCAB), AutoMaskSettings(points_per_side=4)
+    requests = [
+        lambda: segmenter.segment_points(image, [[80, 50, 1]], vocabulary),
+        lambda: segmenter.segment_automatic(image, vocabulary, settings),
+        lambda: list(segmenter.segment_automatic_steps(image, vocabulary, settings)),
+        lambda: segmenter.compare(image, vocabulary, settings),
+        lambda: segmenter.segment_points(image, [[20, 30, 1], [90, 60, 0]], vocabulary),
+    ]
+    for request in requests:
+        hashed.clear()
+        request()
+        assert hashed.count(image.nbytes) == 1

@@ -139,12 +139,12 @@ def test_sam2_sizes_beyond_the_bound_are_unloaded(tmp_path, monkeypatch, image):
     session = one.session(image)
     one.sam_embedding(session)
     token = model_token(one.models.sam2)
-    assert list(service._by_size) == ["tiny-random", "s1"] and session.peek("sam_cache", (token, session.key))
+    assert list(service._by_size) == ["tiny-random", "s1"] and session.peek("sam_cache", token)
 
     assert service.segmenter("tiny-random") is base
     service.segmenter("s2")  # s1 is the least recently used size other than the base: unloaded
     assert list(service._by_size) == ["tiny-random", "s2"]
-    assert session.peek("sam_cache", (token, session.key)) is None  # what s1 computed went with it
+    assert session.peek("sam_cache", token) is None  # what s1 computed went with it
     assert service.segmenter("s1") is not one  # loaded again: a new model
     assert list(service._by_size) == ["tiny-random", "s1"]
 
@@ -167,3 +167,52 @@ def test_store_stays_consistent_while_photos_arrive_and_leave():
     assert _in_threads(6, arrive) == list(range(6))  # no KeyError from a session adopted meanwhile
     walked = sum(s.nbytes() for s in store._sessions.values())
     assert store.nbytes == walked <= 5 * 300 + 100 and len(store) == len(store._sizes)
+
+
+def test_held_sessions_are_neither_trimmed_nor_evicted():
+    image_bytes = 10 * 10 * 3
+    store = SessionStore(budget_bytes=2 * image_bytes)
+    with store.hold(_session("a")) as a:
+        a.once("clip_cache", "f", lambda: torch.zeros(100))
+        store.update(a)
+        for k in "bcd":  # each arrival is over budget: the others go, the held one stays, whole
+            store.adopt(_session(k))
+        assert "a" in store and a.peek("clip_cache", "f") is not None and store.held("a")
+        assert store.nbytes == sum(s.nbytes() for s in store._sessions.values())  # the held one is counted
+    assert not store.held("a")
+    store.adopt(_session("e"))  # released: it can go now
+    assert "a" not in store and store.nbytes <= 2 * image_bytes
+
+
+@pytest.mark.parametrize("budget", ["nothing", "photos"])
+def test_requests_on_a_tiny_budget_compute_each_stage_once(segmenter, image, budget):
+    """Four images compared at once (masks, CLIP features and both classifications
+    each made once per request) with a budget that keeps no session's costs (and, for
+    "nothing", no photo either): the session a request holds is neither trimmed nor
+    evicted before it ends, so nothing is computed twice and the photo stays in the
+    store while its request runs."""
+    from maskadapter.engine.mask_settings import AutoMaskSettings
+    from maskadapter.engine.vocabulary import build_vocabulary
+
+    segmenter.store = SessionStore(budget_bytes=1 if budget == "nothing" else 4 * image.nbytes)
+    images = [np.ascontiguousarray(np.roll(image, 7 * k, axis=1)) for k in range(4)]
+    vocabulary, settings = build_vocabulary("cat, wall, floor"), AutoMaskSettings(points_per_side=4)
+    missing = []
+
+    def run(i: int) -> int:
+        session = ImageSession.from_image(images[i])
+
+        def progress(fraction: float, message: str) -> None:
+            if session.key not in segmenter.store:  # what the point tab would call "no longer on the server"
+                missing.append((i, message))
+            time.sleep(0.002)  # let the other requests run between stages
+
+        segmenter.compare(session, vocabulary, settings, progress=progress)
+        return i
+
+    assert _in_threads(4, run) == [0, 1, 2, 3]
+    stats = segmenter.stats
+    assert [stats[k] for k in ("sam_image_encodings", "clip_image_encodings", "mask_generations")] == [4, 4, 4]
+    assert stats["adapter_runs"] == stats["pooling_runs"] == 4
+    assert missing == []
+    assert segmenter.store.nbytes == sum(s.nbytes() for s in segmenter.store._sessions.values())

@@ -14,25 +14,21 @@ import torch
 from sam2.modeling.sam2_base import SAM2Base
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-from maskadapter.engine.images import image_key
-from maskadapter.engine.runtime import ModelToken, model_token
+from maskadapter.engine.runtime import model_token
 
 # Without sam2's compiled extension (CPU installs), hole filling is skipped with a
 # warning on every call; say it once instead.
 warnings.filterwarnings("once", message=r"[\s\S]*Skipping the post-processing step")
 
 
-def sam_cache_key(sam_model: torch.nn.Module, key: str) -> tuple[ModelToken, str]:
-    """Where ``CachingPredictor`` keeps the embedding of the image with ``image_key`` ``key``."""
-    return (model_token(sam_model), key)
-
-
 class CachingPredictor(SAM2ImagePredictor):
     """``SAM2ImagePredictor`` whose ``set_image`` reuses embeddings kept in ``cache``.
 
-    ``cache`` maps (model, ``image_key(image)``) to the predictor's features and
-    original size; the caller owns it (one per image session). ``encoder_calls``
-    counts real encodings.
+    ``cache`` holds one image's embeddings: it maps a SAM-2 model (``model_token``)
+    to the predictor's features and the image's size. The caller owns it, one per
+    image (an image session's), so the pixels are never hashed here; an image of
+    another size than the cached one is refused. ``encoder_calls`` counts real
+    encodings.
     """
 
     def __init__(self, sam_model: SAM2Base, cache: dict | None = None, **kwargs) -> None:
@@ -41,7 +37,7 @@ class CachingPredictor(SAM2ImagePredictor):
         self.encoder_calls = 0
 
     def set_image(self, image: np.ndarray) -> None:
-        key = sam_cache_key(self.model, image_key(image))
+        key = model_token(self.model)
         hit = self.cache.get(key)
         if hit is None:
             # sam2 turns the array into a tensor with torch.from_numpy, which warns about
@@ -50,6 +46,8 @@ class CachingPredictor(SAM2ImagePredictor):
             self.encoder_calls += 1
             self.cache[key] = (self._features, self._orig_hw)
             return
+        if tuple(hit[1][0]) != tuple(image.shape[:2]):
+            raise ValueError(f"this embedding cache holds a {hit[1][0]} image, not {image.shape[:2]}: one per image")
         self.reset_predictor()
         self._features, self._orig_hw = hit
         self._is_image_set = True

@@ -68,18 +68,20 @@ def automatic_steps(
     progress: ProgressCallback,
     method: str,
 ) -> Iterator[AutomaticStep]:
-    """``Segmenter.segment_automatic_steps`` on checked arguments. The session's masks
-    entry is claimed while the steps run: a request for the same masks meanwhile waits
-    for the last step's (``ImageSession.claim``)."""
+    """``Segmenter.segment_automatic_steps`` on checked arguments. The session is held
+    in the store while the steps run (``SessionStore.hold``), and its masks entry is
+    claimed: a request for the same masks meanwhile waits for the last step's
+    (``ImageSession.claim``)."""
     segmenter.text_embeddings(with_others(vocabulary), within(progress, 0.0, 0.05))
     total = settings.points_per_side**2
-    with session.claim("masks", segmenter._mask_key(settings)) as slot:
-        if not slot.found:  # nobody made these masks: make them here, a step at a time
-            slot.value = yield from mask_steps(segmenter, session, settings, vocabulary, painting, progress, method)
-    if not slot.found:
-        segmenter.store.update(session)
-        segmenter._count("mask_generations")
-    result = segmenter._automatic(session, settings, vocabulary, painting, progress, method)
+    with segmenter.held(session) as session:
+        with session.claim("masks", segmenter._mask_key(settings)) as slot:
+            if not slot.found:  # nobody made these masks: make them here, a step at a time
+                slot.value = yield from mask_steps(segmenter, session, settings, vocabulary, painting, progress, method)
+        if not slot.found:
+            segmenter.store.update(session)
+            segmenter._count("mask_generations")
+        result = segmenter._automatic(session, settings, vocabulary, painting, progress, method)
     yield AutomaticStep(total, total, result)
 
 

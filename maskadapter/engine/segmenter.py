@@ -37,7 +37,7 @@ from maskadapter.engine.generator import MaskGenerator
 from maskadapter.engine.mask_set import MaskSet
 from maskadapter.engine.mask_settings import RANDOM_WEIGHT_NOTE, AutoMaskSettings, default_mask_settings
 from maskadapter.engine.painting_options import Painting
-from maskadapter.engine.predictor import encode_image, prompt_mask, sam_cache_key
+from maskadapter.engine.predictor import encode_image, prompt_mask
 from maskadapter.engine.progressive import AutomaticStep, automatic_steps
 from maskadapter.engine.results import Comparison, SegmentationResult, assemble, mask_changes, with_others
 from maskadapter.engine.runtime import (
@@ -165,10 +165,10 @@ class Segmenter:
         """The stored session of an (H, W, 3) uint8 RGB image (opened if new)."""
         return self.store.open(image)
 
-    def _as_session(self, image_or_session: object) -> ImageSession:
-        if isinstance(image_or_session, ImageSession):
-            return self.store.adopt(image_or_session)
-        return self.session(image_or_session)
+    def held(self, image: ImageSession | np.ndarray) -> contextlib.AbstractContextManager[ImageSession]:
+        """The stored session of an image (or a caller's session, stored again if it
+        was evicted), held for the block: never trimmed nor evicted meanwhile."""
+        return self.store.hold(image if isinstance(image, ImageSession) else ImageSession.from_image(image))
 
     def frame(self, session: ImageSession) -> WorkingFrame:
         """The working frame of the session's image."""
@@ -223,8 +223,8 @@ class Segmenter:
 
     def sam_embedding(self, session: ImageSession, progress: ProgressCallback = no_progress) -> dict:
         """SAM-2's embedding of the session's image (computed once), as the one-entry
-        cache ``CachingPredictor`` reads."""
-        key = sam_cache_key(self.models.sam2, session.key)
+        cache ``CachingPredictor`` reads (keyed by the model)."""
+        key = model_token(self.models.sam2)
 
         def compute() -> tuple:
             progress(0.05, "encoding the image (SAM-2)")
@@ -356,9 +356,9 @@ class Segmenter:
             method: how masks are classified: ``"adapter"`` (Mask-Adapter) or
                 ``"pooling"`` (plain mask pooling, the baseline the paper improves on).
         """
-        painting = Painting(mode, score_threshold, granularity)  # checked before any work
-        session, settings = self._as_session(image), self._mask_settings(mask_settings)
-        return self._automatic(session, settings, vocabulary, painting, progress, method)
+        painting, settings = Painting(mode, score_threshold, granularity), self._mask_settings(mask_settings)
+        with self.held(image) as session:
+            return self._automatic(session, settings, vocabulary, painting, progress, method)
 
     def segment_automatic_steps(
         self,
@@ -376,8 +376,8 @@ class Segmenter:
         ``AutomaticStep`` per step, a complete result for the points so far; the last
         (``final``) is ``segment_automatic``'s, kept in the session (masks already
         there give that step alone). Leaving early keeps no masks (``progressive``)."""
-        painting = Painting(mode, score_threshold, granularity)  # checked before any work
-        session, settings = self._as_session(image), self._mask_settings(mask_settings)
+        painting, settings = Painting(mode, score_threshold, granularity), self._mask_settings(mask_settings)
+        session = image if isinstance(image, ImageSession) else ImageSession.from_image(image)  # held by the steps
         return automatic_steps(self, session, settings, vocabulary, painting, progress, method)
 
     def compare(
@@ -393,13 +393,13 @@ class Segmenter:
         """The same SAM-2 masks classified by Mask-Adapter and by plain mask pooling (the
         arguments as in ``segment_automatic``); the masks and the CLIP features are
         computed once for both."""
-        painting = Painting(mode, score_threshold, granularity)  # checked before any work
-        session, settings = self._as_session(image), self._mask_settings(mask_settings)
-        adapter, pooling = (self._automatic(session, settings, vocabulary, painting, progress, m) for m in METHODS)
-        masks = self.automatic_masks(session, settings).masks  # kept in the session: no new work
-        key = self._mask_key(settings)
-        probs = [self._probabilities(session, key, masks, vocabulary, progress, m) for m in METHODS]
-        changes = mask_changes(self.frame(session), masks, *probs, vocabulary)
+        painting, settings = Painting(mode, score_threshold, granularity), self._mask_settings(mask_settings)
+        with self.held(image) as session:
+            adapter, pooling = (self._automatic(session, settings, vocabulary, painting, progress, m) for m in METHODS)
+            masks = self.automatic_masks(session, settings).masks  # kept in the session: no new work
+            key = self._mask_key(settings)
+            probs = [self._probabilities(session, key, masks, vocabulary, progress, m) for m in METHODS]
+            changes = mask_changes(self.frame(session), masks, *probs, vocabulary)
         return Comparison(adapter, pooling, len(changes), len(masks), changes)
 
     def _automatic(
@@ -435,16 +435,15 @@ class Segmenter:
             box: optional XYXY pixel box around the object.
         Returns a result with one segment (none if SAM-2 returns an empty mask).
         """
-        session = self._as_session(image)
-        coords, labels, box_arr = check_prompts(points, box, session.hw)
-        self.text_embeddings(with_others(vocabulary), within(progress, 0.0, 0.05))
-        cache = self.sam_embedding(session, progress)
-        frame = self.frame(session)
-        with self.lock, self.autocast():
-            mask, iou = prompt_mask(self.models.sam2, session.image, cache, coords, labels, box_arr, frame.work_hw)
-        masks = torch.as_tensor(mask[None] if mask.any() else mask[None][:0], device=self.device)
-        scores = [torch.full((len(masks),), value, device=self.device) for value in (iou, float("nan"))]
-        found = MaskSet.of(masks, *scores)  # no stability score for a prompted mask
-        probs = self.mask_probabilities(session, masks, with_others(vocabulary), progress)
-        return assemble(self.frame(session), found, probs, vocabulary, Painting("per_mask", 0.0, 0.0))
+        with self.held(image) as session:
+            coords, labels, box_arr = check_prompts(points, box, session.hw)
+            self.text_embeddings(with_others(vocabulary), within(progress, 0.0, 0.05))
+            cache, frame = self.sam_embedding(session, progress), self.frame(session)
+            with self.lock, self.autocast():
+                mask, iou = prompt_mask(self.models.sam2, session.image, cache, coords, labels, box_arr, frame.work_hw)
+            masks = torch.as_tensor(mask[None] if mask.any() else mask[None][:0], device=self.device)
+            scores = [torch.full((len(masks),), value, device=self.device) for value in (iou, float("nan"))]
+            found = MaskSet.of(masks, *scores)  # no stability score for a prompted mask
+            probs = self.mask_probabilities(session, masks, with_others(vocabulary), progress)
+            return assemble(frame, found, probs, vocabulary, Painting("per_mask", 0.0, 0.0))
 

@@ -12,15 +12,18 @@ state included, hold only a key). It counts the bytes of every tensor and array 
 session holds, on the CPU and on the GPU alike, and keeps the total within its budget
 in two steps: first it drops what the least recently used sessions cost (their tables;
 the photo stays, so a user's photo outlives its embeddings), then, if the photos
-alone are still over the budget, whole sessions, least recently used first. The
-session in use is never evicted. What was dropped is recomputed when needed again.
+alone are still over the budget, whole sessions, least recently used first. A
+session held by a request (``SessionStore.hold``, for the request's whole length)
+is neither trimmed nor evicted, so nothing a request is using or filling is lost or
+left uncounted; the store may then stay over its budget until the holds end. What
+was dropped is recomputed when needed again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -168,7 +171,8 @@ def _nbytes(obj: object) -> int:
 class SessionStore:
     """Image sessions by key within ``budget_bytes``: the least recently used sessions
     lose their computed entries first, then, if still needed, their place (see the
-    module docstring). The session in use is never evicted, even alone over budget.
+    module docstring). The session being counted and the held ones are never trimmed
+    or evicted, even over budget.
 
     ``evictions`` counts sessions removed, ``trimmed`` sessions whose entries were dropped.
     """
@@ -178,6 +182,7 @@ class SessionStore:
         self._sessions: OrderedDict[str, ImageSession] = OrderedDict()
         self._sizes: dict[str, int] = {}
         self._total = 0
+        self._holds: Counter[str] = Counter()  # session key -> requests holding it
         self._lock = threading.Lock()
         self.evictions = 0
         self.trimmed = 0
@@ -210,6 +215,27 @@ class SessionStore:
             self._fit(stored, touch=True)
         return stored
 
+    @contextlib.contextmanager
+    def hold(self, session: ImageSession) -> Iterator[ImageSession]:
+        """Store ``session`` (as ``adopt``) and keep the stored one from being trimmed
+        or evicted until the block ends (an exception, a closed generator included)."""
+        with self._lock:
+            stored = self._sessions.setdefault(session.key, session)
+            self._holds[stored.key] += 1
+            self._fit(stored, touch=True)
+        try:
+            yield stored
+        finally:
+            with self._lock:
+                self._holds[stored.key] -= 1
+                if not self._holds[stored.key]:
+                    del self._holds[stored.key]
+
+    def held(self, key: str) -> bool:
+        """Whether a request holds the session with ``key``."""
+        with self._lock:
+            return key in self._holds
+
     def update(self, session: ImageSession, touch: bool = True) -> None:
         """Recount ``session``'s bytes (``touch``: and make it the most recently used)
         and make the store fit its budget again."""
@@ -222,7 +248,8 @@ class SessionStore:
         self._resize(session.key, session.nbytes())
         if touch:
             self._sessions.move_to_end(session.key)
-        others = [s for s in self._sessions.values() if s is not session]  # least recently used first
+        # least recently used first; held sessions are left alone
+        others = [s for s in self._sessions.values() if s is not session and s.key not in self._holds]
         for old in others:
             if self._total <= self.budget_bytes:
                 return

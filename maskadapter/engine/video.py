@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from maskadapter.engine.images import image_key
 from maskadapter.engine.mask_settings import AutoMaskSettings
 from maskadapter.engine.painting_options import Painting
 from maskadapter.engine.results import TOP_K, with_others
@@ -316,8 +315,9 @@ class _Run:
 
 def _frame_session(segmenter: Segmenter, work: np.ndarray) -> tuple[ImageSession, bool]:
     """The store's session of a working-size frame, and whether this call opened it."""
-    opened = image_key(work) not in segmenter.store
-    return segmenter.session(work), opened
+    session = ImageSession.from_image(work)  # the frame's pixels hashed once
+    opened = session.key not in segmenter.store
+    return segmenter.store.adopt(session), opened
 
 
 def _within_frame(progress: ProgressCallback, t: int, count: int) -> ProgressCallback:

@@ -157,6 +157,7 @@ class Runs:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running: dict[tuple[str, str], threading.Event] = {}
+        self._turns: dict[tuple[str, str], list] = {}  # key -> [lock, events holding or waiting]
 
     @contextlib.contextmanager
     def running(self, session: str | None, tab: str) -> Iterator[threading.Event]:
@@ -170,6 +171,23 @@ class Runs:
             with self._lock:
                 if self._running.get(key) is stop:
                     del self._running[key]
+
+    @contextlib.contextmanager
+    def turn(self, session: str | None, tab: str) -> Iterator[None]:
+        """Run the block while no other event of this browser session and tab is in its
+        own block (events that change one user's state take turns)."""
+        key = (session or "", tab)
+        with self._lock:
+            entry = self._turns.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._turns[key]
 
     def stop(self, session: str | None, tab: str) -> bool:
         """Ask the tab's run in this browser session to stop; whether one was running."""

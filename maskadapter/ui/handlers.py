@@ -261,6 +261,20 @@ def point_handlers(service: SegmentationService, runs: Runs) -> PointHandlers:
             state,
         )
 
+    def changed(state, change, vocabulary, predefined, sam_size, alpha, request, progress):
+        """Apply ``change`` to the user's state and label again. Events of one browser
+        session take turns and change the session's state object in place, so a click
+        made while another is processed sees that one's point (none is lost); a failed
+        event leaves the state as it was."""
+        with runs.turn(request.session_hash if request else None, "points"):
+            work = state.copy()
+            change(work)
+            if work.key is None:
+                raise InputError("upload a photo first")
+            outputs = label(work, vocabulary, predefined, sam_size, alpha, request, progress)
+            state.assign(work)
+        return (*outputs[:-1], state)
+
     def click(
         kind,
         vocabulary,
@@ -272,18 +286,13 @@ def point_handlers(service: SegmentationService, runs: Runs) -> PointHandlers:
         request: gr.Request,
         progress=gr.Progress(),
     ):
-        state = state.copy()
         index = evt.index if isinstance(evt.index, list | tuple) and len(evt.index) == 2 else (None, None)
-        state.add(index[0], index[1], kind)
-        return label(state, vocabulary, predefined, sam_size, alpha, request, progress)
+        add = lambda work: work.add(index[0], index[1], kind)  # noqa: E731
+        return changed(state, add, vocabulary, predefined, sam_size, alpha, request, progress)
 
     def edit(operation: Callable[[PointState], None]) -> Callable:
         def handler(vocabulary, predefined, sam_size, alpha, state, request: gr.Request, progress=gr.Progress()):
-            state = state.copy()
-            operation(state)
-            if state.key is None:
-                raise InputError("upload a photo first")
-            return label(state, vocabulary, predefined, sam_size, alpha, request, progress)
+            return changed(state, operation, vocabulary, predefined, sam_size, alpha, request, progress)
 
         return handler
 
