@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskadapter.cli import benchmark, benchmark_compare, benchmark_rate
+from maskadapter.cli import benchmark, benchmark_compare, benchmark_rate, benchmark_run
 
 STAGES = {
     "sam2_encode",
@@ -30,7 +30,7 @@ SMALL_CLIP = ["--short-side", "224", "--max-size", "320"]  # not the 800-pixel p
 
 
 class FakeTime:
-    """Stands for the ``time`` module inside ``maskadapter.cli.benchmark``: ``perf_counter``
+    """Stands for the ``time`` module inside ``maskadapter.cli.benchmark_run``: ``perf_counter``
     gives the listed readings in turn, or ``TICK`` more on every reading when none are listed."""
 
     def __init__(self, readings: list[float] | None = None) -> None:
@@ -45,7 +45,7 @@ class FakeTime:
 
 
 def _fake_cpu(monkeypatch, readings: list[tuple[float, float]] | None = None) -> list[int]:
-    """``benchmark.cpu_seconds`` replaced: the listed (user, system) readings, or
+    """``benchmark_run.cpu_seconds`` replaced: the listed (user, system) readings, or
     (USER, SYSTEM) more on every reading. Returns a one-item list counting the readings."""
     count = [0]
     listed = None if readings is None else iter(readings)
@@ -56,17 +56,17 @@ def _fake_cpu(monkeypatch, readings: list[tuple[float, float]] | None = None) ->
             return next(listed)
         return ((count[0] - 1) * USER, (count[0] - 1) * SYSTEM)
 
-    monkeypatch.setattr(benchmark, "cpu_seconds", cpu_seconds)
+    monkeypatch.setattr(benchmark_run, "cpu_seconds", cpu_seconds)
     return count
 
 
 def _counting_network_time(monkeypatch) -> list[int]:
-    """``benchmark.NetworkTime`` that also counts the outermost network calls its hooks
+    """``benchmark_run.NetworkTime`` that also counts the outermost network calls its hooks
     see (one item per instance; a decode's prompt encoder runs inside it); its own
     timing is untouched."""
     counts: list[int] = []
 
-    class Counting(benchmark.NetworkTime):
+    class Counting(benchmark_run.NetworkTime):
         def __init__(self, sam2, clock):
             counts.append(0)
             super().__init__(sam2, clock)
@@ -75,15 +75,15 @@ def _counting_network_time(monkeypatch) -> list[int]:
             counts[-1] += self._depth == 0
             super()._enter(module, args)
 
-    monkeypatch.setattr(benchmark, "NetworkTime", Counting)
+    monkeypatch.setattr(benchmark_run, "NetworkTime", Counting)
     return counts
 
 
 def test_clock_adds_wall_and_cpu_seconds_per_stage(monkeypatch):
     # readings: stage a from 10 to 12.5, b from 20 to 20.75, a again from 30 to 31
-    monkeypatch.setattr(benchmark, "time", FakeTime([10.0, 12.5, 20.0, 20.75, 30.0, 31.0]))
+    monkeypatch.setattr(benchmark_run, "time", FakeTime([10.0, 12.5, 20.0, 20.75, 30.0, 31.0]))
     _fake_cpu(monkeypatch, [(1.0, 0.5), (3.0, 0.75), (4.0, 1.0), (4.5, 1.125), (5.0, 1.25), (5.25, 1.5)])
-    clock = benchmark.Clock(torch.device("cpu"))
+    clock = benchmark_run.Clock(torch.device("cpu"))
     for name in ("a", "b", "a"):
         with clock(name):
             pass
@@ -105,8 +105,8 @@ def test_network_time_counts_only_sam2s_three_networks(monkeypatch):
 
     # readings: start 0, prompt encoder 1.0 / 1.5, decoder 2.0 / 3.25, end 4.0
     fake = FakeTime([0.0, 1.0, 1.5, 2.0, 3.25, 4.0])
-    monkeypatch.setattr(benchmark, "time", fake)
-    wall, network, result = benchmark._timed_network(sam2, benchmark.Clock(torch.device("cpu")), work)
+    monkeypatch.setattr(benchmark_run, "time", fake)
+    wall, network, result = benchmark_run._timed_network(sam2, benchmark_run.Clock(torch.device("cpu")), work)
     assert (wall, network, result) == (4.0, 0.5 + 1.25, "found")
     # the hooks are gone: the networks run again without reading the clock
     sam2.sam_mask_decoder(torch.zeros(1))
@@ -116,7 +116,7 @@ def test_network_time_counts_only_sam2s_three_networks(monkeypatch):
 
 @pytest.mark.slow
 def test_benchmark_compares_with_sam2_in_its_own_process(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(benchmark, "time", FakeTime())
+    monkeypatch.setattr(benchmark_run, "time", FakeTime())
     _fake_cpu(monkeypatch)
     out = tmp_path / "bench.json"
     args = ["--tiny-random", "--width", "160", "--height", "120", "--points-per-side", "4", "--precision", "float32"]
@@ -151,7 +151,7 @@ def test_benchmark_runs_the_demo_settings_and_derives_its_figures(tmp_path, monk
     per reading) every figure is known: a stage with no reading inside takes one tick;
     mask generation holds two readings per network forward (enter, leave) and the two of
     its own wall time."""
-    monkeypatch.setattr(benchmark, "time", FakeTime())
+    monkeypatch.setattr(benchmark_run, "time", FakeTime())
     cpu_readings = _fake_cpu(monkeypatch)
     forwards = _counting_network_time(monkeypatch)
     out = tmp_path / "bench.json"

@@ -122,6 +122,47 @@ def test_help_and_argument_errors_answer_without_loading_torch(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+HEAVY = ("torch", "cv2", "sam2", "open_clip", "gradio")  # what --help must not load
+
+
+def test_every_commands_help_and_argument_errors_answer_without_loading_torch(tmp_path):
+    """``--help`` of batch, evaluate, benchmark and video, and argparse's errors (a missing
+    clip, a bad choice, a bad number), exit 0 and 2 in a fresh interpreter with none of
+    ``HEAVY`` loaded after each: the engines are imported once the arguments are read."""
+    calls = [[name, "--help"] for name in ("batch", "evaluate", "benchmark", "video")]
+    calls += [
+        ["video", "--out", "o"],
+        ["video", "x.mp4", "--out", "o", "--max-objects", "many"],
+        ["evaluate", "--dataset", "nope", "--out", "o"],
+        ["benchmark", "--width", "x"],
+        ["batch", "x.png"],
+    ]
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from maskadapter.__main__ import main\n"
+        f"for args in {calls!r}:\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):\n"
+        "        try:\n"
+        "            code = main(args)\n"
+        "        except SystemExit as exit_:\n"
+        "            code = exit_.code\n"
+        f"    loaded = [name for name in {HEAVY!r} if name in sys.modules]\n"
+        "    print(json.dumps([args, code, loaded, out.getvalue()]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [args for args, *_ in answers] == calls
+    for args, exit_code, loaded, printed in answers:
+        assert (exit_code, loaded) == ((0, []) if args[1:] == ["--help"] else (2, [])), args
+        assert args[1:] != ["--help"] or f"usage: maskadapter {args[0]}" in printed, args
+    video_help = " ".join(answers[3][3].split())  # the tracker's defaults reach the help without torch
+    assert "(default 20)" in video_help and "tracks per clip (default 16)" in video_help
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_help_and_errors(tmp_path):
     help_text = _run(["--help"], tmp_path)
     assert help_text.returncode == 0

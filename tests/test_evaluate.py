@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from maskadapter.__main__ import main as cli_main
-from maskadapter.cli import evaluate, evaluate_predict, evaluate_run
+from maskadapter.cli import evaluate, evaluate_options, evaluate_predict, evaluate_run
 from maskadapter.cli.datasets import DatasetError, find_samples, layout, read_labels, scan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,7 +183,7 @@ def test_ground_truth_regions_and_classes(tmp_path):
     ids, count = evaluate_predict.ground_truth_segments(gt, "classes")
     assert count == 4 and len(np.unique(ids[gt == 9])) == 1
     with pytest.raises(ValueError, match="masks must be one of sam2, ground-truth"):
-        evaluate_predict.EvalOptions(masks="gt")
+        evaluate_options.EvalOptions(masks="gt")
     diagonal = np.full((4, 4), -1, np.int32)
     diagonal[0, 0] = diagonal[1, 1] = 3  # corners touching: one region with 8-connectivity
     assert evaluate_predict.ground_truth_segments(diagonal, "regions")[1] == 1
@@ -239,7 +239,7 @@ def test_sessions_are_dropped_after_each_image(segmenter, tmp_path):
     data = layout("ade20k")
     (out / "predictions").mkdir(parents=True)
     vocabulary = segmenter.vocabulary("", [data.key])
-    options = evaluate_predict.EvalOptions(masks="ground-truth")
+    options = evaluate_options.EvalOptions(masks="ground-truth")
     run = evaluate_run.evaluate(segmenter, data, vocabulary, find_samples(data, root), out, options, {})
     assert not run.failed and len(run.seconds) == 3 and run.matrix.counts.sum() > 0
     assert (run.predicted, run.read_back) == (3, 0)

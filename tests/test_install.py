@@ -61,7 +61,7 @@ def _run(args: list[str], site: Path, cwd: Path, timeout: float = 300) -> subpro
 
 def test_installed_copy_is_used_with_its_data(site, tmp_path):
     code = (
-        "import json, sys, maskadapter, maskadapter.service, maskadapter.__main__, maskadapter.cli.benchmark\n"
+        "import json, sys, maskadapter, maskadapter.service, maskadapter.__main__, maskadapter.cli.benchmark_run\n"
         "from maskadapter.engine import vocabulary, weights\n"
         "print(json.dumps({'package': maskadapter.__file__, 'sam2': str(weights.TINY_SAM2_CONFIG),\n"
         "    'clip': str(weights.TINY_CLIP_CONFIG), 'vocab': str(vocabulary.VOCABULARY_DIR),\n"

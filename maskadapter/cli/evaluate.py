@@ -23,7 +23,8 @@ Exit codes: 0 every image evaluated; 3 some images failed (listed in metrics.jso
 left out of the metrics); 2 bad arguments, dataset or models, broken ground truth, or
 no image evaluated.
 
-The modules, each importing only those before it: ``evaluate_predict`` (one image's
+The modules, each importing only those before it: ``evaluate_options`` (the mask
+sources and labelling options, without torch), ``evaluate_predict`` (one image's
 prediction), ``evaluate_run`` (the run over the dataset, resumable), ``evaluate_report``
 (metrics.json and the printed table), and this command on top of them.
 """
@@ -37,6 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from maskadapter.cli.common import (
     EXIT_ERROR,
@@ -54,37 +56,25 @@ from maskadapter.cli.common import (
     write_json,
 )
 from maskadapter.cli.datasets import LAYOUTS, Layout, Sample, Split, dataset_root, layout, scan
-from maskadapter.cli.evaluate_predict import (
-    GT_SEGMENTS,
-    MASK_SOURCES,
-    EvalOptions,
-)
-from maskadapter.cli.evaluate_report import (
-    RANDOM_NOTE,
-    class_names,
-    platform_record,
-    report,
-    table,
-    weights_record,
-)
-from maskadapter.cli.evaluate_run import (
-    METRICS_NAME,
-    EvalRun,
-    describe_run,
-    evaluate,
-    prepare_out,
-)
+from maskadapter.cli.evaluate_options import GT_SEGMENTS, MASK_SOURCES, EvalOptions
 from maskadapter.engine.mask_settings import (
     AutoMaskSettings,
     add_mask_arguments,
     default_mask_settings,
     mask_settings_from_args,
 )
-from maskadapter.engine.runtime import resolve_device
-from maskadapter.engine.segmenter import METHODS, Segmenter
+from maskadapter.engine.painting_options import METHODS
 from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.logs import setup_logging
 from maskadapter.settings import Settings, add_arguments, settings_from_args
+
+if TYPE_CHECKING:
+    from maskadapter.cli.evaluate_run import EvalRun
+    from maskadapter.engine.segmenter import Segmenter
+    from maskadapter.engine.vocabulary import Vocabulary
+
+# The engine, the run and the report (torch) are imported once the arguments are read,
+# so that --help and argument errors answer at once.
 
 EVAL_INPUT_SIZE = "eval896"  # the published evaluation's CLIP input size (long side 896)
 SIZE_SETTINGS = ("input_size", "short_side", "max_size")  # the CLIP input size
@@ -229,6 +219,9 @@ def _plan(args: argparse.Namespace) -> _Plan:
         method=args.method,
         mask_settings=mask_settings_from_args(args, default_mask_settings(not random_weights)),
     )
+    from maskadapter.cli.evaluate_run import describe_run, prepare_out  # torch, once the dataset is found
+    from maskadapter.engine.runtime import resolve_device
+
     device = resolve_device(settings.device)
     described = describe_run(data, options, settings, args.real_size_random, root, device)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -238,6 +231,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
 
 def _exit_code(run: EvalRun, samples: int) -> int:
     """Print how the run ended; the exit code (module docstring)."""
+    from maskadapter.cli.evaluate_run import METRICS_NAME
+
     if len(run.failed) == samples:
         print(f"error: no image could be evaluated (each failure is listed in {METRICS_NAME})", file=sys.stderr)
         return EXIT_ERROR
@@ -254,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     started_at, started = utc_now(), time.perf_counter()
     try:  # everything that can be refused is, before the models load
         plan = _plan(args)
+        from maskadapter.cli.evaluate_report import RANDOM_NOTE, platform_record
+        from maskadapter.cli.evaluate_run import evaluate
+        from maskadapter.engine.segmenter import Segmenter
+
         segmenter = Segmenter.from_settings(
             plan.settings, progress=loading_messages(args.quiet), real_size_random=args.real_size_random
         )
@@ -294,6 +293,16 @@ def main(argv: list[str] | None = None) -> int:
         "finished": utc_now(),
         "seconds": round(time.perf_counter() - started, 3),
     }
+    return _finish(args, plan, run, segmenter, vocabulary, extra)
+
+
+def _finish(
+    args: argparse.Namespace, plan: _Plan, run: EvalRun, segmenter: Segmenter, vocabulary: Vocabulary, extra: dict
+) -> int:
+    """Write metrics.json (``extra``: the run record), print the table; the exit code."""
+    from maskadapter.cli.evaluate_report import class_names, report, table, weights_record
+    from maskadapter.cli.evaluate_run import METRICS_NAME
+
     found = (run.matrix, class_names(vocabulary), plan.data, plan.samples, run.seconds, run.failed)
     metrics = report(*found, plan.described, weights_record(segmenter), extra)
     try:

@@ -14,39 +14,17 @@ ignore (ground truth).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 import torch
 
-from maskadapter.engine.mask_settings import AutoMaskSettings
-from maskadapter.engine.segmenter import METHODS, Segmenter
+from maskadapter.cli.evaluate_options import GT_SEGMENTS, EvalOptions
+from maskadapter.engine.segmenter import Segmenter
 from maskadapter.engine.session import ImageSession
 from maskadapter.engine.vocabulary import Vocabulary
 from maskadapter.errors import InputError
 
-MASK_SOURCES = ("sam2", "ground-truth")
-GT_SEGMENTS = ("regions", "classes")
 REGION_PIXELS = 2**26  # mask pixels made at once when classifying ground-truth segments
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """How images are labelled: the mask source and the labelling options."""
-
-    masks: str = "sam2"
-    gt_segments: str = "regions"
-    mode: str = "semantic"
-    granularity: float = 0.8
-    score_threshold: float = 0.0
-    method: str = "adapter"
-    mask_settings: AutoMaskSettings | None = None  # None: the segmenter's defaults
-
-    def __post_init__(self) -> None:
-        for name, allowed in (("masks", MASK_SOURCES), ("gt_segments", GT_SEGMENTS), ("method", METHODS)):
-            if getattr(self, name) not in allowed:
-                raise InputError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
 
 def ground_truth_segments(gt: np.ndarray, by: str = "regions") -> tuple[np.ndarray, int]:

@@ -41,7 +41,8 @@ from maskadapter.cli.datasets import (
     read_labels,
     read_prediction,
 )
-from maskadapter.cli.evaluate_predict import EvalOptions, predict
+from maskadapter.cli.evaluate_options import EvalOptions
+from maskadapter.cli.evaluate_predict import predict
 from maskadapter.cli.metrics import ConfusionMatrix
 from maskadapter.engine.runtime import autocast_dtype
 from maskadapter.engine.segmenter import Segmenter

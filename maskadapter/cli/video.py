@@ -31,14 +31,14 @@ from maskadapter.cli.common import (
     random_weights_warning,
 )
 from maskadapter.engine.mask_settings import add_mask_arguments, mask_settings_from_args
-from maskadapter.engine.segmenter import Segmenter
-from maskadapter.engine.video import MAX_OBJECTS, PROMPTS_FORMAT, REDETECT_EVERY, parse_prompts, track_clip
-from maskadapter.engine.video_source import VideoLimits, open_clip_file
+from maskadapter.engine.video_options import MAX_OBJECTS, PROMPTS_FORMAT, REDETECT_EVERY
 from maskadapter.engine.vocabulary import build_vocabulary
 from maskadapter.errors import InputError, MaskAdapterError
 from maskadapter.logs import setup_logging
-from maskadapter.output.video_export import write_video_outputs
 from maskadapter.settings import add_arguments, settings_from_args
+
+# The engine, the decoder and the outputs (torch, PyAV) are imported once the arguments
+# are read, so that --help and argument errors answer at once.
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +77,8 @@ def read_prompts(text: str | None) -> list:
     """``--prompts``: a JSON file's path or the JSON itself, as ``VideoPrompt``s."""
     if not text:
         return []
+    from maskadapter.engine.video import parse_prompts
+
     path = Path(text)
     try:
         raw = path.read_text(encoding="utf-8") if not text.lstrip().startswith("[") and path.is_file() else text
@@ -93,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_args(args)
         check_painting_arguments(args)
         mask_settings_from_args(args)
-        build_vocabulary(args.vocab, args.predefined)
+        build_vocabulary(args.vocab, args.predefined)  # refuse a bad vocabulary before loading torch
+        from maskadapter.engine.segmenter import Segmenter
+        from maskadapter.engine.video import track_clip
+        from maskadapter.engine.video_source import VideoLimits, open_clip_file
+        from maskadapter.output.video_export import write_video_outputs
+
         prompts = read_prompts(args.prompts)
         limits = VideoLimits.of(settings)
         clips = [open_clip_file(path, limits, args.every) for path in args.clips] if len(args.clips) == 1 else None

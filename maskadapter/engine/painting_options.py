@@ -1,7 +1,8 @@
-"""How classified masks are painted: the choices, checked where they enter.
+"""How masks are classified and painted: the choices, checked where they enter.
 
-Kept apart from ``maskadapter.engine.results`` (which paints, with torch) so that the
-command line can offer and check these choices without loading torch.
+Kept apart from ``maskadapter.engine.results`` (which paints, with torch) and
+``maskadapter.engine.segmenter`` (which classifies) so that the command line can offer
+and check these choices without loading torch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from maskadapter.errors import InputError
 
 MODES = ("semantic", "per_mask")
+METHODS = ("adapter", "pooling")  # how masks are classified: Mask-Adapter or plain mask pooling
 
 
 @dataclass(frozen=True)

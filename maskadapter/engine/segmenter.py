@@ -36,7 +36,7 @@ from maskadapter.engine.clip_features import (
 from maskadapter.engine.generator import MaskGenerator
 from maskadapter.engine.mask_set import MaskSet
 from maskadapter.engine.mask_settings import RANDOM_WEIGHT_NOTE, AutoMaskSettings, default_mask_settings
-from maskadapter.engine.painting_options import Painting
+from maskadapter.engine.painting_options import METHODS, Painting
 from maskadapter.engine.predictor import encode_image, prompt_mask
 from maskadapter.engine.progressive import AutomaticStep, automatic_steps
 from maskadapter.engine.results import Comparison, SegmentationResult, assemble, mask_changes, with_others
@@ -62,8 +62,6 @@ from maskadapter.engine.weights import (
 from maskadapter.errors import InputError
 from maskadapter.progress import ProgressCallback, no_progress, within
 from maskadapter.settings import Settings
-
-METHODS = ("adapter", "pooling")  # how masks are classified: Mask-Adapter or plain mask pooling
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -40,6 +40,7 @@ from maskadapter.engine.results import TOP_K, with_others
 from maskadapter.engine.session import ImageSession
 from maskadapter.engine.tracker import Tracker
 from maskadapter.engine.transforms import WorkingFrame, box_corners, check_prompts, point_list
+from maskadapter.engine.video_options import MAX_OBJECTS, PROMPTS_FORMAT, REDETECT_EVERY
 from maskadapter.engine.video_source import Clip
 from maskadapter.engine.vocabulary import Vocabulary
 from maskadapter.errors import InputError
@@ -49,8 +50,6 @@ if TYPE_CHECKING:
     from maskadapter.engine.segmenter import Segmenter
 
 MATCH_IOU = 0.5  # a detection overlapping a track's mask this much is that track
-MAX_OBJECTS = 16  # tracks per clip (each costs one SAM-2 memory pass per frame)
-REDETECT_EVERY = 20  # frames between looks for new objects (and between namings)
 
 
 @dataclass(frozen=True)
@@ -64,12 +63,6 @@ class VideoPrompt:
     obj: int
     points: tuple = ()
     box: tuple | None = None
-
-
-PROMPTS_FORMAT = (
-    '[{"frame": 0, "object": 1, "points": [[x, y, 1], ...], "box": [x0, y0, x1, y1]}, ...] '
-    "(points and box in XY pixels of the clip's frames; either may be left out)"
-)
 
 
 def parse_prompts(data: object) -> list[VideoPrompt]:
