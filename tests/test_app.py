@@ -24,6 +24,7 @@ import pytest
 import torch
 from conftest import SyntheticSAM
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -148,8 +149,20 @@ def _same_picture(path: Path, png: bytes) -> bool:
     return a.shape == b.shape and float((a != b).any(-1).mean()) < 0.01
 
 
+# records every ETA Gradio shows ("1.2/105.3s": elapsed / expected) in window.etas
+ETA_WATCH = """
+window.etas = [];
+new MutationObserver(() => {
+  for (const el of document.querySelectorAll('.progress-text')) {
+    const text = el.textContent.trim();
+    if (/\\d\\/\\d+(\\.\\d+)?s/.test(text) && !window.etas.includes(text)) window.etas.push(text);
+  }
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
 class Page:
-    """A page with its console errors recorded."""
+    """A page with its console errors (and any ETA shown, ``etas``) recorded."""
 
     def __init__(self, browser, url: str, width: int = 1400) -> None:
         height = 1100 if width > 800 else 844
@@ -159,6 +172,7 @@ class Page:
         self.errors: list[str] = []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.add_init_script(ETA_WATCH)
         self.page.goto(url)
         self.page.locator("#vocabulary textarea").wait_for()
 
@@ -237,6 +251,10 @@ class Page:
 
     def points(self) -> str:
         return self.page.locator("#points-text textarea").input_value()
+
+    def etas(self) -> list[str]:
+        """Every ETA the page has shown (Gradio's "elapsed/expected s")."""
+        return self.page.evaluate("() => window.etas")
 
     def close(self) -> None:
         self.context.close()
@@ -323,12 +341,17 @@ def test_second_click_does_not_reencode(app_server, browser, tmp_path):
     spots = [(0.1 + 0.2 * k, 0.45) for k in range(5)]
     for fx, fy in spots:
         img.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
-    page.wait_for_function(
-        "() => JSON.parse(document.querySelector('#points-text textarea').value).length === 8", timeout=60_000
-    )
+    try:
+        page.wait_for_function(
+            "() => JSON.parse(document.querySelector('#points-text textarea').value).length === 8", timeout=60_000
+        )
+    except PlaywrightTimeout:
+        message = page.locator("#point-message").inner_text()
+        raise AssertionError(f"points {view.points()}, message {message!r}") from None
     points = json.loads(view.points())[3:]
     assert [round(p[0] / 280, 1) for p in points] == [round(fx, 1) for fx, _ in spots]  # all five, in order
     assert all(p[2] == 1 for p in points)
+    assert view.etas() == []  # no ETA from the earlier clicks' times (the first one encoded the photo)
     assert view.errors == []
     view.close()
 

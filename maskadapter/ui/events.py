@@ -19,6 +19,7 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+from gradio.queueing import ProcessTime
 from PIL import Image
 
 from maskadapter.errors import Cancelled, InputError, MaskAdapterError
@@ -239,10 +240,23 @@ def served(picture: np.ndarray | None, directory: Path, name: str = "picture") -
 IDLE_POLL_S = 0.02  # how often an idle queue looks for new requests
 
 
+class _NoRunTimes(dict):
+    """Stands in for the Gradio queue's record of each event's average run time, from
+    which it shows an ETA ("1.0/105.2s"): nothing is recorded, so no ETA is shown. A
+    run's time depends on the photo, the grid, the SAM-2 size and what is cached (a
+    click on an encoded photo takes a fraction of the first), so earlier runs' average
+    said nothing about the next; the progress bar says how far a run is."""
+
+    def __missing__(self, fn: object) -> ProcessTime:
+        return ProcessTime()  # takes the run's time and is dropped
+
+
 def queue(demo: gr.Blocks, concurrency: int, max_size: int | None = None) -> gr.Blocks:
     """``demo.queue(...)``, with the queue's idle polling slowed from Gradio's 1 ms (on
-    Linux) to ``IDLE_POLL_S``: a thousand wake-ups a second kept an idle app at about
-    10% of a CPU core; a request now waits at most 20 ms more to start."""
+    Linux) to ``IDLE_POLL_S`` (a thousand wake-ups a second kept an idle app at about
+    10% of a CPU core; a request now waits at most 20 ms more to start), and no ETA
+    from earlier runs' times (``_NoRunTimes``). Neither has a public setting (Gradio 6.31)."""
     demo.queue(default_concurrency_limit=concurrency, max_size=max_size)
-    demo._queue.sleep_when_free = max(demo._queue.sleep_when_free, IDLE_POLL_S)  # no public setting (Gradio 6.31)
+    demo._queue.sleep_when_free = max(demo._queue.sleep_when_free, IDLE_POLL_S)
+    demo._queue.process_time_per_fn = _NoRunTimes()
     return demo
