@@ -19,6 +19,7 @@ from maskadapter.engine.bounded_nms import boxes_for_nms
 from maskadapter.engine.generator import MaskGenerator, point_grid
 from maskadapter.engine.low_res_masks import FrameBounds, small_regions, stability_scores
 from maskadapter.engine.point_decoder import PointDecoder
+from maskadapter.engine.sam2_internals import prompt_frame
 from maskadapter.engine.transforms import WorkingFrame, inclusive_boxes, mask_boxes
 
 # ----------------------------------------------------------------- equivalence with sam2
@@ -82,7 +83,7 @@ def _output_in_frame(predictor, frame_hw: tuple[int, int]) -> None:
 
     def set_image_in_frame(image):
         set_image(image)
-        predictor._orig_hw = [tuple(frame_hw)]
+        prompt_frame(predictor, frame_hw)
 
     predictor.set_image = set_image_in_frame
 

@@ -13,6 +13,7 @@ import torch
 from maskadapter.engine import point_decoder
 from maskadapter.engine.point_decoder import PointDecoder, prompts_per_call
 from maskadapter.engine.predictor import CachingPredictor
+from maskadapter.engine.sam2_internals import image_features
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def features(tiny_models):
     image = (rng.random((120, 170, 3)) * 255).astype(np.uint8)
     predictor = CachingPredictor(tiny_models.sam2, {})
     predictor.set_image(image)
-    return predictor._features
+    return image_features(predictor)
 
 
 def _sam2s(sam, features, coords: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:

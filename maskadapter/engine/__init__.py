@@ -6,4 +6,5 @@ and their scores), ``clip_features`` and ``vocabulary`` (CLIP features, mask emb
 class names and their text embeddings), ``weights`` (building the models), ``session``
 (what an image costs, kept once), ``painting`` (label maps), ``results`` (segments and
 label maps at the original size) and ``segmenter`` (all of it, behind one object).
-``runtime`` holds devices, precision and running out of device memory."""
+``runtime`` holds devices, precision and running out of device memory; ``sam2_internals``
+every use of sam2's private members (and the check of sam2's version)."""

@@ -59,6 +59,7 @@ from maskadapter.engine.low_res_masks import (
 from maskadapter.engine.mask_set import MaskSet
 from maskadapter.engine.point_decoder import PointDecoder, prompts_per_call
 from maskadapter.engine.predictor import CachingPredictor
+from maskadapter.engine.sam2_internals import image_features, input_resolution
 from maskadapter.engine.transforms import inclusive_boxes
 from maskadapter.progress import ProgressCallback, no_progress
 
@@ -349,10 +350,10 @@ class MaskGenerator:
         per_point = 3 if self.multimask_output else 1
         pool = _CandidatePool(len(grid) * per_point, COMPACT_EVERY * self.points_per_batch * per_point, device)
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        decoder = PointDecoder(self.model, predictor._features, dtype)
-        step = prompts_per_call(self.model, predictor._features, dtype, self.points_per_batch)
+        decoder = PointDecoder(self.model, image_features(predictor), dtype)
+        step = prompts_per_call(self.model, image_features(predictor), dtype, self.points_per_batch)
         scale = torch.tensor([w, h], device=device)
-        resolution = predictor._transforms.resolution
+        resolution = input_resolution(predictor)
         size, levels = self.points_per_batch, coarse_to_fine(self.points_per_side)
         cuts = [range(size, len(index), size) for index in levels]
         batches = [(k, part) for k, index in enumerate(levels) for part in np.split(index, cuts[k])]

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskadapter.engine.sam2_internals import dynamic_multimask_via_stability
+
 log = logging.getLogger(__name__)
 
 PROBE_SIZES = {"cpu": (1, 2, 4, 8, 16), "cuda": (8, 16, 32, 64, 128)}  # prompts per call tried
@@ -191,7 +193,7 @@ class PointDecoder:
         if multimask:
             return masks, iou[:, 1:]
         if d.dynamic_multimask_via_stability and not d.training:
-            return d._dynamic_multimask_via_stability(masks, iou)
+            return dynamic_multimask_via_stability(d, masks, iou)
         return masks[:, :1], iou[:, :1]
 
     def _first_layer(self, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ from sam2.modeling.sam2_base import SAM2Base
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from maskadapter.engine.runtime import model_token
+from maskadapter.engine.sam2_internals import image_state, prompt_frame, set_image_state
 
 # Without sam2's compiled extension (CPU installs), hole filling is skipped with a
 # warning on every call; say it once instead.
@@ -44,13 +45,12 @@ class CachingPredictor(SAM2ImagePredictor):
             # read-only arrays (session images are read-only); it only reads the copy
             super().set_image(image if image.flags.writeable else np.array(image))
             self.encoder_calls += 1
-            self.cache[key] = (self._features, self._orig_hw)
+            self.cache[key] = image_state(self)
             return
         if tuple(hit[1][0]) != tuple(image.shape[:2]):
             raise ValueError(f"this embedding cache holds a {hit[1][0]} image, not {image.shape[:2]}: one per image")
         self.reset_predictor()
-        self._features, self._orig_hw = hit
-        self._is_image_set = True
+        set_image_state(self, *hit)
 
 
 def encode_image(sam_model: SAM2Base, image: np.ndarray, cache: dict) -> int:
@@ -89,7 +89,7 @@ def prompt_mask(
     scale = np.array([fw / w, fh / h], dtype=np.float32)
     predictor = CachingPredictor(sam_model, cache)
     predictor.set_image(image)
-    predictor._orig_hw = [(fh, fw)]  # prompts and the output mask in the frame
+    prompt_frame(predictor, (fh, fw))  # prompts and the output mask in the frame
     multimask = coords is not None and len(coords) == 1 and box is None
     with torch.inference_mode():
         masks, ious, _ = predictor.predict(

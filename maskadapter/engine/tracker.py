@@ -16,15 +16,14 @@ back at the working size.
 
 from __future__ import annotations
 
-import copy
-from collections import OrderedDict
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sam2.modeling.sam2_base import SAM2Base
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 from sam2.utils.transforms import SAM2Transforms
+
+from maskadapter.engine.sam2_internals import as_video_predictor, new_inference_state, run_single_frame
 
 
 def video_predictor(sam_model: SAM2Base) -> SAM2VideoPredictor:
@@ -33,14 +32,14 @@ def video_predictor(sam_model: SAM2Base) -> SAM2VideoPredictor:
     masks made from clicks are binarised before memory encoding, and holes up to 8
     pixels filled (where sam2's compiled extension is installed; CPU installs skip it).
     The mask decoder is the image model's, so its settings are the image path's."""
-    predictor = copy.copy(sam_model)  # shallow: the same submodules and parameters
-    predictor.__class__ = SAM2VideoPredictor
-    predictor.fill_hole_area = 8
-    predictor.non_overlap_masks = False
-    predictor.clear_non_cond_mem_around_input = False
-    predictor.add_all_frames_to_correct_as_cond = False
-    predictor.binarize_mask_from_pts_for_mem_enc = True
-    return predictor
+    return as_video_predictor(
+        sam_model,
+        fill_hole_area=8,
+        non_overlap_masks=False,
+        clear_non_cond_mem_around_input=False,
+        add_all_frames_to_correct_as_cond=False,
+        binarize_mask_from_pts_for_mem_enc=True,
+    )
 
 
 class FrameInHand:
@@ -83,27 +82,8 @@ class Tracker:
         self.frames = FrameInHand(max(1, frame_count))
         stride = max(1, int(getattr(sam_model, "memory_temporal_stride_for_eval", 1)))
         self.window = max(sam_model.num_maskmem, sam_model.max_obj_ptrs_in_encoder) * stride
-        # the keys of SAM2VideoPredictor.init_state's dictionary, with the frame in hand as its images
-        self.state = {
-            "images": self.frames,
-            "num_frames": len(self.frames),
-            "offload_video_to_cpu": False,
-            "offload_state_to_cpu": False,
-            "video_height": work_hw[0],
-            "video_width": work_hw[1],
-            "device": device,
-            "storage_device": device,
-            "point_inputs_per_obj": {},
-            "mask_inputs_per_obj": {},
-            "cached_features": {},
-            "constants": {},
-            "obj_id_to_idx": OrderedDict(),
-            "obj_idx_to_id": OrderedDict(),
-            "obj_ids": [],
-            "output_dict_per_obj": {},
-            "temp_output_dict_per_obj": {},
-            "frames_tracked_per_obj": {},
-        }
+        # SAM2VideoPredictor.init_state's dictionary, with the frame in hand as its images
+        self.state = new_inference_state(self.frames, work_hw, device)
 
     @property
     def ids(self) -> list[int]:
@@ -130,7 +110,8 @@ class Tracker:
         for obj_idx, outputs in s["output_dict_per_obj"].items():
             if t in outputs["cond_frame_outputs"] or not outputs["cond_frame_outputs"]:
                 continue
-            out, _ = p._run_single_frame_inference(
+            out, _ = run_single_frame(
+                p,
                 inference_state=s,
                 output_dict=outputs,
                 frame_idx=t,
