@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskadapter.cli import benchmark, benchmark_compare, benchmark_rate, benchmark_run
+from maskadapter.cli import benchmark, benchmark_compare, benchmark_help, benchmark_rate, benchmark_run
 
 STAGES = {
     "sam2_encode",
@@ -141,8 +141,13 @@ def test_benchmark_compares_with_sam2_in_its_own_process(tmp_path, capsys, monke
     assert change["matched_masks"] >= 1
     # 2 batch images in one tick: 2 / 0.25 images per second
     assert (figures["batch_images"], figures["batch_s"], figures["batch_images_per_s"]) == (2, TICK, 8.0)
+    # every command's --help, timed in new processes before the models loaded
+    helps = figures["help_s"]
+    assert set(helps["commands"]) == set(benchmark_help.COMMANDS) and helps["target_s"] == 1.5
+    assert all(r["exit"] == 0 and r["seconds"] > 0 for r in [helps["python"], *helps["commands"].values()])
     printed = capsys.readouterr().out
     assert "sam2's generator alone (own process, float32)" in printed and "float32 vs bfloat16" in printed
+    assert "--help, new process (median of 3; target under 1.5 s)" in printed
     assert f"{round(reference['wall_s'] / TICK, 2):.2f}x faster" in printed
 
 
@@ -156,7 +161,7 @@ def test_benchmark_runs_the_demo_settings_and_derives_its_figures(tmp_path, monk
     forwards = _counting_network_time(monkeypatch)
     out = tmp_path / "bench.json"
     args = ["--tiny-random", "--width", "96", "--height", "64", "--points-per-side", "2", "--no-sam2", *SMALL_CLIP]
-    args += ["--batch-images", "0", "--json", str(out), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--batch-images", "0", "--no-help-times", "--json", str(out), "--cache-dir", str(tmp_path / "cache")]
     assert benchmark.main(args) == 0
     figures = json.loads(out.read_text())
     # the demo's settings (hole filling included), quality filters opened for random weights
@@ -170,6 +175,7 @@ def test_benchmark_runs_the_demo_settings_and_derives_its_figures(tmp_path, monk
         "min_mask_region_area": 100,
     }
     assert "sam2" not in figures and "precision_change" not in figures and "batch_images" not in figures
+    assert "help_s" not in figures
     assert figures["image"] == [64, 96] and figures["working_hw"] == [64, 96]
 
     assert len(forwards) == 1  # one mask generation was timed
@@ -200,6 +206,37 @@ def test_benchmark_runs_the_demo_settings_and_derives_its_figures(tmp_path, monk
     assert cpu_readings[0] == 2 * len(STAGES) + 1
     user, system = 2 * len(STAGES) * USER, 2 * len(STAGES) * SYSTEM  # 11.0 and 2.75
     assert figures["process_cpu_s"] == {"user": user, "sys": system, "sys_share": SYSTEM / USER}
+
+
+def test_help_times_run_every_commands_help_in_a_new_process():
+    """``help_s``: each command's ``--help`` and ``python -c pass`` ran in new processes
+    and answered 0; the times are only checked to be there (speed is never asserted)."""
+    figures = benchmark_help.help_figures(runs=1)
+    assert (figures["target_s"], figures["runs"]) == (1.5, 1)
+    assert figures["python"]["command"] == "python -c pass"
+    assert list(figures["commands"]) == ["label", "batch", "evaluate", "benchmark", "video"]
+    assert figures["commands"]["label"]["command"] == "python -m maskadapter --help"
+    assert figures["commands"]["video"]["command"] == "python -m maskadapter video --help"
+    for record in [figures["python"], *figures["commands"].values()]:
+        assert record["exit"] == 0 and "error" not in record, record
+        assert len(record["runs_s"]) == 1 and record["seconds"] == record["runs_s"][0] > 0
+    rows = dict(benchmark_help.help_rows(figures))
+    assert rows["--help, new process (median of 1; target under 1.5 s)"].startswith("python itself ")
+    assert rows["  maskadapter --help"].endswith(" s") and rows["  maskadapter batch --help"].endswith(" s")
+
+
+def test_help_times_keep_the_median_and_record_a_failing_process():
+    three = benchmark_help.time_process(["-c", "pass"], runs=3)
+    assert len(three["runs_s"]) == 3 and three["seconds"] == sorted(three["runs_s"])[1]
+    failed = benchmark_help.time_process(["-c", "import sys; sys.exit('no help here')"], runs=3)
+    # the first failure ends the repeats: no time, its exit status and stderr's last line
+    assert failed == {"command": failed["command"], "exit": 1, "runs_s": [], "error": "no help here"}
+    figures = {"target_s": 1.5, "runs": 3, "python": three, "commands": {"label": failed, "video": {"seconds": 1.5}}}
+    rows = benchmark_help.help_rows(figures)
+    assert rows[1:] == [
+        ("  maskadapter --help", "failed (exit 1: no help here)"),
+        ("  maskadapter video --help", "1.50 s (not under 1.5 s)"),
+    ]
 
 
 def test_masks_are_matched_one_to_one_by_iou():

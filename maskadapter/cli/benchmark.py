@@ -16,7 +16,10 @@ own, float32, the allocator as Python leaves it, on the same SAM-2 weights, imag
 settings; its time is compared with our whole automatic path (both encoders, masks,
 classification, painting) measured in this run. ``--compare-precision`` also runs
 the path in the other precision (float32 if this run's autocasts, else bf16) and
-counts the mask pixels and labels that change. Those two comparisons live in
+counts the mask pixels and labels that change. First, while no model is loaded, every
+command's ``--help`` is timed in new processes (target: under 1.5 s each; ``help_s``,
+``maskadapter.cli.benchmark_help``) unless ``--no-help-times`` or ``--video-frames``
+says otherwise. The sam2 and precision comparisons live in
 ``maskadapter.cli.benchmark_compare``; the clocks, the stages and the figures in
 ``maskadapter.cli.benchmark_run``, imported once the arguments are read (torch), so that
 --help and argument errors answer at once.
@@ -57,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-images", type=int, default=3, help="images the batch command's local engine labels (0: skip)"
     )
+    parser.add_argument(
+        "--no-help-times",
+        action="store_true",
+        help="skip timing every command's --help in new processes (a few seconds; target under 1.5 s)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
     video = parser.add_argument_group("video (maskadapter.cli.benchmark_video): measured instead of the image path")
     video.add_argument("--video-frames", type=int, default=0, help="track a synthetic clip this long (0: no video)")
@@ -67,14 +75,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from maskadapter.cli.benchmark_help import RUNS, help_figures
+    from maskadapter.cli.benchmark_rate import say
     from maskadapter.cli.benchmark_run import run, run_video
     from maskadapter.cli.benchmark_table import print_table
     from maskadapter.cli.benchmark_video import video_rows
 
+    help_times = None
+    if not args.no_help_times and args.video_frames <= 0:  # before the models load: this process idle
+        say(f"every command's --help, {RUNS} new processes each")
+        help_times = help_figures()
     try:
         figures = run_video(args) if args.video_frames > 0 else run(args)
     except MaskAdapterError as err:
         return fail(err)
+    if help_times is not None:
+        figures["help_s"] = help_times
     if "video" in figures:
         print(f"{figures['models']} on {figures['device']} ({figures['precision']})")
         for name, value in video_rows(figures["video"]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from maskadapter.cli.benchmark_help import help_rows
 from maskadapter.cli.benchmark_rate import efficiency_rows
 
 
@@ -48,6 +49,8 @@ def print_table(figures: dict) -> None:
     rows.append(("RSS after model load", f"{figures['rss_after_load_bytes'] / 2**30:.2f} GiB"))
     if "cuda_max_allocated_bytes" in figures:
         rows.append(("CUDA max allocated", f"{figures['cuda_max_allocated_bytes'] / 2**30:.2f} GiB"))
+    if "help_s" in figures:
+        rows += help_rows(figures["help_s"])
     width = max(len(name) for name, _ in rows)
     cpu = figures["cpu"]
     print(
