@@ -698,10 +698,12 @@ def test_first_picture_replaced_by_the_final_one_and_stop_keeps_a_step(app_serve
         _message_has(page, "From 36 of 576 points")
         first = _picture(page)
         assert first and page.locator(f"#auto-table {ROWS}").count() > 0
+        counters["slow"].clear()  # seen: the rest at full speed
         view.wait_for_final()
         assert _picture(page) != first
 
         _set_grid(page, 20)  # steps of 25, 100 and 400 points: masks not made yet
+        counters["slow"].set()
         page.locator("#segment").click()
         _message_has(page, "From 25 of 400 points")
         step = _picture(page)
@@ -873,6 +875,13 @@ def test_video_tab_tracks_a_clicked_object_and_stops(app_server, browser, tmp_pa
     assert [(p["frame"], p["object"], len(p["points"])) for p in prompts] == [(0, 1, 1)]
     x, y, label = prompts[0]["points"][0]
     assert abs(x - 25) <= 3 and abs(y - 35) <= 3 and label == 1
+
+    # an object number below 1 is refused in the message line; the prompts stay
+    page.locator("#video-object input").fill("-2")
+    picture.click(position={"x": box["width"] * 60 / W, "y": box["height"] * 60 / H})
+    page.locator("#video-message").get_by_text("Object must be a whole number of 1 or more").wait_for()
+    assert json.loads(page.locator("#video-prompts textarea").input_value()) == prompts
+    page.locator("#video-object input").fill("1")
 
     page.locator("#track").click()
     page.locator("#video-message").get_by_text("tracked through 8 frames").wait_for()

@@ -101,12 +101,14 @@ def test_cli_two_images_three_outputs_each(tmp_path):
 
 
 def test_help_and_argument_errors_answer_without_loading_torch(tmp_path):
-    """``maskadapter --help``, an empty vocabulary and an unknown ``--mode`` are answered
-    before the engine (torch) is imported: in a fresh interpreter, torch is never loaded."""
+    """``maskadapter --help``, an empty vocabulary, an unknown ``--mode`` and a negative
+    ``--score-threshold`` are answered before the engine (torch) is imported: in a fresh
+    interpreter, torch is never loaded."""
     code = (
         "import contextlib, io, sys\n"
         "from maskadapter.__main__ import main\n"
-        "for args in (['--help'], ['x.png', '--vocab', ' ', '--out', 'o'], ['x.png', '--mode', 'x', '--out', 'o']):\n"
+        "for args in (['--help'], ['x.png', '--vocab', ' ', '--out', 'o'], ['x.png', '--mode', 'x', '--out', 'o'],\n"
+        "             ['x.png', '--vocab', 'cat', '--score-threshold', '-1', '--out', 'o']):\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
         "        try:\n"
         "            code = main(args)\n"
@@ -118,7 +120,7 @@ def test_help_and_argument_errors_answer_without_loading_torch(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["0", "2", "2", "False"]
+    assert done.stdout.split() == ["0", "2", "2", "2", "False"]
     assert not (tmp_path / "o").exists()
 
 
