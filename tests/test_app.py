@@ -673,6 +673,18 @@ def test_cancel_a_long_run(app_server, browser, tmp_path):
     view.close()
 
 
+def _goes_idle(counter: Counter, within: float) -> None:
+    """Within ``within`` seconds, ``counter`` stops moving for a whole second (the
+    server's run ended: each slowed decoder call takes 0.1 s)."""
+    deadline = time.monotonic() + within
+    while True:
+        before = counter.calls
+        time.sleep(1.0)
+        if counter.calls == before:
+            return
+        assert time.monotonic() < deadline, f"still computing {within} s after the stop"
+
+
 def _message_has(page, text: str) -> None:
     page.wait_for_function("(t) => document.querySelector('#auto-message').innerText.includes(t)", arg=text)
 
@@ -913,13 +925,29 @@ def test_video_tab_tracks_a_clicked_object_and_stops(app_server, browser, tmp_pa
             time.sleep(0.2)
         page.locator("#video-stop").click()
         page.locator("#video-message").get_by_text("Stopped.").wait_for()
+        _goes_idle(counters["decoder"], within=5)  # the server's work ended too
     finally:
         counters["slow"].clear()
     assert page.locator("#video-output video").get_attribute("src") == previous
     assert view.errors == [], view.errors
     view.close()
 
+    # an API client's cancel ends the server's work as well
     client = Client(url, verbose=False)
+    counters["slow"].set()
+    try:
+        started = counters["decoder"].calls
+        job = client.submit(
+            handle_file(str(clip)), "ball, box", points_per_side=16, prompts="", api_name="/segment_video"
+        )
+        deadline = time.monotonic() + 120
+        while counters["decoder"].calls < started + 3:
+            assert time.monotonic() < deadline, "the API run did not start"
+            time.sleep(0.2)
+        job.cancel()
+        _goes_idle(counters["decoder"], within=5)
+    finally:
+        counters["slow"].clear()
     overlay, message, table, tracks = client.predict(
         handle_file(str(clip)), "ball, box", points_per_side=4, every=3, prompts="", api_name="/segment_video"
     )

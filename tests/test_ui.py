@@ -87,12 +87,14 @@ def test_a_stopped_run_raises_at_its_next_progress_report():
     assert stage("encoding class names: 391 of 391") == "encoding class names" and stage("painting") == "painting"
 
 
-def test_a_newer_run_of_the_tab_is_the_one_stopped():
+def test_a_newer_run_of_the_tab_stops_the_older_and_is_the_one_stop_ends():
     runs = Runs()
-    with runs.running("s", "compare") as old:
-        with runs.running("s", "compare") as new:
-            runs.stop("s", "compare")
-            assert new.is_set() and not old.is_set()
+    with runs.running("s", "video") as old:
+        with runs.running("s", "video") as new:
+            assert old.is_set() and not new.is_set()  # the older run ends at its next report
+            with runs.running("t", "video") as other:  # another browser's run is not touched
+                assert runs.stop("s", "video")
+                assert new.is_set() and not other.is_set()
 
 
 def test_box_field_and_point_legend():

@@ -283,6 +283,20 @@ def test_prompts_are_checked(segmenter, clips):
     with pytest.raises(InputError, match="label of point 1 must be 1"):
         parse_prompts([{"frame": 0, "object": 1, "points": [[1, 2, 5]]}])
     assert parse_prompts([{"frame": 2, "object": 3, "box": [9, 8, 1, 2]}]) == [VideoPrompt(2, 3, (), (1, 2, 9, 8))]
+    # two prompts for one frame and object are one: their points in order, the box kept
+    given = [
+        {"frame": 0, "object": 1, "points": [[5, 6, 1]]},
+        {"frame": 0, "object": 2, "points": [[7, 8, 1]]},
+        {"frame": 0, "object": 1, "points": [[9, 10, 0]], "box": [1, 2, 30, 40]},
+    ]
+    assert parse_prompts(given) == [
+        VideoPrompt(0, 1, ((5, 6, 1), (9, 10, 0)), (1, 2, 30, 40)),
+        VideoPrompt(0, 2, ((7, 8, 1),)),
+    ]
+    with pytest.raises(InputError, match="prompts 1 and 2 give two boxes for object 1 on frame 0"):
+        parse_prompts([{"frame": 0, "object": 1, "box": [1, 2, 3, 4]}, {"frame": 0, "object": 1, "box": [5, 6, 7, 8]}])
+    with pytest.raises(InputError, match="prompt 1: frame and object must be whole numbers"):
+        parse_prompts([{"frame": [0], "object": 1, "points": [[5, 6, 1]]}])
     clip = open_clip_file(clips / "twelve.mp4")
     vocabulary = segmenter.vocabulary("ball")
     for prompt, message in [

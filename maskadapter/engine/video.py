@@ -67,10 +67,12 @@ class VideoPrompt:
 
 def parse_prompts(data: object) -> list[VideoPrompt]:
     """``VideoPrompt``s from JSON-like data (``PROMPTS_FORMAT``: a list of objects with
-    ``frame``, ``object``, and ``points`` and/or ``box``); ``InputError`` says what is wrong."""
+    ``frame``, ``object``, and ``points`` and/or ``box``); ``InputError`` says what is wrong.
+    Prompts for the same frame and object are merged into one (their points in order);
+    two different boxes for one frame and object are refused."""
     if not isinstance(data, list):
         raise InputError(f"prompts must be a list like {PROMPTS_FORMAT}")
-    prompts = []
+    merged: dict[tuple, tuple[int, VideoPrompt]] = {}  # (frame, object) -> (first prompt's number, prompt)
     for i, item in enumerate(data, 1):
         if not isinstance(item, dict) or not {"frame", "object"} <= set(item) or set(item) - PROMPT_KEYS:
             raise InputError(f"prompt {i} must have frame, object and points and/or box: {PROMPTS_FORMAT}")
@@ -79,8 +81,18 @@ def parse_prompts(data: object) -> list[VideoPrompt]:
             raise InputError(f"prompt {i} has neither points nor a box")
         points = tuple(tuple(p) if isinstance(p, list | tuple) else p for p in point_list(points))
         box = None if box is None else tuple(box_corners(box))
-        prompts.append(VideoPrompt(item["frame"], item["object"], points, box))
-    return prompts
+        key = (item["frame"], item["object"])
+        if not all(isinstance(k, int | float | str) for k in key):
+            raise InputError(f"prompt {i}: frame and object must be whole numbers")
+        first, earlier = merged.get(key, (i, None))
+        if earlier is not None:
+            if earlier.box is not None and box is not None and earlier.box != box:
+                raise InputError(
+                    f"prompts {first} and {i} give two boxes for object {key[1]} on frame {key[0]}: give one"
+                )
+            points, box = earlier.points + points, box if box is not None else earlier.box
+        merged[key] = (first, VideoPrompt(key[0], key[1], points, box))
+    return [prompt for _, prompt in merged.values()]
 
 
 PROMPT_KEYS = {"frame", "object", "points", "box"}

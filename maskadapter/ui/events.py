@@ -152,8 +152,9 @@ class Runs:
     """The UI runs in progress, one per (browser session, tab), so that the tab's Stop
     button can end its run: ``running`` hands the run a ``threading.Event`` that
     ``stop`` sets, and the run's progress callback (``reporter``) raises ``Cancelled``
-    at the engine's next progress report. Gradio's own cancel only drops the waiting
-    request; the thread doing the work would otherwise run to its end."""
+    at the engine's next progress report; a newer run of the same tab stops the older
+    one the same way. Gradio's own cancel only drops the waiting request; the thread
+    doing the work would otherwise run to its end."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -165,7 +166,10 @@ class Runs:
         stop = threading.Event()
         key = (session or "", tab)
         with self._lock:
-            self._running[key] = stop  # a newer run of the tab replaces an older one
+            older = self._running.get(key)
+            if older is not None:  # a newer run of the tab replaces an older one, which stops
+                older.set()
+            self._running[key] = stop
         try:
             yield stop
         finally:
@@ -206,12 +210,36 @@ def stage(message: str) -> str:
     return message.split(": ", 1)[0]
 
 
+def _cancelled_check() -> Callable[[], bool]:
+    """For the event this thread serves: whether its client cancelled it since (Gradio's
+    ``/cancel``, which gradio_client's ``Job.cancel`` and a page's cancelling events
+    send). Gradio then ends the event's task and frees its worker slot, but the thread
+    computing it would run to its end: this lets the run stop at its next progress
+    report. Reads Gradio's queue (no public API, Gradio 6.31): an event is cancelled
+    once it leaves the queue's active jobs; outside an event (or one the queue does not
+    list) it never says so."""
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    queue = getattr(blocks, "_queue", None)
+
+    def active() -> bool:
+        jobs = list(getattr(queue, "active_jobs", None) or ())
+        return any(getattr(event, "_id", None) == event_id for job in jobs if job for event in job)
+
+    if event_id is None or not active():
+        return lambda: False
+    return lambda: not active()
+
+
 def reporter(progress: gr.Progress, stop: threading.Event | None = None) -> ProgressCallback:
     """The package's progress callback shown as Gradio's progress bar; raises
-    ``Cancelled`` once ``stop`` is set (see ``Runs``)."""
+    ``Cancelled`` once ``stop`` is set (see ``Runs``) or the client cancelled the event
+    (``_cancelled_check``: an API client's cancel stops the server's work too)."""
+    cancelled = _cancelled_check()
 
     def report(fraction: float, message: str) -> None:
-        if stop is not None and stop.is_set():
+        if (stop is not None and stop.is_set()) or cancelled():
             raise Cancelled("stopped")
         progress(fraction, desc=stage(message))
 
