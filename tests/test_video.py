@@ -376,3 +376,33 @@ def test_a_clip_cut_short_says_what_could_be_read(tmp_path, monkeypatch, fail_at
             read.append(index)
     assert read == list(range(fail_at))
     assert str(err.value) == f"cut.gif cannot be decoded: {message} (Invalid data found when processing input)"
+
+
+def test_a_frame_is_sought_by_its_timestamp(tmp_path, monkeypatch):
+    """``Clip.frame(i)`` is the i-th frame ``frames`` decodes, found by a seek to the key
+    frame before it: a clip with a key frame every 4 frames decodes at most 4 frames
+    per request, not i + 1."""
+    path = tmp_path / "keys.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv444p"
+        stream.options = {"qp": "0", "g": "4", "keyint_min": "4", "sc_threshold": "0", "bf": "0"}
+        for t in range(30):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(drawn(t), format="rgb24")))
+        container.mux(stream.encode())
+    clip = open_clip_file(path)
+    every = dict(clip.frames())
+    decoded = []
+    real_decode = av.container.InputContainer.decode
+
+    def counting(self, *args, **kwargs):
+        for frame in real_decode(self, *args, **kwargs):
+            decoded.append(frame.pts)
+            yield frame
+
+    monkeypatch.setattr(av.container.InputContainer, "decode", counting)
+    for index in (0, 1, 7, 13, 22, 29):
+        decoded.clear()
+        assert np.array_equal(clip.frame(index), every[index]), index
+        assert 1 <= len(decoded) <= 4, (index, decoded)
+    assert clip.frame(30) is None

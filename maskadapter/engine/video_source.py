@@ -70,6 +70,30 @@ class Clip:
                 where = "no frame could be read" if index < 0 else f"frames after {index + 1} could not be read"
                 raise InputError(f"{self.path.name} cannot be decoded: {where} ({_reason(err)})") from None
 
+    def frame(self, index: int) -> np.ndarray | None:
+        """Frame ``index`` (as ``frames`` counts them), (H, W, 3) uint8 RGB, or None past
+        the end. It seeks to the frame's timestamp (index / fps after the stream's start),
+        so decoding starts at the key frame before it rather than at the clip's start;
+        streams without timestamps are decoded from the start."""
+        with _open(self.path) as container:
+            stream = container.streams.video[0]
+            start, base = stream.start_time or 0, stream.time_base
+            if base and index > 0:
+                target = start + int(index / (self.fps * base))
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+            try:
+                for frame in container.decode(stream):
+                    if frame.pts is None or not base:
+                        break  # no timestamps: count frames from the start instead
+                    at = round(float((frame.pts - start) * base) * self.fps)
+                    if at == index:
+                        return self._upright(frame.to_ndarray(format="rgb24"))
+                    if at > index:
+                        break  # the timestamps do not follow the frame rate
+            except av.error.FFmpegError:
+                pass  # decoded from the start below, which says what failed
+        return next((pixels for _, pixels in self.frames(1, start=index)), None)
+
     def _upright(self, pixels: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.rot90(pixels, self.rotation // 90)) if self.rotation else pixels
 

@@ -40,9 +40,9 @@ def clip_of(service: SegmentationService, path: str | None, every: int = 1) -> C
 
 
 def frame_picture(clip: Clip, index: int, prompts: list[dict]) -> np.ndarray:
-    """Frame ``index`` of ``clip`` (decoded from the start) with the clicks on it drawn."""
+    """Frame ``index`` of ``clip`` (sought by its timestamp) with the clicks on it drawn."""
     index = int(np.clip(index, 0, clip.frame_count - 1))
-    _, pixels = next(clip.frames(1, start=index), (index, None))
+    pixels = clip.frame(index)
     if pixels is None:
         raise InputError(f"frame {index} could not be decoded")
     points = [p for item in prompts if item["frame"] == index for p in item.get("points", [])]
