@@ -15,8 +15,9 @@ the photo stays, so a user's photo outlives its embeddings), then, if the photos
 alone are still over the budget, whole sessions, least recently used first. A
 session held by a request (``SessionStore.hold``, for the request's whole length)
 is neither trimmed nor evicted, so nothing a request is using or filling is lost or
-left uncounted; the store may then stay over its budget until the holds end. What
-was dropped is recomputed when needed again.
+left uncounted; the store may then stay over its budget until the holds end (the
+costs of held sessions never push other photos out: only trimming makes room for
+them). What was dropped is recomputed when needed again.
 """
 
 from __future__ import annotations
@@ -257,8 +258,11 @@ class SessionStore:
                 old.drop_costs()
                 self._resize(old.key, old.nbytes())
                 self.trimmed += 1
+        # photos leave only for the bytes held sessions do not account for: what requests
+        # under way computed is lent to them and comes back (trimmable) when they end
+        lent = sum(self._sizes[k] - self._sessions[k].image.nbytes for k in self._holds if k in self._sizes)
         for old in others:
-            if self._total <= self.budget_bytes:
+            if self._total - lent <= self.budget_bytes:
                 return
             del self._sessions[old.key]
             self._resize(old.key, 0)
