@@ -23,6 +23,7 @@ from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 from maskadapter import InputError
 from maskadapter.cli import video as video_cli
+from maskadapter.engine.mask_settings import AutoMaskSettings
 from maskadapter.engine.results import with_others
 from maskadapter.engine.tracker import Tracker
 from maskadapter.engine.video import VideoPrompt, parse_prompts, track_clip
@@ -406,3 +407,17 @@ def test_a_frame_is_sought_by_its_timestamp(tmp_path, monkeypatch):
         assert np.array_equal(clip.frame(index), every[index]), index
         assert 1 <= len(decoded) <= 4, (index, decoded)
     assert clip.frame(30) is None
+
+
+def test_no_track_is_without_frames(segmenter, clips):
+    """At a small working size SAM-2 gives no mask for many small detected masks on their
+    own frame: those tracks are not kept (they were listed with no frame at all), and
+    every track of the result has a mask on its first frame."""
+    clip = open_clip_file(clips / "twelve.mp4")
+    settings = AutoMaskSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    result = track_clip(
+        segmenter, clip, segmenter.vocabulary("ball, box"), every=2, video_side=64, mode="per_mask",
+        mask_settings=settings,
+    )  # fmt: skip
+    assert result.tracks
+    assert all(track.masks and track.first_frame in track.masks for track in result.tracks)

@@ -140,6 +140,11 @@ class Tracker:
             self.state, self.t, obj_id, points=coords, labels=labels, box=box, clear_old_points=True
         )
 
+    def remove(self, obj_id: int) -> None:
+        """Stop tracking object ``obj_id``: its prompts and memory go, the others' stay
+        (sam2's ``remove_object``; the others' masks on the frame in hand are kept)."""
+        self.predictor.remove_object(self.state, obj_id, need_output=False)
+
     def end(self) -> torch.Tensor:
         """Finish the frame in hand: its prompts are encoded into SAM-2's memory (while
         the frame is still in hand). Returns (N, h, w) bool masks, one per object in

@@ -237,7 +237,10 @@ def track_clip(
     progress(1.0, f"{len(result.frames)} frames tracked")
     for track in run.tracks.values():
         _name(track, vocabulary, score_threshold)
-    result.tracks = [run.tracks[k] for k in sorted(run.tracks)]
+    result.tracks = [run.tracks[k] for k in sorted(run.tracks) if run.tracks[k].masks]
+    unseen = sorted(k for k, track in run.tracks.items() if not track.masks)  # clicked, never a mask
+    if unseen:
+        result.notes.append(f"SAM-2 found no mask for object {', '.join(map(str, unseen))} on any frame")
     if run.dropped:
         result.notes.append(f"{run.dropped} more objects were found but not tracked: at most {max_objects} tracks")
     return result
@@ -252,7 +255,7 @@ class _Run:
         self.max_objects, self.match_iou = max_objects, match_iou
         self.classes = with_others(vocabulary)
         self.tracks: dict[int, Track] = {}
-        self.dropped = 0
+        self.dropped = 0  # objects found past max_objects
 
     def frame(self, t, index, work, prompts, detect, name, progress) -> None:
         """Frame ``t`` (clip frame ``index``, ``work`` its working-size pixels): track,
@@ -311,11 +314,19 @@ class _Run:
         if not fresh[:room]:
             return masks
         with self.segmenter.lock, torch.inference_mode(), self.segmenter.autocast():
+            started = []
             for k in fresh[:room]:
-                obj = max(self.tracks, default=0) + 1
-                self.tracker.add_mask(obj, detected[k])
-                self.tracks[obj] = Track(obj, index)
-            return self.tracker.end()
+                started.append(max(self.tracks, default=0) + 1)
+                self.tracker.add_mask(started[-1], detected[k])
+                self.tracks[started[-1]] = Track(started[-1], index)
+            masks, ids = self.tracker.end(), self.tracker.ids
+            # SAM-2 may give no mask at all for a small detected one (at a small working
+            # size): such a track would have no frame, so it is not kept
+            empty = {o for k, o in enumerate(ids) if o in started and not masks[k].any()}
+            for obj in empty:
+                self.tracker.remove(obj)
+                del self.tracks[obj]
+            return masks[[k for k, o in enumerate(ids) if o not in empty]]
 
 
 def _frame_session(segmenter: Segmenter, work: np.ndarray) -> tuple[ImageSession, bool]:
