@@ -421,3 +421,21 @@ def test_no_track_is_without_frames(segmenter, clips):
     )  # fmt: skip
     assert result.tracks
     assert all(track.masks and track.first_frame in track.masks for track in result.tracks)
+
+
+def test_sam2_tracks_the_decoded_frames_not_shrunk_copies(segmenter, clips):
+    """SAM-2's video predictor gets each frame as decoded (and resizes it to its input, as
+    sam2 does with the frames it loads); detection and naming use the working size."""
+    seen = []
+
+    class Recording(Tracker):
+        def begin(self, t, frame):
+            seen.append(frame.shape[:2])
+            super().begin(t, frame)
+
+    clip = open_clip_file(clips / "twelve.mp4")
+    result = track_clip(
+        segmenter, clip, segmenter.vocabulary("ball"), prompts=[VideoPrompt(0, 1, ((25, 35, 1),))], every=4,
+        video_side=64, make_tracker=Recording,
+    )  # fmt: skip
+    assert seen == [(H, W)] * 3 and result.frame.work_hw == (48, 64)

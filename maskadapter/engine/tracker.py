@@ -9,9 +9,9 @@ and after each frame it forgets the memories SAM-2 can no longer attend to (olde
 frames). Objects start from a mask or from clicks on any frame, and clicks on a later
 frame correct a tracked object there. Each object is tracked on its own, as in sam2 1.1.
 
-Frames enter at a working size (see ``maskadapter.engine.video``); SAM-2 sees them
-resized to its 1024x1024 input by the image predictor's own transform, and masks come
-back at the working size.
+Frames enter as decoded; SAM-2 sees them resized to its 1024x1024 input by the image
+predictor's own transform (as sam2 resizes the frames it loads), and masks come back at
+a working size (see ``maskadapter.engine.video``).
 """
 
 from __future__ import annotations
@@ -95,9 +95,12 @@ class Tracker:
         return self.frames.index
 
     def begin(self, t: int, frame: np.ndarray) -> None:
-        """Take frame ``t``, (h, w, 3) uint8 RGB at ``work_hw``, in hand (the previous one is let go)."""
-        if frame.shape[:2] != tuple(self.work_hw):
-            raise ValueError(f"frame {t} is {frame.shape[:2]}, expected {self.work_hw}")
+        """Take frame ``t`` in hand (the previous one is let go): (H, W, 3) uint8 RGB of
+        the clip's aspect, at any size; the decoded frame itself, so that SAM-2 resizes
+        it to its input as sam2 does (not a shrunk copy, which would lose detail). Masks
+        still come back at ``work_hw``."""
+        if frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"frame {t} must be (H, W, 3) RGB, got {frame.shape}")
         self.frames.index = t
         self.frames.tensor = self.transform(np.ascontiguousarray(frame)).to(self.state["device"])
         self.state["cached_features"] = {}

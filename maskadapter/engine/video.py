@@ -232,7 +232,7 @@ def track_clip(
         progress(t / total, f"frame {t + 1} of {total}")
         look = t % redetect_every == 0
         here = _within_frame(progress, t, total)
-        run.frame(t, index, frame.shrink(pixels), by_frame.get(index, ()), look and not prompts, look, here)
+        run.frame(t, index, pixels, frame.shrink(pixels), by_frame.get(index, ()), look and not prompts, look, here)
         result.frames.append(index)
     progress(1.0, f"{len(result.frames)} frames tracked")
     for track in run.tracks.values():
@@ -257,14 +257,15 @@ class _Run:
         self.tracks: dict[int, Track] = {}
         self.dropped = 0  # objects found past max_objects
 
-    def frame(self, t, index, work, prompts, detect, name, progress) -> None:
-        """Frame ``t`` (clip frame ``index``, ``work`` its working-size pixels): track,
+    def frame(self, t, index, pixels, work, prompts, detect, name, progress) -> None:
+        """Frame ``t`` (clip frame ``index``: ``pixels`` as decoded, for SAM-2's tracking,
+        and ``work`` at the working size, for detection and naming): track,
         apply its prompts, look for new objects (``detect``), name the tracks (``name``:
         all of them; else only those starting here), keep each track's mask. ``progress``
         hears the frame's own stages (fractions of the frame)."""
         s = self.segmenter
         with s.lock, torch.inference_mode(), s.autocast():
-            self.tracker.begin(t, work)
+            self.tracker.begin(t, pixels)  # SAM-2 resizes the decoded frame itself
             self.tracker.propagate()
             for prompt in prompts:
                 self._click(prompt)
