@@ -158,17 +158,21 @@ def test_a_click_on_a_later_frame_corrects_the_object(segmenter, clips, monkeypa
 class ColourDetections:
     """``segment_automatic`` of a frame: one segment per colour square present."""
 
-    def __init__(self, segmenter) -> None:
-        self.segmenter, self.frames = segmenter, []
+    def __init__(self, segmenter, parts: bool = False) -> None:
+        self.segmenter, self.frames, self.modes, self.parts = segmenter, [], [], parts
 
-    def __call__(self, session, vocabulary, *args, **kwargs):
+    def __call__(self, session, vocabulary, mask_settings=None, mode="semantic", *args, **kwargs):
         pixels = session.image.astype(int)
         self.frames.append(pixels)
+        self.modes.append(mode)
         segments = []
         for colour in (RED, BLUE):
             mask = (np.abs(pixels - colour).max(2) < 40)
             if mask.any():
                 segments.append(type("Found", (), {"mask": mask})())
+                if self.parts:  # SAM-2 also finds parts of an object: its left half, listed first
+                    part = mask & (np.cumsum(mask, 1) <= mask.sum(1, keepdims=True) // 2)
+                    segments.insert(0, type("Found", (), {"mask": part})())
         return type("Result", (), {"segments": segments})()
 
 
@@ -197,6 +201,11 @@ def test_automatic_tracks_match_new_objects_and_names_come_from_several_frames(s
         assert track.label == vocabulary.labels[best]
         assert track.score == pytest.approx(mean[best], abs=1e-3)  # bf16: batched here, one by one there
         assert [name for name, _ in track.top5] == [vocabulary.labels[i] for i in np.argsort(-mean, kind="stable")]
+    assert set(detections.modes) == {"per_mask"}  # objects are found one per mask
+    # parts of an object found as well (each square's left half) are not new objects
+    monkeypatch.setattr(segmenter, "segment_automatic", ColourDetections(segmenter, parts=True))
+    with_parts = track_clip(segmenter, clip, vocabulary, redetect_every=3)
+    assert [(t.first_frame, t.named_on) for t in with_parts.tracks] == [(0, [0, 3, 6, 9]), (6, [6, 9])]
     # a cap on tracks: the blue square is found but not tracked, and the result says so
     capped = track_clip(segmenter, clip, vocabulary, every=3, redetect_every=1, max_objects=1)  # frames 0, 3, 6, 9
     assert len(capped.tracks) == 1

@@ -6,9 +6,11 @@ and tracks objects through the frames with SAM-2's video predictor (``Tracker``)
 
 - automatic (no prompts): on the first frame and every ``redetect_every`` frames after
   it, SAM-2 "segments everything" and Mask-Adapter names the masks, as for an image
-  (``Segmenter.segment_automatic``: the semantic map's classes, or one segment per
-  mask); a segment whose mask overlaps no track's mask by ``match_iou`` or more
-  starts a new track, up to ``max_objects`` tracks.
+  (``Segmenter.segment_automatic``, one segment per mask: objects, so two people are
+  two tracks, not one "person"); a mask that overlaps no track's mask by ``match_iou``
+  or more and lies mostly outside the objects followed (``PART_OF``; larger masks are
+  taken first, so an object's parts do not become objects) starts a new track, up to
+  ``max_objects`` tracks.
 - point prompts (``VideoPrompt``): clicks or a box on a frame start an object; clicks
   for the same object on a later frame correct it there.
 
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from maskadapter.engine.segmenter import Segmenter
 
 MATCH_IOU = 0.5  # a detection overlapping a track's mask this much is that track
+PART_OF = 0.5  # a detection this much inside the objects followed is a part of them, not a new object
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,8 @@ def track_clip(
         every: keep every ``every``-th frame; video_side: the working size's long side.
         redetect_every: kept frames between looks for new objects and between namings.
         max_objects: most tracks; match_iou: a detection's IoU with a track that makes it that track.
-        mode, score_threshold, granularity, mask_settings: as in ``segment_automatic``.
+        mask_settings, score_threshold: as in ``segment_automatic``; mode, granularity:
+            checked as there, but objects are found one per mask whatever the mode.
         progress: hears (fraction, message) per frame, and within a frame's detection;
             it may raise to stop the run (the app's Stop).
         make_tracker: builds the ``Tracker`` (tests give a tracker with known masks).
@@ -301,15 +305,13 @@ class _Run:
     def _detect(self, session, masks: torch.Tensor, index: int, progress: ProgressCallback) -> torch.Tensor:
         """Segment the frame as an image; segments overlapping no track start tracks.
         Returns the frame's masks, the new tracks' included."""
-        p = self.painting
-        found = self.segmenter.segment_automatic(
-            session, self.vocabulary, self.mask_settings, p.mode, p.score_threshold, p.granularity, progress=progress
+        found = self.segmenter.segment_automatic(  # one segment per SAM-2 mask: objects, not classes
+            session, self.vocabulary, self.mask_settings, "per_mask", self.painting.score_threshold, progress=progress
         )
         if not found.segments:
             return masks
         detected = torch.stack([torch.as_tensor(seg.mask) for seg in found.segments]).to(masks.device)  # frame size
-        overlap = _iou(detected, masks) if len(masks) else torch.zeros(len(detected), 1)
-        fresh = [k for k in range(len(detected)) if float(overlap[k].max()) < self.match_iou]
+        fresh = self._new_objects(detected, masks)
         room = max(0, self.max_objects - len(self.tracks))
         self.dropped += max(0, len(fresh) - room)
         if not fresh[:room]:
@@ -328,6 +330,23 @@ class _Run:
                 self.tracker.remove(obj)
                 del self.tracks[obj]
             return masks[[k for k, o in enumerate(ids) if o not in empty]]
+
+
+    def _new_objects(self, detected: torch.Tensor, masks: torch.Tensor) -> list[int]:
+        """The detections (N, h, w) that are new objects given the tracks' masks (T, h, w):
+        largest first, those matching no track (IoU under ``match_iou``) and lying mostly
+        (``PART_OF``) outside every object followed, those just taken included; so the
+        parts SAM-2 also finds inside an object (a shirt, a wheel) are not new objects."""
+        areas = detected.flatten(1).sum(1)
+        overlap = _iou(detected, masks) if len(masks) else torch.zeros(len(detected), 1, device=detected.device)
+        taken = masks.any(0) if len(masks) else torch.zeros_like(detected[0])  # pixels of objects followed
+        fresh = []
+        for k in torch.argsort(areas, descending=True, stable=True).tolist():
+            inside = float((detected[k] & taken).sum()) / max(1, int(areas[k]))
+            if float(overlap[k].max()) < self.match_iou and inside < PART_OF:
+                fresh.append(k)
+                taken = taken | detected[k]
+        return fresh
 
 
 def _frame_session(segmenter: Segmenter, work: np.ndarray) -> tuple[ImageSession, bool]:
