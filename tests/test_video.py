@@ -448,3 +448,53 @@ def test_sam2_tracks_the_decoded_frames_not_shrunk_copies(segmenter, clips):
         video_side=64, make_tracker=Recording,
     )  # fmt: skip
     assert seen == [(H, W)] * 3 and result.frame.work_hw == (48, 64)
+
+
+def _sam2_video_predictor(sam_model):
+    """sam2's own video predictor, built as ``build_sam2_video_predictor`` builds it
+    (its default post-processing) from the tiny config, with ``sam_model``'s weights."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from maskadapter.engine.weights import TINY_SAM2_CONFIG
+
+    cfg = OmegaConf.load(TINY_SAM2_CONFIG)
+    OmegaConf.resolve(cfg)
+    cfg.model._target_ = "sam2.sam2_video_predictor.SAM2VideoPredictor"
+    extra = dict(cfg.model.get("sam_mask_decoder_extra_args") or {})
+    extra |= {"dynamic_multimask_via_stability": True, "dynamic_multimask_stability_delta": 0.05}
+    cfg.model.sam_mask_decoder_extra_args = extra | {"dynamic_multimask_stability_thresh": 0.98}
+    cfg.model.binarize_mask_from_pts_for_mem_enc, cfg.model.fill_hole_area = True, 8
+    predictor = instantiate(cfg.model, _recursive_=True)
+    predictor.load_state_dict(sam_model.state_dict(), strict=True)
+    return predictor.eval()
+
+
+@pytest.mark.slow  # two prompts, each tracked twice through 20 frames: about 45 s on 2 CPU cores
+@pytest.mark.parametrize("prompt", ["two clicks", "box"])
+def test_tracker_follows_sam2s_own_video_predictor(tiny_models, tmp_path, prompt):
+    """Two clicks and a box on frame 0, tracked through 20 frames (past SAM-2's memory
+    window of 16): the masks of ``Tracker`` and of sam2's ``init_state`` +
+    ``add_new_points_or_box`` + ``propagate_in_video`` on the same weights and frames.
+    With the image model's decoder settings (no stability fallback), frame 0 differed
+    completely; a few pixels still differ (open: see docs/video.md)."""
+    frames = [drawn(t) for t in range(20)]
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(tmp_path / f"{t:05d}.jpg")
+    args = {"points": np.array([[25, 35], [60, 60]], np.float32), "labels": np.array([1, 0])}
+    if prompt == "box":
+        args = {"box": np.array([10, 20, 40, 50], np.float32)}
+    ours = Tracker(tiny_models.sam2, len(frames), (H, W))
+    reference = _sam2_video_predictor(tiny_models.sam2)
+    with torch.inference_mode():
+        state = reference.init_state(str(tmp_path))
+        state["images"] = torch.stack([ours.transform(f) for f in frames])  # the same input tensors
+        reference.add_new_points_or_box(state, 0, 1, **args)
+        theirs = {t: (masks[0, 0] > 0).numpy() for t, _, masks in reference.propagate_in_video(state)}
+        for t, frame in enumerate(frames):
+            ours.begin(t, frame)
+            ours.propagate()
+            if t == 0:
+                ours.add_points(1, args.get("points"), args.get("labels"), args.get("box"))
+            mask = ours.end()[0].numpy()
+            assert (mask != theirs[t]).sum() <= 0.001 * H * W, t  # at most 19 of 19,200 pixels

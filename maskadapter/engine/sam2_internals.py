@@ -139,6 +139,7 @@ def as_video_predictor(sam_model: SAM2Base, **settings: Any) -> SAM2VideoPredict
     from sam2.sam2_video_predictor import SAM2VideoPredictor
 
     predictor = copy.copy(sam_model)  # shallow: the same submodules and parameters
+    predictor._modules = predictor._modules.copy()  # so that a module given below replaces the copy's only
     predictor.__class__ = SAM2VideoPredictor
     for name, value in settings.items():
         setattr(predictor, name, value)

@@ -16,6 +16,8 @@ a working size (see ``maskadapter.engine.video``).
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,12 +30,19 @@ from maskadapter.engine.sam2_internals import as_video_predictor, new_inference_
 
 def video_predictor(sam_model: SAM2Base) -> SAM2VideoPredictor:
     """A ``SAM2VideoPredictor`` that shares ``sam_model``'s modules and weights (no
-    second copy in memory), with the official video build's post-processing choices:
-    masks made from clicks are binarised before memory encoding, and holes up to 8
-    pixels filled (where sam2's compiled extension is installed; CPU installs skip it).
-    The mask decoder is the image model's, so its settings are the image path's."""
+    second copy in memory), with the settings of sam2's ``build_sam2_video_predictor``
+    (its default post-processing): a mask decoder that falls back to the best of its
+    multimask outputs when a one-mask answer is unstable (delta 0.05, threshold 0.98;
+    the image model's decoder, with the same weights, keeps the image build's choice),
+    masks made from clicks binarised before memory encoding, and holes up to 8 pixels
+    filled (where sam2's compiled extension is installed; CPU installs skip it)."""
+    decoder = copy.copy(sam_model.sam_mask_decoder)  # the same weights, its own settings
+    decoder.dynamic_multimask_via_stability = True
+    decoder.dynamic_multimask_stability_delta = 0.05
+    decoder.dynamic_multimask_stability_thresh = 0.98
     return as_video_predictor(
         sam_model,
+        sam_mask_decoder=decoder,
         fill_hole_area=8,
         non_overlap_masks=False,
         clear_non_cond_mem_around_input=False,
