@@ -506,3 +506,41 @@ def test_tracker_gives_sam2s_own_video_predictor_masks(tiny_models, tmp_path):
             masks = ours.end().numpy()
             assert ours.ids == [1, 2, 3, 4]
             assert [int((a != b).sum()) for a, b in zip(masks, theirs[t], strict=True)] == [0, 0, 0, 0], t
+
+
+def test_a_track_that_leaves_is_retired_and_comes_back_with_its_id(segmenter, tmp_path, monkeypatch):
+    """The blue square leaves on frame 6 and comes back elsewhere on frame 12: its track
+    is retired after 3 empty frames (no longer tracked on frames 9 to 11) and the square
+    found again gets its id back; the red square is followed all along."""
+
+    def frame(t: int) -> np.ndarray:
+        pixels = np.full((H, W, 3), 200, np.uint8)
+        pixels[20:50, 10 + 2 * t : 40 + 2 * t] = RED
+        if t < 6 or t >= 12:
+            x = 110 if t < 6 else 80
+            pixels[70:100, x : x + SIDE] = BLUE
+        return pixels
+
+    path = tmp_path / "away.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv444p"
+        stream.options = {"qp": "0"}
+        for t in range(18):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame(t), format="rgb24")))
+        container.mux(stream.encode())
+    ColourSAM(monkeypatch)
+    monkeypatch.setattr(segmenter, "segment_automatic", ColourDetections(segmenter))
+    followed = {}
+
+    class Recording(Tracker):
+        def begin(self, t, pixels):
+            followed[t] = self.ids
+            super().begin(t, pixels)
+
+    result = track_clip(segmenter, open_clip_file(path), segmenter.vocabulary("ball, box"), redetect_every=3,
+                        make_tracker=Recording)  # fmt: skip
+    red, blue = result.tracks
+    assert (red.id, blue.id) == (1, 2) and sorted(red.masks) == list(range(18))
+    assert sorted(blue.masks) == [*range(6), *range(12, 18)]
+    assert [followed[t] for t in (8, 9, 11, 12, 13)] == [[1, 2], [1], [1], [1], [1, 2]]  # retired after frame 8

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 
 MATCH_IOU = 0.5  # a detection overlapping a track's mask this much is that track
 PART_OF = 0.5  # a detection this much inside the objects followed is a part of them, not a new object
+RETIRE_AFTER = 3  # kept frames an automatic track may be empty before it is retired (its slot freed)
+RETURN_WITHIN = 3  # looks for new objects in which a retired track can come back with its id
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,7 @@ def track_clip(
     redetect_every: int = REDETECT_EVERY,
     max_objects: int = MAX_OBJECTS,
     match_iou: float = MATCH_IOU,
+    retire_after: int = RETIRE_AFTER,
     mask_settings: AutoMaskSettings | None = None,
     mode: str = "semantic",
     score_threshold: float = 0.0,
@@ -210,7 +213,11 @@ def track_clip(
         prompts: ``VideoPrompt``s; none: automatic (objects found and re-found).
         every: keep every ``every``-th frame; video_side: the working size's long side.
         redetect_every: kept frames between looks for new objects and between namings.
-        max_objects: most tracks; match_iou: a detection's IoU with a track that makes it that track.
+        max_objects: most tracks followed at once; match_iou: a detection's IoU with a
+            track that makes it that track.
+        retire_after: kept frames an automatic track may be empty before it is retired
+            (no longer tracked; a matching detection within ``RETURN_WITHIN`` looks gets
+            its id back).
         mask_settings, score_threshold: as in ``segment_automatic``; mode, granularity:
             checked as there, but objects are found one per mask whatever the mode.
         progress: hears (fraction, message) per frame, and within a frame's detection;
@@ -220,7 +227,8 @@ def track_clip(
         a ``VideoResult``; its tracks ordered by id.
     """
     painting = Painting(mode, score_threshold, granularity)  # checked before any work
-    for name, value in (("every", every), ("redetect_every", redetect_every), ("max_objects", max_objects)):
+    whole = (("every", every), ("redetect_every", redetect_every), ("max_objects", max_objects))
+    for name, value in (*whole, ("retire_after", retire_after)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InputError(f"{name} must be a whole number, at least 1, got {value!r}")
     if video_side < 64:
@@ -230,6 +238,7 @@ def track_clip(
     segmenter.text_embeddings(with_others(vocabulary))  # a bad vocabulary fails before any frame
     tracker = make_tracker(segmenter.models.sam2, clip.kept(every), frame.work_hw)
     run = _Run(segmenter, tracker, vocabulary, clip, frame, painting, mask_settings, max_objects, match_iou)
+    run.automatic, run.retire_after = not prompts, retire_after
     result = VideoResult(clip, list(vocabulary.labels), frame, every, [], [], "points" if prompts else "automatic")
     for t, (index, pixels) in enumerate(clip.frames(every)):
         total = max(clip.kept(every), t + 1)
@@ -260,6 +269,10 @@ class _Run:
         self.classes = with_others(vocabulary)
         self.tracks: dict[int, Track] = {}
         self.dropped = 0  # objects found past max_objects
+        self.automatic, self.retire_after, self.looks = True, RETIRE_AFTER, 0  # looks: detections so far
+        self.missing: dict[int, int] = {}  # track id -> kept frames it has been empty in a row
+        self.last: dict[int, torch.Tensor] = {}  # track id -> its last non-empty mask
+        self.retired: dict[int, tuple[int, torch.Tensor]] = {}  # track id -> (looks when retired, last mask)
 
     def frame(self, t, index, pixels, work, prompts, detect, name, progress) -> None:
         """Frame ``t`` (clip frame ``index``: ``pixels`` as decoded, for SAM-2's tracking,
@@ -283,6 +296,8 @@ class _Run:
             for obj, rle in zip(ids, _encode(masks), strict=True):
                 if rle is not None:
                     self.tracks[obj].masks[index] = rle
+            if self.automatic:
+                self._retire(ids, masks)
             named = [k for k, o in enumerate(ids) if (name or self.tracks[o].first_frame == index) and masks[k].any()]
             if named:
                 if session is None:
@@ -311,25 +326,63 @@ class _Run:
         if not found.segments:
             return masks
         detected = torch.stack([torch.as_tensor(seg.mask) for seg in found.segments]).to(masks.device)  # frame size
+        self.looks += 1
+        self.retired = {o: r for o, r in self.retired.items() if self.looks - r[0] <= RETURN_WITHIN}
         fresh = self._new_objects(detected, masks)
-        room = max(0, self.max_objects - len(self.tracks))
+        room = max(0, self.max_objects - len(self.tracker.ids))
         self.dropped += max(0, len(fresh) - room)
         if not fresh[:room]:
             return masks
         with self.segmenter.lock, torch.inference_mode(), self.segmenter.autocast():
-            started = []
+            started, back = [], {}
             for k in fresh[:room]:
-                started.append(max(self.tracks, default=0) + 1)
-                self.tracker.add_mask(started[-1], detected[k])
-                self.tracks[started[-1]] = Track(started[-1], index)
+                obj = self._returning(detected[k], getattr(found.segments[k], "class_id", -1))
+                if obj is None:
+                    obj = max(self.tracks, default=0) + 1
+                    self.tracks[obj] = Track(obj, index)
+                else:
+                    back[obj] = self.retired.pop(obj)
+                started.append(obj)
+                self.tracker.add_mask(obj, detected[k])
+                self.missing[obj] = 0
             masks, ids = self.tracker.end(), self.tracker.ids
             # SAM-2 may give no mask at all for a small detected one (at a small working
             # size): such a track would have no frame, so it is not kept
             empty = {o for k, o in enumerate(ids) if o in started and not masks[k].any()}
             for obj in empty:
                 self.tracker.remove(obj)
-                del self.tracks[obj]
+                if obj in back:
+                    self.retired[obj] = back[obj]
+                else:
+                    del self.tracks[obj]
             return masks[[k for k, o in enumerate(ids) if o not in empty]]
+
+    def _returning(self, mask: torch.Tensor, class_id: int) -> int | None:
+        """The retired track a new object is, if any: retired within ``RETURN_WITHIN``
+        looks, its last mask's area within a factor of 2 of ``mask``'s, and the same
+        class when both are known (the track's from its naming samples); the most
+        recently retired first."""
+        area = int(mask.sum())
+        for obj, (_, last) in sorted(self.retired.items(), key=lambda item: -item[1][0]):
+            samples = self.tracks[obj].samples
+            named = int(np.mean(samples, axis=0).argmax()) if samples else -1
+            if 0.5 <= area / max(1, int(last.sum())) <= 2 and (class_id < 0 or named < 0 or named == class_id):
+                return obj
+        return None
+
+    def _retire(self, ids: list[int], masks: torch.Tensor) -> None:
+        """Retire the automatic tracks empty on ``retire_after`` kept frames in a row:
+        they leave SAM-2's tracking (freeing their slot and its cost per frame) and may
+        come back with their id (``_returning``)."""
+        for k, obj in enumerate(ids):
+            if masks[k].any():
+                self.missing[obj], self.last[obj] = 0, masks[k]
+                continue
+            self.missing[obj] = self.missing.get(obj, 0) + 1
+            if self.missing[obj] >= self.retire_after and obj in self.last:
+                with self.segmenter.lock, torch.inference_mode():
+                    self.tracker.remove(obj)
+                self.retired[obj] = (self.looks, self.last.pop(obj))
 
 
     def _new_objects(self, detected: torch.Tensor, masks: torch.Tensor) -> list[int]:
