@@ -158,8 +158,8 @@ def test_a_click_on_a_later_frame_corrects_the_object(segmenter, clips, monkeypa
 class ColourDetections:
     """``segment_automatic`` of a frame: one segment per colour square present."""
 
-    def __init__(self, segmenter, parts: bool = False) -> None:
-        self.segmenter, self.frames, self.modes, self.parts = segmenter, [], [], parts
+    def __init__(self, segmenter, parts: bool = False, grow: int = 0) -> None:
+        self.segmenter, self.frames, self.modes, self.parts, self.grow = segmenter, [], [], parts, grow
 
     def __call__(self, session, vocabulary, mask_settings=None, mode="semantic", *args, **kwargs):
         pixels = session.image.astype(int)
@@ -168,6 +168,8 @@ class ColourDetections:
         segments = []
         for colour in (RED, BLUE):
             mask = (np.abs(pixels - colour).max(2) < 40)
+            for _ in range(self.grow):  # a detection larger than the square: one row more below, each time
+                mask = mask | np.roll(mask, 1, axis=0)
             if mask.any():
                 segments.append(type("Found", (), {"mask": mask})())
                 if self.parts:  # SAM-2 also finds parts of an object: its left half, listed first
@@ -544,3 +546,23 @@ def test_a_track_that_leaves_is_retired_and_comes_back_with_its_id(segmenter, tm
     assert (red.id, blue.id) == (1, 2) and sorted(red.masks) == list(range(18))
     assert sorted(blue.masks) == [*range(6), *range(12, 18)]
     assert [followed[t] for t in (8, 9, 11, 12, 13)] == [[1, 2], [1], [1], [1], [1, 2]]  # retired after frame 8
+
+
+def test_a_drifted_track_is_set_to_its_matching_detection(segmenter, clips, monkeypatch):
+    """Detections 10 rows taller than the squares match their tracks (IoU 0.75: the same
+    objects) but by less than 0.8: each look sets the track to the detection (sam2's
+    add_new_mask on that frame) instead of starting a new object."""
+    ColourSAM(monkeypatch)
+    monkeypatch.setattr(segmenter, "segment_automatic", ColourDetections(segmenter, grow=10))
+    added = []
+
+    class Recording(Tracker):
+        def add_mask(self, obj_id, mask):
+            added.append((self.t, obj_id))
+            super().add_mask(obj_id, mask)
+
+    clip = open_clip_file(clips / "twelve.mp4")
+    result = track_clip(segmenter, clip, segmenter.vocabulary("ball, box"), redetect_every=3, make_tracker=Recording)
+    assert [t.id for t in result.tracks] == [1, 2]
+    # started: red on 0, blue on 6; set again: red on 3, 6 and 9, blue on 9
+    assert sorted(added) == [(0, 1), (3, 1), (6, 1), (6, 2), (9, 1), (9, 2)]
