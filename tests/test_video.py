@@ -566,3 +566,22 @@ def test_a_drifted_track_is_set_to_its_matching_detection(segmenter, clips, monk
     assert [t.id for t in result.tracks] == [1, 2]
     # started: red on 0, blue on 6; set again: red on 3, 6 and 9, blue on 9
     assert sorted(added) == [(0, 1), (3, 1), (6, 1), (6, 2), (9, 1), (9, 2)]
+
+
+def test_track_clip_gives_the_trackers_own_masks(segmenter, clips):
+    """The whole ``track_clip`` path (decoding, prompts scaled to the working frame,
+    naming between frames) gives the masks of a ``Tracker`` driven by hand on the same
+    decoded frames with the same click."""
+    clip = open_clip_file(clips / "twelve.mp4")
+    result = track_clip(segmenter, clip, segmenter.vocabulary("ball, box"), prompts=[VideoPrompt(0, 1, ((25, 35, 1),))])
+    (track,) = result.tracks
+    assert len(track.masks) == clip.frame_count  # a mask on every frame, compared below
+    assert result.frame.work_hw == (H, W)  # the clip's size: the click needs no scaling
+    alone = Tracker(segmenter.models.sam2, clip.frame_count, (H, W))
+    with torch.inference_mode():
+        for t, (index, pixels) in enumerate(clip.frames()):
+            alone.begin(t, pixels)
+            alone.propagate()
+            if t == 0:
+                alone.add_points(1, np.array([[25, 35]], np.float32), np.array([1]))
+            assert np.array_equal(track.mask(index, (H, W)), alone.end()[0].numpy()), index
