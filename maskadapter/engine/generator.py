@@ -272,8 +272,8 @@ class MaskGenerator:
         Args:
             image: (H, W, 3) uint8 RGB.
             frame_hw: (h, w) of the output masks; decisions are exact in this frame.
-            cache: an embedding cache for ``CachingPredictor`` (the image is encoded
-                only if it is not there yet).
+            cache: this image's embedding cache for ``CachingPredictor``, one per image
+                (the image is encoded only if it is not there yet).
             progress: called after each point batch (fraction of the batches done).
         """
         return self._generate(image, frame_hw, cache, progress)[0]

@@ -231,6 +231,7 @@ class SessionStore:
                 self._holds[stored.key] -= 1
                 if not self._holds[stored.key]:
                     del self._holds[stored.key]
+                self._shrink(None)  # what the hold kept may go now
 
     def held(self, key: str) -> bool:
         """Whether a request holds the session with ``key``."""
@@ -249,8 +250,13 @@ class SessionStore:
         self._resize(session.key, session.nbytes())
         if touch:
             self._sessions.move_to_end(session.key)
+        self._shrink(session)
+
+    def _shrink(self, current: ImageSession | None) -> None:
+        """Trim, then evict, sessions other than ``current`` and the held ones until the
+        store fits (see the module docstring). With the store's lock held."""
         # least recently used first; held sessions are left alone
-        others = [s for s in self._sessions.values() if s is not session and s.key not in self._holds]
+        others = [s for s in self._sessions.values() if s is not current and s.key not in self._holds]
         for old in others:
             if self._total <= self.budget_bytes:
                 return

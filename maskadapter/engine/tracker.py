@@ -36,7 +36,9 @@ def video_predictor(sam_model: SAM2Base) -> SAM2VideoPredictor:
     the image model's decoder, with the same weights, keeps the image build's choice),
     masks made from clicks binarised before memory encoding, and holes up to 8 pixels
     filled (where sam2's compiled extension is installed; CPU installs skip it)."""
-    decoder = copy.copy(sam_model.sam_mask_decoder)  # the same weights, its own settings
+    # the same weights, its own settings; under torch.compile the wrapper would pass the
+    # settings on to the image model's own decoder, so the plain module is copied
+    decoder = copy.copy(getattr(sam_model.sam_mask_decoder, "_orig_mod", sam_model.sam_mask_decoder))
     decoder.dynamic_multimask_via_stability = True
     decoder.dynamic_multimask_stability_delta = 0.05
     decoder.dynamic_multimask_stability_thresh = 0.98

@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 
 MATCH_IOU = 0.5  # a detection overlapping a track's mask this much is that track
 PART_OF = 0.5  # a detection this much inside the objects followed is a part of them, not a new object
-REANCHOR_IOU = 0.8  # a track whose mask matches a detection's less than this is set to the detection
 RETIRE_AFTER = 3  # kept frames an automatic track may be empty before it is retired (its slot freed)
 RETURN_WITHIN = 3  # looks for new objects in which a retired track can come back with its id
 
@@ -271,7 +270,6 @@ class _Run:
         self.tracks: dict[int, Track] = {}
         self.dropped = 0  # objects found past max_objects
         self.automatic, self.retire_after, self.looks = True, RETIRE_AFTER, 0  # looks: detections so far
-        self.reanchored = 0  # tracks set to a matching detection after drifting
         self.missing: dict[int, int] = {}  # track id -> kept frames it has been empty in a row
         self.last: dict[int, torch.Tensor] = {}  # track id -> its last non-empty mask
         self.retired: dict[int, tuple[int, torch.Tensor]] = {}  # track id -> (looks when retired, last mask)
@@ -325,12 +323,11 @@ class _Run:
         found = self.segmenter.segment_automatic(  # one segment per SAM-2 mask: objects, not classes
             session, self.vocabulary, self.mask_settings, "per_mask", self.painting.score_threshold, progress=progress
         )
+        self.looks += 1
+        self.retired = {o: r for o, r in self.retired.items() if self.looks - r[0] <= RETURN_WITHIN}
         if not found.segments:
             return masks
         detected = torch.stack([torch.as_tensor(seg.mask) for seg in found.segments]).to(masks.device)  # frame size
-        self.looks += 1
-        self.retired = {o: r for o, r in self.retired.items() if self.looks - r[0] <= RETURN_WITHIN}
-        masks = self._reanchor(detected, masks)
         fresh = self._new_objects(detected, masks)
         room = max(0, self.max_objects - len(self.tracker.ids))
         self.dropped += max(0, len(fresh) - room)
@@ -360,24 +357,6 @@ class _Run:
                     del self.tracks[obj]
             return masks[[k for k, o in enumerate(ids) if o not in empty]]
 
-    def _reanchor(self, detected: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Tracks that drifted: a track whose best-matching detection (IoU at least
-        ``match_iou``: the same object) overlaps its mask by less than ``REANCHOR_IOU``
-        restarts from that detection on this frame (sam2's ``add_new_mask``). Returns
-        the frame's masks (the re-anchored ones new)."""
-        if not len(masks):
-            return masks
-        best, which = _iou(detected, masks).max(0)  # per track: its best detection
-        drifted = [j for j in range(len(masks)) if self.match_iou <= float(best[j]) < REANCHOR_IOU]
-        if not drifted:
-            return masks
-        ids = self.tracker.ids
-        with self.segmenter.lock, torch.inference_mode(), self.segmenter.autocast():
-            for j in drifted:
-                self.tracker.add_mask(ids[j], detected[int(which[j])])
-            self.reanchored += len(drifted)
-            return self.tracker.end()
-
     def _returning(self, mask: torch.Tensor, class_id: int) -> int | None:
         """The retired track a new object is, if any: retired within ``RETURN_WITHIN``
         looks, its last mask's area within a factor of 2 of ``mask``'s, and the same
@@ -386,7 +365,7 @@ class _Run:
         area = int(mask.sum())
         for obj, (_, last) in sorted(self.retired.items(), key=lambda item: -item[1][0]):
             samples = self.tracks[obj].samples
-            named = int(np.mean(samples, axis=0).argmax()) if samples else -1
+            named = int(np.mean(samples, axis=0)[: len(self.vocabulary)].argmax()) if samples else -1  # not "others"
             if 0.5 <= area / max(1, int(last.sum())) <= 2 and (class_id < 0 or named < 0 or named == class_id):
                 return obj
         return None

@@ -10,6 +10,7 @@ rotation (phone clips). MP4, MOV, WebM, MKV, AVI and GIF with the codecs FFmpeg 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,31 +72,42 @@ class Clip:
                 raise InputError(f"{self.path.name} cannot be decoded: {where} ({_reason(err)})") from None
 
     def frame(self, index: int) -> np.ndarray | None:
-        """Frame ``index`` (as ``frames`` counts them), (H, W, 3) uint8 RGB, or None past
-        the end. It seeks to the frame's timestamp (index / fps after the stream's start),
-        so decoding starts at the key frame before it rather than at the clip's start;
-        streams without timestamps are decoded from the start."""
-        with _open(self.path) as container:
-            stream = container.streams.video[0]
-            start, base = stream.start_time or 0, stream.time_base
-            if base and index > 0:
-                target = start + int(index / (self.fps * base))
-                container.seek(target, stream=stream, backward=True, any_frame=False)
-            try:
-                for frame in container.decode(stream):
-                    if frame.pts is None or not base:
-                        break  # no timestamps: count frames from the start instead
-                    at = round(float((frame.pts - start) * base) * self.fps)
-                    if at == index:
-                        return self._upright(frame.to_ndarray(format="rgb24"))
-                    if at > index:
-                        break  # the timestamps do not follow the frame rate
-            except av.error.FFmpegError:
-                pass  # decoded from the start below, which says what failed
+        """Frame ``index`` (as ``frames`` counts them: the decoder's order), (H, W, 3)
+        uint8 RGB, or None past the end. The frame's timestamp is the ``index``-th
+        smallest of the stream's packet timestamps (read once per file without decoding,
+        ``_timestamps``), so variable frame rates are followed; decoding starts at the
+        key frame before it (a seek) rather than at the clip's start. Streams without
+        timestamps, or a seek that fails, decode from the start."""
+        stamps = _timestamps(str(self.path), self.path.stat().st_mtime_ns)
+        if 0 < index < len(stamps):
+            with _open(self.path) as container:
+                stream = container.streams.video[0]
+                try:
+                    container.seek(stamps[index], stream=stream, backward=True, any_frame=False)
+                    for frame in container.decode(stream):
+                        if frame.pts == stamps[index]:
+                            return self._upright(frame.to_ndarray(format="rgb24"))
+                        if frame.pts is None or frame.pts > stamps[index]:
+                            break
+                except av.error.FFmpegError:
+                    pass  # decoded from the start below, which says what failed
         return next((pixels for _, pixels in self.frames(1, start=index)), None)
 
     def _upright(self, pixels: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.rot90(pixels, self.rotation // 90)) if self.rotation else pixels
+
+
+@functools.lru_cache(maxsize=8)
+def _timestamps(path: str, mtime_ns: int) -> tuple[int, ...]:
+    """The video stream's frame timestamps in presentation order (the order frames are
+    decoded in), from its packets, for a file as it was at ``mtime_ns``; () when a
+    packet has none or the file cannot be read."""
+    try:
+        with av.open(path, mode="r") as container:
+            stamps = [p.pts for p in container.demux(container.streams.video[0]) if p.size]
+    except (av.error.FFmpegError, OSError, IndexError):
+        return ()
+    return () if None in stamps else tuple(sorted(stamps))
 
 
 def _reason(err: Exception) -> str:

@@ -210,7 +210,7 @@ def stage(message: str) -> str:
     return message.split(": ", 1)[0]
 
 
-def _cancelled_check() -> Callable[[], bool]:
+def cancelled_check() -> Callable[[], bool]:
     """For the event this thread serves: whether its client cancelled it since (Gradio's
     ``/cancel``, which gradio_client's ``Job.cancel`` and a page's cancelling events
     send). Gradio then ends the event's task and frees its worker slot, but the thread
@@ -235,8 +235,8 @@ def _cancelled_check() -> Callable[[], bool]:
 def reporter(progress: gr.Progress, stop: threading.Event | None = None) -> ProgressCallback:
     """The package's progress callback shown as Gradio's progress bar; raises
     ``Cancelled`` once ``stop`` is set (see ``Runs``) or the client cancelled the event
-    (``_cancelled_check``: an API client's cancel stops the server's work too)."""
-    cancelled = _cancelled_check()
+    (``cancelled_check``: an API client's cancel stops the server's work too)."""
+    cancelled = cancelled_check()
 
     def report(fraction: float, message: str) -> None:
         if (stop is not None and stop.is_set()) or cancelled():

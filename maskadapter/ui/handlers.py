@@ -17,13 +17,13 @@ from typing import Any, NamedTuple
 import gradio as gr
 
 from maskadapter.engine.mask_settings import AutoMaskSettings
-from maskadapter.errors import InputError
+from maskadapter.errors import Cancelled, InputError
 from maskadapter.output.render import COMPARE_TITLES, side_by_side
 from maskadapter.point_prompts import PointState, parse_box, parse_points
 from maskadapter.service import Output, SegmentationService
 from maskadapter.ui import endpoint_docs
 from maskadapter.ui.endpoint_docs import documented
-from maskadapter.ui.events import Runs, pixels, reporter, served
+from maskadapter.ui.events import Runs, cancelled_check, pixels, reporter, served
 from maskadapter.ui.explore import ALL, Exploration, explore
 from maskadapter.ui.present import (
     START,
@@ -266,7 +266,10 @@ def point_handlers(service: SegmentationService, runs: Runs) -> PointHandlers:
         session take turns and change the session's state object in place, so a click
         made while another is processed sees that one's point (none is lost); a failed
         event leaves the state as it was."""
+        cancelled = cancelled_check()  # taken now: a click stopped while it waits its turn is dropped
         with runs.turn(request.session_hash if request else None, "points"):
+            if cancelled():
+                raise Cancelled("stopped")
             work = state.copy()
             change(work)
             if work.key is None:
