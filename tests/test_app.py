@@ -336,11 +336,18 @@ def test_second_click_does_not_reencode(app_server, browser, tmp_path):
     # five quick clicks, each made while earlier ones are processed: all five applied, in order
     page = view.page
     page.locator("#click-kind").get_by_text("positive point").click()
-    img = page.locator("#point-image img")
-    box = img.bounding_box()
     spots = [(0.1 + 0.2 * k, 0.45) for k in range(5)]
-    for fx, fy in spots:
-        img.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
+    # five clicks in one go, before any answer: each answer replaces the picture, and a
+    # click that lands while the browser swaps it is lost in the page itself
+    page.evaluate(
+        """(spots) => {
+            const img = document.querySelector('#point-image img'), r = img.getBoundingClientRect();
+            for (const [fx, fy] of spots)
+              img.dispatchEvent(new MouseEvent('click', {bubbles: true, clientX: r.left + r.width * fx,
+                                                         clientY: r.top + r.height * fy}));
+        }""",
+        spots,
+    )
     try:
         page.wait_for_function(
             "() => JSON.parse(document.querySelector('#points-text textarea').value).length === 8", timeout=60_000
