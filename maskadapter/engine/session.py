@@ -231,7 +231,8 @@ class SessionStore:
                 self._holds[stored.key] -= 1
                 if not self._holds[stored.key]:
                     del self._holds[stored.key]
-                self._shrink(None)  # what the hold kept may go now
+                if self._sessions.get(stored.key) is stored:  # what the hold kept may go now,
+                    self._shrink(stored)  # but for this session, the most recently used
 
     def held(self, key: str) -> bool:
         """Whether a request holds the session with ``key``."""
