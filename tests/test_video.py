@@ -80,6 +80,24 @@ def clips(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def small_sam2():
+    """A tiny random SAM-2 taking 256-pixel inputs, for tracking: the same modules and
+    code paths as the 1024-pixel tiny model (which the image predictor needs), with
+    memory attention over 16x16 instead of 64x64 positions per memory frame."""
+    from hydra.utils import instantiate
+
+    torch.manual_seed(0)
+    return instantiate(_tiny_sam2_config(256).model, _recursive_=True).eval()
+
+
+def on_small(sam2, make=None):
+    """A ``make_tracker`` for ``track_clip`` that builds ``make`` (``Tracker`` by default)
+    on ``sam2`` instead of the segmenter's model."""
+    make = make or Tracker
+    return lambda _sam, frames, hw: make(sam2, frames, hw)
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     return (a & b).sum() / max(1, (a | b).sum())
 
@@ -115,12 +133,12 @@ class ColourSAM:
         monkeypatch.setattr(SAM2VideoPredictor, "_run_single_frame_inference", step)
 
 
-def test_clicked_objects_follow_their_shapes_and_memory_stays_windowed(segmenter, clips, monkeypatch):
+def test_clicked_objects_follow_their_shapes_and_memory_stays_windowed(segmenter, clips, small_sam2, monkeypatch):
     ColourSAM(monkeypatch)
     made = []
 
-    def tracker(*args):
-        made.append(Tracker(*args))
+    def tracker(_sam, *args):
+        made.append(Tracker(small_sam2, *args))
         return made[-1]
 
     clip = open_clip_file(clips / "twelve.mp4")
@@ -141,12 +159,14 @@ def test_clicked_objects_follow_their_shapes_and_memory_stays_windowed(segmenter
     assert made[0].window == 16
 
 
-def test_a_click_on_a_later_frame_corrects_the_object(segmenter, clips, monkeypatch):
+def test_a_click_on_a_later_frame_corrects_the_object(segmenter, clips, small_sam2, monkeypatch):
     ColourSAM(monkeypatch)
     clip = open_clip_file(clips / "twelve.mp4")
     # object 1 starts on red, and a click on frame 8 moves it to the blue square
     prompts = [VideoPrompt(0, 1, ((25, 35, 1),)), VideoPrompt(8, 1, ((125, 60, 1),))]
-    result = track_clip(segmenter, clip, segmenter.vocabulary("ball"), prompts=prompts, every=2)
+    result = track_clip(
+        segmenter, clip, segmenter.vocabulary("ball"), prompts=prompts, every=2, make_tracker=on_small(small_sam2)
+    )
     assert result.frames == [0, 2, 4, 6, 8, 10]
     (track,) = result.tracks
     for t in (0, 2, 4, 6):
@@ -176,13 +196,16 @@ class ColourDetections:
         return type("Result", (), {"segments": segments})()
 
 
-def test_automatic_tracks_match_new_objects_and_names_come_from_several_frames(segmenter, clips, monkeypatch):
+def test_automatic_tracks_match_new_objects_and_names_come_from_several_frames(
+    segmenter, clips, small_sam2, monkeypatch
+):
     ColourSAM(monkeypatch)
+    small = on_small(small_sam2)
     detections = ColourDetections(segmenter)
     monkeypatch.setattr(segmenter, "segment_automatic", detections)
     clip = open_clip_file(clips / "twelve.mp4")
     vocabulary = segmenter.vocabulary("ball, box, sky")
-    result = track_clip(segmenter, clip, vocabulary, redetect_every=3)
+    result = track_clip(segmenter, clip, vocabulary, redetect_every=3, make_tracker=small)
     assert len(detections.frames) == 4  # frames 0, 3, 6, 9
     red, blue = result.tracks  # red found at 0 and matched at 3, 6, 9; blue found when it is first looked for
     assert (red.first_frame, blue.first_frame) == (0, 6)
@@ -204,10 +227,10 @@ def test_automatic_tracks_match_new_objects_and_names_come_from_several_frames(s
     assert set(detections.modes) == {"per_mask"}  # objects are found one per mask
     # parts of an object found as well (each square's left half) are not new objects
     monkeypatch.setattr(segmenter, "segment_automatic", ColourDetections(segmenter, parts=True))
-    with_parts = track_clip(segmenter, clip, vocabulary, redetect_every=3)
+    with_parts = track_clip(segmenter, clip, vocabulary, redetect_every=3, make_tracker=small)
     assert [(t.first_frame, t.named_on) for t in with_parts.tracks] == [(0, [0, 3, 6, 9]), (6, [6, 9])]
     # a cap on tracks: the blue square is found but not tracked, and the result says so
-    capped = track_clip(segmenter, clip, vocabulary, every=3, redetect_every=1, max_objects=1)  # frames 0, 3, 6, 9
+    capped = track_clip(segmenter, clip, vocabulary, every=3, redetect_every=1, max_objects=1, make_tracker=small)
     assert len(capped.tracks) == 1
     assert capped.notes == ["2 more objects were found but not tracked: at most 1 tracks"]
 
@@ -442,7 +465,7 @@ def test_no_track_is_without_frames(segmenter, clips):
     assert all(track.masks and track.first_frame in track.masks for track in result.tracks)
 
 
-def test_sam2_tracks_the_decoded_frames_not_shrunk_copies(segmenter, clips):
+def test_sam2_tracks_the_decoded_frames_not_shrunk_copies(segmenter, clips, small_sam2):
     """SAM-2's video predictor gets each frame as decoded (and resizes it to its input, as
     sam2 does with the frames it loads); detection and naming use the working size."""
     seen = []
@@ -455,21 +478,31 @@ def test_sam2_tracks_the_decoded_frames_not_shrunk_copies(segmenter, clips):
     clip = open_clip_file(clips / "twelve.mp4")
     result = track_clip(
         segmenter, clip, segmenter.vocabulary("ball"), prompts=[VideoPrompt(0, 1, ((25, 35, 1),))], every=4,
-        video_side=64, make_tracker=Recording,
+        video_side=64, make_tracker=on_small(small_sam2, Recording),
     )  # fmt: skip
     assert seen == [(H, W)] * 3 and result.frame.work_hw == (48, 64)
 
 
-def _sam2_video_predictor(sam_model):
-    """sam2's own video predictor, built as ``build_sam2_video_predictor`` builds it
-    (its default post-processing) from the tiny config, with ``sam_model``'s weights."""
-    from hydra.utils import instantiate
+def _tiny_sam2_config(image_size: int):
+    """The tiny SAM-2 config with another input size (the image predictor needs 1024; the
+    video predictor and ``Tracker`` take any multiple of 64: 256 makes memory attention,
+    over 64x64 positions per memory frame at 1024, 256 times cheaper)."""
     from omegaconf import OmegaConf
 
     from maskadapter.engine.weights import TINY_SAM2_CONFIG
 
     cfg = OmegaConf.load(TINY_SAM2_CONFIG)
     OmegaConf.resolve(cfg)
+    cfg.model.image_size = image_size
+    return cfg
+
+
+def _sam2_video_predictor(sam_model):
+    """sam2's own video predictor, built as ``build_sam2_video_predictor`` builds it
+    (its default post-processing) from the tiny config, with ``sam_model``'s weights."""
+    from hydra.utils import instantiate
+
+    cfg = _tiny_sam2_config(sam_model.image_size)
     cfg.model._target_ = "sam2.sam2_video_predictor.SAM2VideoPredictor"
     extra = dict(cfg.model.get("sam_mask_decoder_extra_args") or {})
     extra |= {"dynamic_multimask_via_stability": True, "dynamic_multimask_stability_delta": 0.05}
@@ -480,14 +513,17 @@ def _sam2_video_predictor(sam_model):
     return predictor.eval()
 
 
-@pytest.mark.slow  # four objects tracked twice through 20 frames: about 55 s on 2 CPU cores
-def test_tracker_gives_sam2s_own_video_predictor_masks(tiny_models, tmp_path):
+@pytest.mark.slow  # four objects tracked twice through 40 frames: about 10 s on 2 CPU cores
+def test_tracker_gives_sam2s_own_video_predictor_masks(small_sam2, tmp_path):
     """One click, two clicks, a box and a mask on frame 0 (four objects), tracked through
-    20 frames (past SAM-2's memory window of 16): ``Tracker`` gives exactly the masks of
-    sam2's ``init_state`` + ``add_new_points_or_box`` / ``add_new_mask`` +
-    ``propagate_in_video`` on the same weights and input frames. (With the image model's
-    decoder settings, two clicks and a box gave other masks on frame 0.)"""
-    frames = [drawn(t) for t in range(20)]
+    40 frames (past SAM-2's memory window of 16 and its 7 memory frames): ``Tracker``
+    gives exactly the masks of sam2's ``init_state`` + ``add_new_points_or_box`` /
+    ``add_new_mask`` + ``propagate_in_video`` on the same random weights and input frames.
+    (With the image model's decoder settings, two clicks and a box gave other masks on
+    frame 0.) The tiny model here takes 256-pixel inputs: the same modules and code paths
+    as at 1024, at a sixteenth of the positions."""
+    model = small_sam2
+    frames = [drawn(t) for t in range(40)]
     for t, frame in enumerate(frames):
         Image.fromarray(frame).save(tmp_path / f"{t:05d}.jpg")
     clicks = {
@@ -497,8 +533,8 @@ def test_tracker_gives_sam2s_own_video_predictor_masks(tiny_models, tmp_path):
     }
     given = np.zeros((H, W), bool)
     given[20:50, 10:40] = True  # object 4: a mask
-    ours = Tracker(tiny_models.sam2, len(frames), (H, W))
-    reference = _sam2_video_predictor(tiny_models.sam2)
+    ours = Tracker(model, len(frames), (H, W))
+    reference = _sam2_video_predictor(model)
     with torch.inference_mode():
         state = reference.init_state(str(tmp_path))  # loads the JPEGs; the same input tensors as ours instead:
         state["images"], state["cached_features"] = torch.stack([ours.transform(f) for f in frames]), {}
@@ -515,10 +551,11 @@ def test_tracker_gives_sam2s_own_video_predictor_masks(tiny_models, tmp_path):
                 ours.add_mask(4, given)
             masks = ours.end().numpy()
             assert ours.ids == [1, 2, 3, 4]
+            assert all(m.any() for m in theirs[t]), t  # every object still has pixels to compare
             assert [int((a != b).sum()) for a, b in zip(masks, theirs[t], strict=True)] == [0, 0, 0, 0], t
 
 
-def test_a_track_that_leaves_is_retired_and_comes_back_with_its_id(segmenter, tmp_path, monkeypatch):
+def test_a_track_that_leaves_is_retired_and_comes_back_with_its_id(segmenter, small_sam2, tmp_path, monkeypatch):
     """The blue square leaves on frame 6 and comes back elsewhere on frame 12: its track
     is retired after 3 empty frames (no longer tracked on frames 9 to 11) and the square
     found again gets its id back; the red square is followed all along."""
@@ -549,23 +586,26 @@ def test_a_track_that_leaves_is_retired_and_comes_back_with_its_id(segmenter, tm
             super().begin(t, pixels)
 
     result = track_clip(segmenter, open_clip_file(path), segmenter.vocabulary("ball, box"), redetect_every=3,
-                        make_tracker=Recording)  # fmt: skip
+                        make_tracker=on_small(small_sam2, Recording))  # fmt: skip
     red, blue = result.tracks
     assert (red.id, blue.id) == (1, 2) and sorted(red.masks) == list(range(18))
     assert sorted(blue.masks) == [*range(6), *range(12, 18)]
     assert [followed[t] for t in (8, 9, 11, 12, 13)] == [[1, 2], [1], [1], [1], [1, 2]]  # retired after frame 8
 
 
-def test_track_clip_gives_the_trackers_own_masks(segmenter, clips):
+def test_track_clip_gives_the_trackers_own_masks(segmenter, clips, small_sam2):
     """The whole ``track_clip`` path (decoding, prompts scaled to the working frame,
     naming between frames) gives the masks of a ``Tracker`` driven by hand on the same
     decoded frames with the same click."""
     clip = open_clip_file(clips / "twelve.mp4")
-    result = track_clip(segmenter, clip, segmenter.vocabulary("ball, box"), prompts=[VideoPrompt(0, 1, ((25, 35, 1),))])
+    click = [VideoPrompt(0, 1, ((25, 35, 1),))]
+    result = track_clip(
+        segmenter, clip, segmenter.vocabulary("ball, box"), prompts=click, make_tracker=on_small(small_sam2)
+    )
     (track,) = result.tracks
     assert len(track.masks) == clip.frame_count  # a mask on every frame, compared below
     assert result.frame.work_hw == (H, W)  # the clip's size: the click needs no scaling
-    alone = Tracker(segmenter.models.sam2, clip.frame_count, (H, W))
+    alone = Tracker(small_sam2, clip.frame_count, (H, W))
     with torch.inference_mode():
         for t, (index, pixels) in enumerate(clip.frames()):
             alone.begin(t, pixels)
