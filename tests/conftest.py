@@ -272,9 +272,9 @@ class AppProcess:
 # ones first keeps both workers busy to the end instead of leaving one long file alone
 # at the end. A file missing here runs after these, in its usual order.
 LONGEST_FIRST = (
-    "test_app", "test_api", "test_evaluate", "test_docs", "test_video", "test_batch_ray", "test_benchmark",
-    "test_install", "test_cli", "test_load", "test_precision", "test_concurrency", "test_generator",
-    "test_semantic",
+    "test_app", "test_api", "test_docs", "test_progressive", "test_evaluate", "test_batch_ray", "test_video",
+    "test_benchmark", "test_load", "test_install", "test_cli", "test_precision", "test_concurrency",
+    "test_generator", "test_semantic",
 )  # fmt: skip
 
 

@@ -241,12 +241,25 @@ class Page:
         page = self.page
         page.locator("#click-kind").get_by_text(kind).click()
         before = self.points()
+        self.settled_picture()
         img = page.locator("#point-image img")
         box = img.bounding_box()
         img.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
         page.wait_for_function(
             "([sel, before]) => document.querySelector(sel).value !== before",
             arg=["#points-text textarea", before],
+        )
+
+    def settled_picture(self) -> None:
+        """Until the point tab's picture is loaded and has not changed for 0.7 s: each
+        answer (and the upload) replaces it, and a click that lands while the browser
+        swaps it is lost in the page itself."""
+        self.page.wait_for_function(
+            """() => new Promise((done) => {
+                const img = () => document.querySelector('#point-image img');
+                const src = img() && img().src;
+                setTimeout(() => done(!!src && img().src === src && img().complete && img().naturalWidth > 0), 700);
+            })"""
         )
 
     def points(self) -> str:
@@ -337,16 +350,9 @@ def test_second_click_does_not_reencode(app_server, browser, tmp_path):
     page = view.page
     page.locator("#click-kind").get_by_text("positive point").click()
     spots = [(0.1 + 0.2 * k, 0.45) for k in range(5)]
-    # five clicks in one go, before any answer: each answer replaces the picture, and a
-    # click that lands while the browser swaps it is lost in the page itself; so first
+    # five clicks in one go, before any answer (each answer replaces the picture); first
     # the last answer's picture, loaded and no longer changing
-    page.wait_for_function(
-        """() => new Promise((done) => {
-            const img = () => document.querySelector('#point-image img');
-            const src = img() && img().src;
-            setTimeout(() => done(!!src && img().src === src && img().complete && img().naturalWidth > 0), 700);
-        })"""
-    )
+    view.settled_picture()
     page.evaluate(
         """(spots) => {
             const img = document.querySelector('#point-image img'), r = img.getBoundingClientRect();

@@ -10,6 +10,7 @@ under its prompt (the click, the box's centre or the mask) on its starting frame
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import av
 import cv2
@@ -630,3 +631,106 @@ def test_the_video_predictors_decoder_settings_leave_the_image_model_alone():
     assert plain.dynamic_multimask_via_stability is False and sam.sam_mask_decoder._orig_mod is plain
     assert predictor.sam_mask_decoder.transformer is plain.transformer  # the same weights
     assert predictor.image_encoder is sam.image_encoder
+
+
+def twin_boxes(t: int) -> list[tuple[int, int, int, int] | None]:
+    """XYXY of two red squares on frame t of 50: the first stays; the second enters from
+    the right on frame 10, crosses the first (overlapping it on frames 22 to 28), is gone
+    on frames 30 to 39 and comes back, elsewhere, on frame 40."""
+    first = (20, 40, 20 + SIDE, 40 + SIDE)
+    if 10 <= t < 30:
+        x = 150 - 8 * (t - 10)
+        second = (max(0, x), 50, min(W, x + SIDE), 50 + SIDE)
+    else:
+        second = (100, 50, 100 + SIDE, 50 + SIDE) if t >= 40 else None
+    return [first, second]
+
+
+class OracleSAM:
+    """SAM-2 tracking perfectly, for a clip whose true objects are known: the real step
+    runs, then an object's low-res mask logits become +10 on its own object's pixels on
+    that frame (-10 elsewhere, all -10 where it is gone). An object is one of the true
+    ones from its prompt: the one its given mask overlaps most, or the one clicked."""
+
+    def __init__(self, monkeypatch, truth: Callable[[int], list[np.ndarray]]) -> None:
+        self.truth = truth  # frame index -> (H, W) bool masks of the true objects
+        self.which: dict[int, int] = {}  # id(the object's output dict) -> true object
+        original = SAM2VideoPredictor._run_single_frame_inference
+
+        def step(predictor, inference_state, output_dict, frame_idx, batch_size, *args, **kwargs):
+            out, masks = original(predictor, inference_state, output_dict, frame_idx, batch_size, *args, **kwargs)
+            side = predictor.image_size
+            true = [self._resized(m, side) for m in truth(frame_idx)]  # SAM-2's input frame
+            points, given = kwargs.get("point_inputs"), kwargs.get("mask_inputs")
+            if given is not None:
+                self.which[id(output_dict)] = int(np.argmax([(m & (given[0, 0] > 0.5)).sum() for m in true]))
+            elif points is not None:
+                x, y = points["point_coords"][0, 0].long().tolist()
+                self.which[id(output_dict)] = next(k for k, m in enumerate(true) if m[y, x])
+            own = true[self.which[id(output_dict)]][None, None].float()
+            low = F.interpolate(own, size=(side // 4, side // 4), mode="nearest") > 0.5
+            logits = torch.where(low, 10.0, -10.0).to(masks.dtype)
+            out["pred_masks"] = logits.to(out["pred_masks"].device)
+            return out, logits.to(masks.device)
+
+        monkeypatch.setattr(SAM2VideoPredictor, "_run_single_frame_inference", step)
+
+    @staticmethod
+    def _resized(mask: np.ndarray, side: int) -> torch.Tensor:
+        """(H, W) bool -> (side, side) bool, as SAM-2 resizes a frame to its square input."""
+        return F.interpolate(torch.as_tensor(mask)[None, None].float(), size=(side, side), mode="nearest")[0, 0] > 0.5
+
+
+class ShapeDetections:
+    """``segment_automatic`` of a frame as SAM-2's "segment everything" would find the
+    squares: one segment per connected region of red (two squares that touch are one)."""
+
+    def __init__(self) -> None:
+        self.found: list[int] = []  # segments per look
+
+    def __call__(self, session, *args, **kwargs):
+        red = (np.abs(session.image.astype(int) - RED).max(2) < 40).astype(np.uint8)
+        count, labels = cv2.connectedComponents(red)
+        segments = [type("Found", (), {"mask": labels == k})() for k in range(1, count)]
+        self.found.append(len(segments))
+        return type("Result", (), {"segments": segments})()
+
+
+def test_two_same_coloured_shapes_are_two_objects_and_one_comes_back(segmenter, small_sam2, tmp_path, monkeypatch):
+    """Two squares of one colour (the second entering on frame 10, crossing the first,
+    gone on frames 30 to 39, back on 40), found automatically and tracked with SAM-2's
+    masks made exact: two tracks with two ids, the second square's track retired while it
+    is gone and given its id back when it returns, and no track holding both squares,
+    also while they touch and are found as one region."""
+
+    def truth(t: int) -> list[np.ndarray]:
+        return [shape(box) for box in twin_boxes(t)]
+
+    path = tmp_path / "twins.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv444p"
+        stream.options = {"qp": "0"}
+        for t in range(50):
+            pixels = np.full((H, W, 3), 200, np.uint8)
+            pixels[np.logical_or.reduce(truth(t))] = RED
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+    OracleSAM(monkeypatch, truth)
+    detections = ShapeDetections()
+    monkeypatch.setattr(segmenter, "segment_automatic", detections)
+    result = track_clip(
+        segmenter, open_clip_file(path), segmenter.vocabulary("square, wall"), redetect_every=4,
+        make_tracker=on_small(small_sam2),
+    )  # fmt: skip
+    assert detections.found[6:8] == [1, 1]  # the looks on frames 24 and 28: the touching squares as one
+    first, second = result.tracks
+    assert (first.id, second.id) == (1, 2)
+    assert sorted(first.masks) == list(range(50))
+    assert sorted(second.masks) == [*range(12, 30), *range(40, 50)]  # found on the look at frame 12
+    for t in range(50):
+        squares = [m for m in truth(t) if m.any()]
+        for track in result.tracks:
+            if t in track.masks:
+                mask = track.mask(t, (H, W))
+                assert sum(bool((mask & s).sum() >= 0.9 * s.sum()) for s in squares) == 1, (track.id, t)
