@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     from maskadapter.cli.benchmark_run import run, run_video
     from maskadapter.cli.benchmark_table import print_table
     from maskadapter.cli.benchmark_video import video_rows
+    from maskadapter.logs import setup_logging
+
+    setup_logging()  # after the engine's imports, as every command: known third-party warnings left out
 
     help_times = None
     if not args.no_help_times and args.video_frames <= 0:  # before the models load: this process idle
