@@ -10,11 +10,13 @@ other precision live in ``maskadapter.cli.benchmark_compare``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import dataclasses
 import json
 import platform
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -152,8 +154,10 @@ def _segmenter(args: argparse.Namespace) -> Segmenter:
     settings = settings_from_args(args)
     if args.real_size_random:
         settings = dataclasses.replace(settings, sam_size=args.sam_size_random)
-    if args.real_size_random or settings.tiny_random:  # a fresh text cache of its own
-        settings = dataclasses.replace(settings, cache_dir=tempfile.mkdtemp(prefix="maskadapter-bench-"))
+    if args.real_size_random or settings.tiny_random:  # a fresh text cache of its own, gone at exit
+        cache = tempfile.mkdtemp(prefix="maskadapter-bench-")
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
+        settings = dataclasses.replace(settings, cache_dir=cache)
     segmenter = Segmenter.from_settings(settings, real_size_random=args.real_size_random)
     if segmenter.real_weights:
         segmenter.text_cache.directory = None  # time the text side as a first use would
