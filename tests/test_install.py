@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 # (a stale build/ would let a file that is gone from the checkout slip into the wheel)
 NOT_BUILT = (
     ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache",
-    ".hypothesis", ".cache", "outputs", "test-artifacts", "tests", "docs", "examples",
+    ".hypothesis", ".cache", "outputs", "test-artifacts", "tests", "docs", "examples", "gpu-wheels",
+    "gpu-results",
 )  # fmt: skip
 
 
