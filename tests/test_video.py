@@ -62,14 +62,15 @@ def shape(box) -> np.ndarray:
     return mask
 
 
-def write_clip(path, frames: int, fps: int = 10) -> None:
-    """An H.264 MP4 of the moving squares (lossless, so colours stay exact)."""
+def write_clip(path, frames: int, fps: int = 10, draw: Callable[[int], np.ndarray] = drawn) -> None:
+    """An H.264 MP4 of ``frames`` frames ``draw(t)`` ((H, W, 3) uint8 RGB; by default the
+    moving squares), lossless so that colours stay exact."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv444p"
         stream.options = {"qp": "0"}
         for t in range(frames):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(drawn(t), format="rgb24")))
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(draw(t), format="rgb24")))
         container.mux(stream.encode())
 
 
@@ -570,13 +571,7 @@ def test_a_track_that_leaves_is_retired_and_comes_back_with_its_id(segmenter, sm
         return pixels
 
     path = tmp_path / "away.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv444p"
-        stream.options = {"qp": "0"}
-        for t in range(18):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame(t), format="rgb24")))
-        container.mux(stream.encode())
+    write_clip(path, 18, draw=frame)
     ColourSAM(monkeypatch)
     monkeypatch.setattr(segmenter, "segment_automatic", ColourDetections(segmenter))
     followed = {}
@@ -706,16 +701,13 @@ def test_two_same_coloured_shapes_are_two_objects_and_one_comes_back(segmenter, 
     def truth(t: int) -> list[np.ndarray]:
         return [shape(box) for box in twin_boxes(t)]
 
+    def frame(t: int) -> np.ndarray:
+        pixels = np.full((H, W, 3), 200, np.uint8)
+        pixels[np.logical_or.reduce(truth(t))] = RED
+        return pixels
+
     path = tmp_path / "twins.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv444p"
-        stream.options = {"qp": "0"}
-        for t in range(50):
-            pixels = np.full((H, W, 3), 200, np.uint8)
-            pixels[np.logical_or.reduce(truth(t))] = RED
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
-        container.mux(stream.encode())
+    write_clip(path, 50, draw=frame)
     OracleSAM(monkeypatch, truth)
     detections = ShapeDetections()
     monkeypatch.setattr(segmenter, "segment_automatic", detections)
